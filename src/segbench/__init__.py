@@ -1,0 +1,27 @@
+"""segbench: a Hydra-driven experiment runner for 2D medical image segmentation studies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__version__ = "0.1.0"
+
+
+class SegbenchError(Exception):
+    """A problem the user can fix (bad input, bad option, missing data).
+
+    The CLI prints its message without a traceback; the message names the problem and the fix.
+    """
+
+
+def config_dir() -> Path:
+    """The Hydra config tree: inside the package in a wheel, at the repository root in a checkout."""
+    packaged = Path(__file__).resolve().parent / "configs"
+    if packaged.is_dir():
+        return packaged
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    if checkout.is_dir():
+        return checkout
+    raise SegbenchError(
+        f"segbench's config tree is missing (looked in {packaged} and {checkout}); reinstall segbench"
+    )

@@ -1,0 +1,168 @@
+"""`python -m segbench <command> [hydra overrides]` and the `segbench` console script.
+
+The command word is taken off argv before Hydra parses the rest, so every Hydra form works as
+written: `segbench train model=unetpp optimizer=radam`, `segbench train -m seed=0,1,2`,
+`segbench train --cfg job`, `segbench train --help`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segbench import SegbenchError, config_dir
+
+log = logging.getLogger("segbench")
+
+
+@dataclass(frozen=True)
+class Command:
+    config_name: str
+    task: str  # "module:function", imported only when the command runs
+    help: str
+    prepare: Callable[[list[str]], list[str]] = field(default=lambda argv: argv)
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _merge_overrides(old: list[str], new: list[str]) -> list[str]:
+    """Old overrides first, each dropped where a new one sets the same key."""
+    new_keys = {_override_key(o) for o in new if "=" in o}
+    return [o for o in old if _override_key(o) not in new_keys] + new
+
+
+def _prepare_train(argv: list[str]) -> list[str]:
+    """`trainer.resume=<run_dir>`: continue that run in its own directory with its own overrides."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("trainer.resume="):
+            continue
+        value = arg.split("=", 1)[1]
+        if value.lower() in ("true", "false", "null", "none", ""):
+            return argv
+        if any(a in ("-m", "--multirun") for a in argv):
+            raise SegbenchError(
+                "trainer.resume=<run_dir> resumes one run; to resume a sweep, re-run the same "
+                "sweep command (finished runs are skipped, interrupted ones resume)"
+            )
+        run_dir = Path(value).expanduser()
+        overrides_file = run_dir / ".hydra" / "overrides.yaml"
+        if not overrides_file.is_file():
+            raise SegbenchError(
+                f"cannot resume from {run_dir}: it is not a segbench run directory "
+                f"({overrides_file} is missing)"
+            )
+        from omegaconf import OmegaConf
+
+        old = [
+            o
+            for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
+            if _override_key(o) not in ("trainer.resume", "hydra.run.dir")
+        ]
+        new = argv[:i] + argv[i + 1 :]
+        return _merge_overrides(old, new) + [
+            "trainer.resume=true",
+            f"hydra.run.dir={run_dir.resolve()}",
+        ]
+    return argv
+
+
+def _prepare_run_dir_command(argv: list[str]) -> list[str]:
+    """Accept `segbench eval <run_dir>` as well as `segbench eval run_dir=<run_dir>`."""
+    out = []
+    for arg in argv:
+        if "=" not in arg and not arg.startswith("-") and Path(arg).exists():
+            arg = f"run_dir={arg}"
+        out.append(arg)
+    if not any(a.startswith("run_dir=") for a in out) and not any(
+        a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in out
+    ):
+        raise SegbenchError("missing run_dir: pass run_dir=<a training run directory>")
+    return out
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "train",
+        "segbench.engine.trainer:train_task",
+        "train, validate and test one configuration (a sweep with -m)",
+        _prepare_train,
+    ),
+    "eval": Command(
+        "eval",
+        "segbench.engine.evaluate:eval_task",
+        "re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true]",
+        _prepare_run_dir_command,
+    ),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [
+        "usage: segbench <command> [hydra overrides] [-m] [--cfg job] [--help]",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}  {cmd.help}" for name, cmd in COMMANDS.items()),
+        "",
+        "examples:",
+        "  segbench train experiment=quickstart",
+        "  segbench train model=unetpp optimizer=radam",
+        "  segbench train -m optimizer=adam,sgd seed=0,1,2",
+        "  segbench train --cfg job          # print the composed config",
+        "  segbench <command> --help         # config groups and options of a command",
+    ]
+    return "\n".join(lines)
+
+
+def _load_task(spec: str) -> Callable:
+    module, func = spec.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _run_hydra(command: Command) -> None:
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    task = _load_task(command.task)
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command.config_name)
+    def entry(cfg):
+        try:
+            return task(cfg)
+        except SegbenchError as err:
+            log.error("%s", err)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                return None  # this job failed (its run dir says why); the sweep goes on
+            raise SystemExit(2) from None
+
+    entry()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        raise SystemExit(0 if argv else 2)
+    name, rest = argv[0], argv[1:]
+    command = COMMANDS.get(name)
+    if command is None:
+        print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        rest = command.prepare(rest)
+    except SegbenchError as err:
+        print(f"segbench {name}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.argv = [f"segbench-{name}", *rest]
+    try:
+        _run_hydra(command)
+    except KeyboardInterrupt:
+        print(f"\nsegbench {name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

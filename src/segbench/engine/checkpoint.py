@@ -1,0 +1,70 @@
+"""Atomic checkpoints that `torch.load(path, weights_only=True)` can read.
+
+A checkpoint holds tensors and plain Python values only (dicts, lists, numbers, strings): never a
+pickled object. It is written to a temporary file in the same folder, flushed to disk and renamed
+over the old one, so a crash or kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segbench import SegbenchError
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SegbenchError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle, ...
+        raise SegbenchError(
+            f"cannot load checkpoint {path}: {err}. The file is corrupt or not a segbench checkpoint"
+        ) from None
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain values."""
+    np_state = np.random.get_state()
+    _, py_internal, py_gauss = random.getstate()
+    state = {
+        "python": list(py_internal),
+        "python_gauss": [py_gauss is not None, 0.0 if py_gauss is None else py_gauss],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    has_gauss, gauss = state["python_gauss"]
+    random.setstate((3, tuple(state["python"]), gauss if has_gauss else None))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
+                         state["numpy_pos"], int(state["numpy_gauss"][0]), state["numpy_gauss"][1]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

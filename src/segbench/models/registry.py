@@ -1,0 +1,117 @@
+"""A small model registry: `create_model(name, **kwargs)` returns a plain nn.Module that maps an
+image batch to one logit map per class; `build_model(cfg)` adds the shared wrapper (scaling,
+normalisation, padding to a size the network takes) and the activation swap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from segbench import SegbenchError
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+# How many times each model downsamples: inputs must be multiples of this (None: any size).
+_DIVISORS: dict[str, Callable[[dict], int | None]] = {}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def register(name: str, divisor: Callable[[dict], int | None] = lambda kw: None):
+    def wrap(fn):
+        _MODELS[name] = fn
+        _DIVISORS[name] = divisor
+        return fn
+    return wrap
+
+
+def available_models() -> list[str]:
+    return sorted(_MODELS)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    if name not in _MODELS:
+        raise SegbenchError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    return _MODELS[name](**kwargs)
+
+
+def size_divisor(name: str, **kwargs) -> int | None:
+    return _DIVISORS[name](kwargs)
+
+
+class SegmentationModel(nn.Module):
+    """uint8-range or [0, 1] image batch -> logits of the same height and width.
+
+    Scales [0, 255] to [0, 1] when given integers, normalises with the stored mean/std, pads to a
+    multiple of `divisor` (reflection) and crops the logits back, so the network inside never
+    sees a size it cannot take.
+    """
+
+    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None):
+        super().__init__()
+        self.net = net
+        self.divisor = divisor
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            x = x.float() / 255.0
+        x = (x - self.mean) / self.std
+        h, w = x.shape[-2:]
+        pad_h = pad_w = 0
+        if self.divisor:
+            pad_h, pad_w = (-h) % self.divisor, (-w) % self.divisor
+        if pad_h or pad_w:
+            top, left = pad_h // 2, pad_w // 2
+            mode = "reflect" if pad_h < h and pad_w < w else "replicate"
+            x = F.pad(x, (left, pad_w - left, top, pad_h - top), mode=mode)
+            return self.net(x)[..., top : top + h, left : left + w]
+        return self.net(x)
+
+
+def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """ImageNet statistics for RGB (what pretrained encoders expect); mid-grey for other inputs."""
+    if channels == 3:
+        return IMAGENET_MEAN, IMAGENET_STD
+    return (0.5,) * channels, (0.25,) * channels
+
+
+def check_resolution(name: str, divisor: int | None, height: int, width: int, pad: bool) -> None:
+    if not divisor or pad or (height % divisor == 0 and width % divisor == 0):
+        return
+    def near(v):
+        lo = v // divisor * divisor
+        return sorted({max(divisor, lo), lo + divisor})
+    raise SegbenchError(
+        f"model {name} needs height and width divisible by {divisor}; {height}x{width} is not. "
+        f"Nearest valid heights {near(height)}, widths {near(width)}; or set "
+        "model.pad_to_multiple=true to pad inputs and crop the output back"
+    )
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("name", "pad_to_multiple"):
+        kwargs.pop(key, None)
+    return kwargs
+
+
+def build_model(cfg: DictConfig) -> SegmentationModel:
+    """The configured model, activation swapped, wrapped for any input size the config allows."""
+    from segbench.models.activations import swap_activations
+
+    name = cfg.model.name
+    kwargs = model_kwargs(cfg)
+    divisor = size_divisor(name, **kwargs)
+    check_resolution(name, divisor, int(cfg.resolution.height), int(cfg.resolution.width),
+                     bool(cfg.model.get("pad_to_multiple", True)))
+    net = create_model(name, **kwargs)
+    if "activation" in cfg and cfg.activation is not None:
+        swap_activations(net, cfg.activation)
+    mean, std = normalisation(int(kwargs.get("in_channels", 3)))
+    return SegmentationModel(net, mean, std, divisor)

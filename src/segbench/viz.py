@@ -1,0 +1,77 @@
+"""Figures of one run: learning curves and test predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
+    """Train vs validation loss, Dice and IoU per epoch, and the learning rate."""
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    for ax, metric in zip(axes[:3], ("loss", "dice", "iou")):
+        for split, style in (("train", "-"), ("val", "-")):
+            key = f"{split}_{metric}"
+            if history and key in history[0]:
+                ax.plot(epochs, [row[key] for row in history], style, marker=".", label=split)
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", ls=":", lw=1, label=f"best (epoch {best_epoch})")
+        ax.set_title({"loss": "loss", "dice": "Dice", "iou": "IoU"}[metric])
+        ax.set_xlabel("epoch")
+        if metric != "loss":
+            ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[3].plot(epochs, [row["lr"] for row in history], marker=".")
+    axes[3].set_yscale("log")
+    axes[3].set_title("learning rate")
+    axes[3].set_xlabel("epoch")
+    axes[3].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """Image with true positives green, false positives red, false negatives blue."""
+    rgb = image.astype(np.float32) / 255.0
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    out = rgb * 0.55
+    colours = {(1, 1): (0.1, 0.9, 0.1), (1, 0): (0.95, 0.15, 0.1), (0, 1): (0.15, 0.35, 1.0)}
+    for (p, t), colour in colours.items():
+        where = (pred == p) & (truth == t)
+        out[where] = 0.45 * rgb[where] + 0.55 * np.array(colour)
+    out[(pred == 0) & (truth == 0)] = rgb[(pred == 0) & (truth == 0)]
+    return np.clip(out, 0, 1)
+
+
+def plot_predictions(images, masks, probs, titles, path: Path, threshold: float = 0.5) -> None:
+    """One row per image: image | ground truth | prediction | overlay (TP green, FP red, FN blue)."""
+    n = len(images)
+    if n == 0:
+        return
+    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    for row, (image, mask, prob, title) in enumerate(zip(images, masks, probs, titles)):
+        pred = (prob >= threshold).astype(np.uint8)
+        shown = image[..., 0] if image.shape[2] == 1 else image
+        panels = [(shown, "image"), (mask, "ground truth"), (pred, "prediction"),
+                  (overlay(image, mask, pred), "overlay")]
+        for col, (panel, name) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0,
+                      vmax=255 if panel is shown else 1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
