@@ -96,6 +96,9 @@ def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root:
     tag = f"{cfg.dataset.name}|{cfg.dataset.channels}|" + (
         module.reader_tag(cfg.dataset) if hasattr(module, "reader_tag") else "")
     height, width = int(cfg.resolution.height), int(cfg.resolution.width)
+    if min(height, width) < 8:
+        raise SegbenchError(f"resolution {height}x{width} is too small: give resolution.height and "
+                            "resolution.width of at least 8 pixels (e.g. resolution=64)")
     data = Data(splits)
     unexpected: set[int] = set()
     for name, samples in splits.items():

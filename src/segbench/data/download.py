@@ -27,7 +27,7 @@ from urllib.request import Request, urlopen
 from omegaconf import DictConfig
 
 from segbench import SegbenchError, __version__
-from segbench.data import dataset_module
+from segbench.data import DATASETS, dataset_module
 
 log = logging.getLogger(__name__)
 
@@ -294,9 +294,11 @@ def download_task(cfg: DictConfig) -> None:
     source = cfg.dataset.get("download")
     root = Path(str(cfg.dataset.get("root", "."))).expanduser()
     if not source:
+        choices = "|".join(n for n in DATASETS if n not in ("synthetic", "folder"))
         raise SegbenchError(f"dataset {name} has nothing to download"
-                            + (": it is generated on first use" if name == "synthetic" else
-                               ": point dataset.root at your images/ and masks/ folders"))
+                            + (" (it is generated on first use)" if name == "synthetic" else
+                               " (point dataset.root at your images/ and masks/ folders)")
+                            + f"; name one that has: segbench download dataset={choices}")
     if not cfg.force:
         found = _already_there(cfg)
         if found:
