@@ -114,6 +114,16 @@ COMMANDS: dict[str, Command] = {
         "re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true]",
         _prepare_run_dir_command,
     ),
+    "download": Command(
+        "download",
+        "segbench.data.download:download_task",
+        "fetch a dataset into dataset.root: download dataset=kvasir_instrument|lgg_mri|lung_ct",
+    ),
+    "verify": Command(
+        "verify",
+        "segbench.data.verify:verify_task",
+        "check a dataset on disk (pairs, files, sizes, mask values): verify dataset=<name>",
+    ),
 }
 
 

@@ -37,7 +37,7 @@ class Weighted(nn.Module):
         self.terms = nn.ModuleList(m for _, m in terms)
 
     def forward(self, logits, target):
-        return sum(w * m(logits, target) for w, m in zip(self.weights, self.terms))
+        return sum(w * m(logits, target) for w, m in zip(self.weights, self.terms, strict=True))
 
 
 @register("bce")

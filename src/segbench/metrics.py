@@ -81,3 +81,35 @@ def summarize(counts) -> dict[str, float]:
     out.update(pooled(counts))
     out["empty_gt_images"] = int((values["gt_pixels"] == 0).sum())
     return out
+
+
+# --- Per-volume metrics (volumetric datasets such as LGG) --------------------------------------
+# A volume's counts are the sums over its slices, so its Dice pools TP/FP/FN over the volume
+# (DESIGN.md) rather than averaging slice Dice, where empty slices would weigh as much as the
+# tumour's.
+
+
+def per_group(counts, groups) -> tuple[list[str], np.ndarray]:
+    """(group names in first-seen order, (G, 4) int64 TP, FP, FN, TN summed over each group)."""
+    c = np.asarray(counts.cpu() if isinstance(counts, torch.Tensor) else counts, np.int64)
+    groups = list(groups)
+    if len(groups) != len(c):
+        raise ValueError(f"{len(groups)} groups for {len(c)} images")
+    names = list(dict.fromkeys(groups))
+    index = {name: i for i, name in enumerate(names)}
+    out = np.zeros((len(names), 4), np.int64)
+    np.add.at(out, [index[g] for g in groups], c)
+    return names, out
+
+
+def volume_summary(counts, groups) -> dict[str, float]:
+    """Number of volumes and the mean and median over volumes of their pooled Dice and IoU."""
+    names, volume_counts = per_group(counts, groups)
+    values = per_image(volume_counts)
+    return {
+        "n_volumes": len(names),
+        "volume_dice_mean": float(values["dice"].mean()),
+        "volume_dice_median": float(np.median(values["dice"])),
+        "volume_iou_mean": float(values["iou"].mean()),
+        "volume_iou_median": float(np.median(values["iou"])),
+    }

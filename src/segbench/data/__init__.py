@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 DATASETS = {
     "synthetic": "segbench.data.synthetic",
+    "kvasir_instrument": "segbench.data.kvasir_instrument",
+    "lgg_mri": "segbench.data.lgg_mri",
+    "lung_ct": "segbench.data.lung_ct",
+    "folder": "segbench.data.folder",
 }
 EXPECTED_MASK_VALUES = {0, 1, 255}
 
@@ -92,6 +96,9 @@ def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root:
     tag = f"{cfg.dataset.name}|{cfg.dataset.channels}|" + (
         module.reader_tag(cfg.dataset) if hasattr(module, "reader_tag") else "")
     height, width = int(cfg.resolution.height), int(cfg.resolution.width)
+    if min(height, width) < 8:
+        raise SegbenchError(f"resolution {height}x{width} is too small: give resolution.height and "
+                            "resolution.width of at least 8 pixels (e.g. resolution=64)")
     data = Data(splits)
     unexpected: set[int] = set()
     for name, samples in splits.items():
@@ -99,7 +106,8 @@ def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root:
             samples, lambda s: read(s, cfg.dataset), height, width, int(cfg.dataset.channels),
             cache_root, tag)
         unexpected |= values - EXPECTED_MASK_VALUES
-        transform = build_augmentation(cfg.get("augmentation")) if augment and name == "train" else None
+        transform = (build_augmentation(cfg.get("augmentation"), (height, width))
+                     if augment and name == "train" else None)
         data.datasets[name] = SegmentationDataset(images, masks, [s.id for s in samples], transform)
     if unexpected:
         log.warning("masks hold values outside {0, 1, 255} (%s): binarized as value > 0",

@@ -57,4 +57,4 @@ class SeededShuffleSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(self.length)
         item_seeds = rng.integers(0, 2**31 - 1, self.length)
-        return iter(zip(order.tolist(), item_seeds.tolist()))
+        return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))

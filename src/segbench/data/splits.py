@@ -35,6 +35,26 @@ def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[lis
     return _take(samples, set(groups) - out), _take(samples, out)
 
 
+# The test split's own seed stream, apart from validation's (split_seed) and train_fraction's
+# (split_seed + 1): the test images stay the same whatever the other fractions are.
+TEST_SEED_OFFSET = 7919
+
+
+def carve_test(samples: list[Sample], fraction: float, seed: int,
+               unit: str = "images") -> tuple[list[Sample], list[Sample]]:
+    """(training pool, test) for datasets without an official test split: about `fraction` of
+    the groups (patients) or images, chosen by `seed`."""
+    if not 0.0 < fraction < 1.0:
+        raise SegbenchError(f"dataset.test_fraction must be in (0, 1), got {fraction}")
+    n = len(_groups(samples))
+    if n < 3:
+        raise SegbenchError(
+            f"the dataset has {n} {unit}: too few to split into train, validation and test "
+            f"(at least 3 {unit} are needed). Point dataset.root at the whole dataset"
+        )
+    return split_groups(samples, fraction, seed + TEST_SEED_OFFSET)
+
+
 def make_splits(pools: dict[str, list[Sample]], *, val_fraction: float, train_fraction: float,
                 seed: int) -> dict[str, list[Sample]]:
     """train/val/test from a dataset's pools ('train', 'test' and optionally its own 'val')."""

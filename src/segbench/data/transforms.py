@@ -28,11 +28,34 @@ def _build_one(spec: dict):
         raise SegbenchError(f"augmentation: bad arguments for {name}: {err}") from None
 
 
-def build_augmentation(cfg: DictConfig | dict | None) -> A.Compose | None:
-    """An albumentations Compose for the training split, or None when the preset is empty."""
+# Transforms that swap height and width: on a non-square resolution they would change the size.
+SQUARE_ONLY = {"Transpose", "RandomRotate90", "D4", "SquareSymmetry"}
+
+
+def _types(specs) -> set[str]:
+    out = set()
+    for spec in specs or []:
+        out.add(spec.get("type"))
+        out |= _types(spec.get("transforms"))
+    return out
+
+
+def build_augmentation(cfg: DictConfig | dict | None,
+                       size: tuple[int, int] | None = None) -> A.Compose | None:
+    """An albumentations Compose for the training split, or None when the preset is empty.
+
+    `size` (height, width) is the resolution the images are cached at: transforms that swap
+    height and width need it square.
+    """
     if cfg is None:
         return None
     spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    swapping = sorted(_types(spec.get("transforms")) & SQUARE_ONLY)
+    if size is not None and size[0] != size[1] and swapping:
+        raise SegbenchError(
+            f"augmentation {spec.get('name', '')}: {', '.join(swapping)} swaps height and width, "
+            f"which a {size[0]}x{size[1]} resolution cannot take; use a square resolution or "
+            "another preset")
     transforms = [_build_one(t) for t in spec.get("transforms") or []]
     if not transforms:
         return None

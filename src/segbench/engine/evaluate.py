@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,10 +104,27 @@ def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: lis
                         int(values["gt_pixels"][i]), int(values["pred_pixels"][i]), *c[i].tolist()])
 
 
+def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
+    """One row per volume (patient): its slice count and metrics of its pooled counts."""
+    names, pooled = metrics.per_group(counts, groups)
+    values = metrics.per_image(pooled)
+    slices = Counter(groups)
+    metric_names = ["dice", "iou", "precision", "recall", "specificity", "accuracy"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["volume", "slices", *metric_names, "gt_pixels", "pred_pixels",
+                    "tp", "fp", "fn", "tn"])
+        for i, name in enumerate(names):
+            w.writerow([name, slices[name], *(f"{values[n][i]:.6f}" for n in metric_names),
+                        int(values["gt_pixels"][i]), int(values["pred_pixels"][i]),
+                        *pooled[i].tolist()])
+
+
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
                batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
                channels_last: bool = False, num_workers: int = 0) -> dict:
-    """Evaluate a split once and write per_case.csv and predictions.png; returns the metrics."""
+    """Evaluate a split once and write per_case.csv and predictions.png (and per_volume.csv
+    when `groups` name each image's volume); returns the metrics."""
     from segbench.viz import plot_predictions
 
     keep = tuple(np.linspace(0, len(dataset) - 1, min(num_predictions, len(dataset))).round().astype(int).tolist())
@@ -115,6 +133,9 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
                       channels_last=channels_last)
     write_per_case(out_dir / "per_case.csv", dataset.ids, result.counts, groups)
     summary = result.summary()
+    if groups:  # volumetric data: per-volume Dice beside the per-slice figures
+        write_per_volume(out_dir / "per_volume.csv", result.counts, list(groups))
+        summary.update(metrics.volume_summary(result.counts, groups))
     dice = metrics.per_image(result.counts)["dice"]
     plot_predictions(
         [np.asarray(dataset.images[i]) for i in keep],
@@ -126,7 +147,8 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
 
 
 def metric_line(m: dict, prefix: str = "") -> str:
-    keys = ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall")
+    keys = ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall", "volume_dice_mean",
+            "volume_dice_median")
     return "  ".join(f"{prefix}{k} {m[k]:.4f}" for k in keys if k in m)
 
 

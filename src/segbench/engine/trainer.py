@@ -31,6 +31,7 @@ from segbench import SegbenchError, __version__, metrics
 from segbench.data import build_datasets, list_splits
 from segbench.data.dataset import SeededShuffleSampler
 from segbench.data.splits import write_split_file
+from segbench.data.verify import quick_check
 from segbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from segbench.engine.device import (
     autocast,
@@ -249,6 +250,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
 
     # Data: splits are written before any training so that they can be audited.
     splits = list_splits(cfg)
+    quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
     write_split_file(run_dir / "split.json", splits,
                      {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))})
     data = build_datasets(cfg, splits, Path(cfg.paths.cache))

@@ -1,0 +1,105 @@
+"""Samples/s of the data pipeline with and without the decode-once cache, on the shared samples.
+
+    python scripts/bench_cache.py [--resolution 256] [--epochs 3] [--data ../shared/data]
+
+"no cache" decodes and resizes every image and mask each time it is read, as a Dataset that
+opens files in __getitem__ does; "cache, first run" builds the memory-mapped entry (threaded
+decode); "cache, later epochs" reads items through the memory maps (what every later epoch and
+run does). Kvasir-Instrument's sample has masks only: a JPEG of each mask's size is written in a
+temporary folder to stand in for the frames (18 of the dataset's 590 ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from segbench import config_dir
+from segbench.data import dataset_module, default_read, list_splits
+from segbench.data.cache import cached_arrays, resize_pair
+from segbench.data.dataset import SegmentationDataset
+
+
+def kvasir_stand_in(sample_root: Path, dest: Path) -> Path:
+    shutil.copytree(sample_root / "masks", dest / "masks")
+    for name in ("train.txt", "test.txt"):
+        shutil.copy(sample_root / name, dest / name)
+    (dest / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for mask in sorted((dest / "masks").glob("*.png")):
+        m = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 0
+        # Smooth tissue-like content with mild noise: JPEG sizes like real frames, not like noise.
+        image = np.full((*m.shape, 3), (60, 70, 160), np.uint8)
+        image[m] = (190, 190, 190)
+        image = cv2.GaussianBlur(image, (0, 0), 3)
+        image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(dest / "images" / f"{mask.stem}.jpg"), image)
+    return dest
+
+
+def bench(name: str, root: Path, resolution: int, epochs: int, cache_root: Path) -> None:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", [f"dataset={name}", f"dataset.root={root}",
+                                f"resolution='{resolution}'"])
+    splits = list_splits(cfg)
+    samples = [s for split in splits.values() for s in split]
+    read = getattr(dataset_module(name), "read", default_read)
+    tag = f"bench|{name}|{cfg.dataset.channels}"
+    channels = int(cfg.dataset.channels)
+
+    start = time.perf_counter()
+    for _ in range(epochs):
+        for s in samples:
+            image, mask, _ = read(s, cfg.dataset)
+            resize_pair(image, mask, resolution, resolution)
+    no_cache = len(samples) * epochs / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    images, masks, _ = cached_arrays(samples, lambda s: read(s, cfg.dataset), resolution,
+                                     resolution, channels, cache_root, tag)
+    cold = len(samples) / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    for _ in range(epochs):
+        images, masks, _ = cached_arrays(samples, lambda s: read(s, cfg.dataset), resolution,
+                                         resolution, channels, cache_root, tag)
+        data = SegmentationDataset(images, masks, [s.id for s in samples])
+        for i in range(len(data)):
+            data[i]
+    warm = len(samples) * epochs / (time.perf_counter() - start)
+    print(f"{name:<18} {len(samples):>5} {no_cache:>12.0f} {cold:>16.0f} {warm:>18.0f} "
+          f"{warm / no_cache:>8.0f}x")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR)  # the Kvasir stand-in is a partial copy: say it once here
+    if not args.data.is_dir():
+        sys.exit(f"no shared samples at {args.data}; pass --data <folder>")
+    print(f"resolution {args.resolution}x{args.resolution}, {args.epochs} epochs, samples/s")
+    print(f"{'dataset':<18} {'pairs':>5} {'no cache':>12} {'cache, first run':>16} "
+          f"{'cache, later epochs':>18} {'speed-up':>8}")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        bench("lgg_mri", args.data / "lgg_sample", args.resolution, args.epochs, tmp / "cache")
+        bench("lung_ct", args.data / "lung_ct_sample", args.resolution, args.epochs, tmp / "cache")
+        kvasir = kvasir_stand_in(args.data / "kvasir_instrument_sample", tmp / "kvasir")
+        bench("kvasir_instrument", kvasir, args.resolution, args.epochs, tmp / "cache")
+
+
+if __name__ == "__main__":
+    main()
