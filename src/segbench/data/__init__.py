@@ -1,0 +1,107 @@
+"""Datasets: one module per source (listing its samples and splits), one shared pipeline after it.
+
+A dataset module provides `list_splits(cfg) -> {"train": [...], "test": [...], ("val": [...])}`
+of `Sample`s, and optionally `read(sample, cfg) -> (uint8 HxWxC image, uint8 HxW {0,1} mask,
+mask values seen)` and `reader_tag(cfg) -> str` (reader settings that change decoded pixels).
+Everything after that (val carving, train_fraction, split.json, decode-once cache, augmentation)
+is shared here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+from omegaconf import DictConfig
+
+from segbench import SegbenchError
+from segbench.data.cache import cached_arrays
+from segbench.data.dataset import SegmentationDataset
+from segbench.data.io import read_image, read_mask
+from segbench.data.source import Sample
+from segbench.data.splits import make_splits
+from segbench.data.transforms import build_augmentation
+
+log = logging.getLogger(__name__)
+
+DATASETS = {
+    "synthetic": "segbench.data.synthetic",
+}
+EXPECTED_MASK_VALUES = {0, 1, 255}
+
+
+@dataclass
+class Data:
+    splits: dict[str, list[Sample]]
+    datasets: dict[str, SegmentationDataset] = field(default_factory=dict)
+
+    def __getitem__(self, split: str) -> SegmentationDataset:
+        return self.datasets[split]
+
+
+def dataset_module(name: str) -> ModuleType:
+    if name not in DATASETS:
+        raise SegbenchError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
+    return importlib.import_module(DATASETS[name])
+
+
+def default_read(sample: Sample, cfg: DictConfig):
+    image = read_image(sample.image, int(cfg.channels))
+    mask, values = read_mask(sample.mask)
+    if image.shape[:2] != mask.shape:
+        raise SegbenchError(
+            f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its mask {sample.mask} "
+            f"is {mask.shape[1]}x{mask.shape[0]}: a mask must match its image's size"
+        )
+    return image, mask, values
+
+
+def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
+    """train/val/test samples for the config's dataset (validation carved from training)."""
+    module = dataset_module(cfg.dataset.name)
+    pools = module.list_splits(cfg.dataset)
+    d = cfg.dataset
+    return make_splits(pools, val_fraction=float(d.get("val_fraction", 0.2)),
+                       train_fraction=float(d.get("train_fraction", 1.0)),
+                       seed=int(d.get("split_seed", 0)))
+
+
+def select_splits(cfg: DictConfig, recorded: dict[str, list[str]], names: list[str]):
+    """The recorded splits (split.json) of a run, checked against the data as it is now."""
+    module = dataset_module(cfg.dataset.name)
+    by_id = {s.id: s for pool in module.list_splits(cfg.dataset).values() for s in pool}
+    out = {}
+    for name in names:
+        missing = [i for i in recorded[name] if i not in by_id]
+        if missing:
+            raise SegbenchError(
+                f"{len(missing)} image(s) of the run's {name} split are not in the dataset any "
+                f"more (first: {missing[:5]}); point data_root=<dir> at the data it was trained on"
+            )
+        out[name] = [by_id[i] for i in recorded[name]]
+    return out
+
+
+def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root: Path | None,
+                   augment: bool = True) -> Data:
+    module = dataset_module(cfg.dataset.name)
+    read = getattr(module, "read", default_read)
+    tag = f"{cfg.dataset.name}|{cfg.dataset.channels}|" + (
+        module.reader_tag(cfg.dataset) if hasattr(module, "reader_tag") else "")
+    height, width = int(cfg.resolution.height), int(cfg.resolution.width)
+    data = Data(splits)
+    unexpected: set[int] = set()
+    for name, samples in splits.items():
+        images, masks, values = cached_arrays(
+            samples, lambda s: read(s, cfg.dataset), height, width, int(cfg.dataset.channels),
+            cache_root, tag)
+        unexpected |= values - EXPECTED_MASK_VALUES
+        transform = build_augmentation(cfg.get("augmentation")) if augment and name == "train" else None
+        data.datasets[name] = SegmentationDataset(images, masks, [s.id for s in samples], transform)
+    if unexpected:
+        log.warning("masks hold values outside {0, 1, 255} (%s): binarized as value > 0",
+                    sorted(unexpected)[:20])
+    return data

@@ -1,0 +1,88 @@
+"""Seeded, group-aware splits. The test split is the dataset's own; validation is carved from the
+training pool; `train_fraction` keeps a seeded subset of what remains for training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segbench import SegbenchError
+from segbench.data.source import Sample
+
+
+def _groups(samples: list[Sample]) -> list[str]:
+    """Unit of splitting: the sample's group (patient) where it has one, else the sample itself."""
+    seen: dict[str, None] = {}
+    for s in samples:
+        seen.setdefault(s.group if s.group is not None else s.id, None)
+    return list(seen)
+
+
+def _take(samples: list[Sample], groups: set[str]) -> list[Sample]:
+    return [s for s in samples if (s.group if s.group is not None else s.id) in groups]
+
+
+def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """(rest, held_out): about `fraction` of the groups held out, chosen by `seed`."""
+    groups = _groups(samples)
+    n_out = int(round(fraction * len(groups)))
+    if fraction > 0:
+        n_out = min(max(n_out, 1), len(groups) - 1)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    out = {groups[i] for i in order[:n_out]}
+    return _take(samples, set(groups) - out), _take(samples, out)
+
+
+def make_splits(pools: dict[str, list[Sample]], *, val_fraction: float, train_fraction: float,
+                seed: int) -> dict[str, list[Sample]]:
+    """train/val/test from a dataset's pools ('train', 'test' and optionally its own 'val')."""
+    if not 0.0 < train_fraction <= 1.0:
+        raise SegbenchError(f"dataset.train_fraction must be in (0, 1], got {train_fraction}")
+    if "val" in pools:
+        train, val = pools["train"], pools["val"]
+    else:
+        if not 0.0 < val_fraction < 1.0:
+            raise SegbenchError(f"dataset.val_fraction must be in (0, 1), got {val_fraction}")
+        if len(_groups(pools["train"])) < 2:
+            raise SegbenchError(
+                "the training split has fewer than 2 images/patients: nothing to carve a "
+                "validation split from"
+            )
+        train, val = split_groups(pools["train"], val_fraction, seed)
+    if train_fraction < 1.0:
+        _, train = split_groups(train, train_fraction, seed + 1)
+    splits = {"train": train, "val": val, "test": pools["test"]}
+    for name, items in splits.items():
+        if not items:
+            raise SegbenchError(f"the {name} split is empty: check the dataset and its split settings")
+    _check_disjoint(splits)
+    return splits
+
+
+def _check_disjoint(splits: dict[str, list[Sample]]) -> None:
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            ids = {s.id for s in splits[a]} & {s.id for s in splits[b]}
+            groups = {s.group for s in splits[a] if s.group} & {s.group for s in splits[b] if s.group}
+            if ids or groups:
+                shared = sorted(ids or groups)[:5]
+                raise SegbenchError(f"the {a} and {b} splits share images/patients: {shared}")
+
+
+def write_split_file(path: Path, splits: dict[str, list[Sample]], info: dict) -> None:
+    doc = {**info, "counts": {k: len(v) for k, v in splits.items()},
+           "splits": {k: [s.id for s in v] for k, v in splits.items()}}
+    groups = {k: sorted({s.group for s in v if s.group}) for k, v in splits.items()}
+    if any(groups.values()):
+        doc["groups"] = groups
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
+def read_split_file(path: Path) -> dict[str, list[str]]:
+    try:
+        return json.loads(Path(path).read_text())["splits"]
+    except (OSError, ValueError, KeyError) as err:
+        raise SegbenchError(f"cannot read the split file {path}: {err}") from None
