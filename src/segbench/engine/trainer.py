@@ -265,6 +265,11 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     if max_epochs < 1 or int(t.batch_size) < 1:
         raise SegbenchError("trainer.max_epochs and trainer.batch_size must be >= 1")
 
+    # The model first: a configuration it cannot take fails before any data is read.
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
     # Data: splits are written before any training so that they can be audited.
     splits = list_splits(cfg)
     write_split_file(run_dir / "split.json", splits,
@@ -280,9 +285,6 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     eval_batch = int(t.eval_batch_size or 2 * t.batch_size)
     val_loader = eval_loader(data["val"], eval_batch, device, workers)
 
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=max_epochs,

@@ -86,7 +86,7 @@ def check_resolution(name: str, divisor: int | None, height: int, width: int, pa
         return
     def near(v):
         lo = v // divisor * divisor
-        return sorted({max(divisor, lo), lo + divisor})
+        return [v] if v == lo else sorted({max(divisor, lo), lo + divisor})
     raise SegbenchError(
         f"model {name} needs height and width divisible by {divisor}; {height}x{width} is not. "
         f"Nearest valid heights {near(height)}, widths {near(width)}; or set "

@@ -1,0 +1,107 @@
+"""The CLI parses the documented forms and fails clearly on bad input."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from conftest import TINY, read_json, run_cli, run_dirs
+
+
+def test_no_command_prints_usage_and_fails(tmp_path):
+    proc = run_cli(cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "commands:" in proc.stdout and "train" in proc.stdout and "eval" in proc.stdout
+
+
+def test_unknown_command_lists_commands(tmp_path):
+    proc = run_cli("trian", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "unknown command 'trian'" in proc.stderr
+    assert "train" in proc.stderr and "eval" in proc.stderr
+
+
+def test_cfg_job_composes_overrides_as_written(tmp_path):
+    proc = run_cli("train", "model=unetpp", "optimizer=radam", "resolution=576x720", "--cfg", "job",
+                   cwd=tmp_path)
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["model"]["name"] == "unetpp" and cfg["model"]["arch"] == "UnetPlusPlus"
+    assert cfg["optimizer"]["name"] == "radam"
+    assert (cfg["resolution"]["height"], cfg["resolution"]["width"]) == (576, 720)
+    assert not (tmp_path / "outputs").exists()  # --cfg only prints
+
+
+def test_help_lists_config_groups(tmp_path):
+    proc = run_cli("train", "--help", cwd=tmp_path)
+    assert "segbench train" in proc.stdout
+    for group in ("model", "optimizer", "scheduler", "loss", "augmentation", "resolution", "dataset"):
+        assert f"{group}:" in proc.stdout
+
+
+def test_unknown_option_names_the_available_ones(tmp_path):
+    proc = run_cli("train", "model=unet3000", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert "model/unet3000" in proc.stderr and "unetpp" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_quickstart_composes_64px_small_unet(tmp_path):
+    cfg = yaml.safe_load(run_cli("train", "experiment=quickstart", "--cfg", "job", cwd=tmp_path).stdout)
+    assert cfg["resolution"] == {"height": 64, "width": 64}
+    assert cfg["dataset"]["name"] == "synthetic"
+    assert len(cfg["model"]["decoder_channels"]) == cfg["model"]["encoder_depth"]
+
+
+@pytest.mark.slow
+def test_multirun_makes_one_complete_run_dir_per_job(tmp_path):
+    run_cli("train", "-m", "optimizer=adam,sgd", *TINY, "trainer.max_epochs=1",
+            "hydra.sweep.dir=sweep", cwd=tmp_path)
+    dirs = run_dirs(tmp_path / "sweep")
+    assert len(dirs) == 2
+    optimizers = set()
+    for d in dirs:
+        for name in ("config.yaml", "train.log", "history.csv", "metrics.json", "per_case.csv",
+                     "split.json", "curves.png", "predictions.png", "checkpoints/best.pt",
+                     "checkpoints/last.pt"):
+            assert (d / name).is_file(), f"{d}/{name} missing"
+        optimizers.add(yaml.safe_load((d / "config.yaml").read_text())["optimizer"]["name"])
+        assert read_json(d / "metrics.json")["test"]["n_images"] == 8
+    assert optimizers == {"adam", "sgd"}
+
+
+def test_resolution_a_model_cannot_take_is_named_with_valid_sizes(tmp_path):
+    proc = run_cli("train", *TINY, "resolution=576x720", "model.pad_to_multiple=false",
+                   "model.encoder_depth=5", "model.decoder_channels=[64,32,16,8,8]",
+                   "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    out = proc.stdout + proc.stderr
+    assert "needs height and width divisible by 32; 576x720 is not" in out
+    assert "Nearest valid heights [576], widths [704, 736]" in out
+    assert not (tmp_path / "run" / "split.json").exists()  # rejected before any data was read
+    proc = run_cli("train", *TINY, "resolution.height=60", "resolution.width=70",
+                   "model.pad_to_multiple=false", "hydra.run.dir=run2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "Nearest valid heights [56, 64], widths [64, 72]" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_decoder_channels_must_match_depth(tmp_path):
+    proc = run_cli("train", *TINY, "model.encoder_depth=4", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "model.decoder_channels has 3 entries but model.encoder_depth=4" in proc.stdout + proc.stderr
+
+
+def test_eval_errors_are_clear(tmp_path):
+    proc = run_cli("eval", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "missing run_dir" in proc.stderr
+    (tmp_path / "notarun").mkdir()
+    proc = run_cli("eval", "run_dir=notarun", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "not a segbench run directory" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_resume_from_a_folder_that_is_not_a_run(tmp_path):
+    proc = run_cli("train", "trainer.resume=nowhere", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "not a segbench run directory" in proc.stderr
