@@ -77,6 +77,7 @@ class Run:
     epochs: int = 0
     error: str | None = None
     seed: str = "?"
+    overridden: list[str] = field(default_factory=list)  # keys in the order the command gave them
 
 
 @dataclass
@@ -136,15 +137,16 @@ def load_run(path: Path) -> Run:
         settings.update({k: str(v) for k, v in choices.items() if v is not None and not _ignored(k)})
         num = OmegaConf.select(hydra_yaml, "hydra.job.num")
     lines = [str(o) for o in OmegaConf.load(path / ".hydra" / "overrides.yaml")]
-    seed = "0"
+    seed, overridden = "0", []
     for o in OverridesParser.create().parse_overrides(lines):
         key = o.key_or_group
         if key == "seed":
             seed = _value(o.input_line)
         if not o.is_hydra_override() and not _ignored(key):
             settings[key] = _value(o.input_line)
+            overridden.append(key)
     run = Run(path, settings, (num if isinstance(num, int) else 1 << 30, str(path)), "not started",
-              seed=seed)
+              seed=seed, overridden=overridden)
     status = {}
     if (path / "status.json").is_file():
         try:
@@ -177,13 +179,16 @@ def _config_value(run: Run, key: str) -> str:
 
 def group_runs(runs: list[Run]) -> tuple[list[Configuration], list[str], dict[str, str]]:
     """Configurations in sweep order, the keys that tell them apart, and the shared settings."""
-    keys = sorted({k for r in runs for k in r.settings})
+    runs = sorted(runs, key=lambda r: r.order)
+    # Overridden keys in the order the sweep gave them, then the config-group choices.
+    keys = list(dict.fromkeys([k for r in runs for k in r.overridden]
+                              + sorted({k for r in runs for k in r.settings})))
     for r in runs:  # a key set by some runs only: the others ran with their config's value
         for k in keys:
             if k not in r.settings:
                 r.settings[k] = _config_value(r, k)
     groups: dict[tuple, Configuration] = {}
-    for r in sorted(runs, key=lambda r: r.order):
+    for r in runs:
         key = tuple(r.settings[k] for k in keys)
         groups.setdefault(key, Configuration({k: r.settings[k] for k in keys})).runs.append(r)
     configs = list(groups.values())
@@ -308,7 +313,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _best(values: list[float], higher: bool | None) -> float | None:
     ok = [v for v in values if not math.isnan(v)]
-    if higher is None or len(ok) < 2:
+    if higher is None or len(set(ok)) < 2:  # nothing to rank when all are equal
         return None
     return max(ok) if higher else min(ok)
 
@@ -356,6 +361,7 @@ def plot_curves(configs, path: Path) -> bool:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     histories = {c.label: [_read_csv(r.path / "history.csv") for r in c.runs] for c in configs}
     keys = [k for k in CURVE_KEYS if any(h and k in h[0] for hs in histories.values() for h in hs)]
@@ -380,6 +386,7 @@ def plot_curves(configs, path: Path) -> bool:
                                 [max(by_epoch[e]) for e in epochs], color=line.get_color(), alpha=0.15)
         ax.set_title(key.replace("_", " "))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.suptitle("mean over seeds (band: min to max)", fontsize=9)
@@ -399,39 +406,46 @@ def _load_samples(config: Configuration):
 
 
 def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
-    """The same test images across configurations: image, truth, each configuration's mask."""
+    """The same test images across configurations: image, ground truth, then each configuration's
+    prediction over the image (true positives green, false positives red, false negatives blue)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from segbench.viz import overlay
+
     samples = [(c, s) for c in configs if c.finished and (s := _load_samples(c)) is not None]
     if not samples:
         return False
-    ids = [str(i) for i in samples[0][1]["ids"]]
-    common = [i for i in ids if all(i in set(map(str, s["ids"])) for _, s in samples)][:max_rows]
+    index = [{str(i): k for k, i in enumerate(s["ids"])} for _, s in samples]
+    common = [i for i in index[0] if all(i in ix for ix in index)][:max_rows]
     if not common:
         return False
     cols = 2 + len(samples)
-    fig, axes = plt.subplots(len(common), cols, figsize=(2.1 * cols, 2.2 * len(common) + 0.4),
+    fig, axes = plt.subplots(len(common), cols, figsize=(2.2 * cols, 2.2 * len(common) + 0.5),
                              squeeze=False)
-    first = samples[0][1]
     for row, image_id in enumerate(common):
-        k = [str(i) for i in first["ids"]].index(image_id)
+        first, k = samples[0][1], index[0][image_id]
         image = first["images"][k]
-        panels = [(image[..., 0] if image.shape[-1] == 1 else image, "image", "gray"),
-                  (first["masks"][k], "ground truth", "gray")]
-        for c, s in samples:
-            j = [str(i) for i in s["ids"]].index(image_id)
-            pred = s["probs"][j] >= round(float(s["threshold"]) * 255)
-            panels.append((pred, f"{_short(c.label, 22)}\nDice {float(s['dice'][j]):.3f}", "gray"))
-        for col, (panel, title, cmap) in enumerate(panels):
+        panels = [(image[..., 0] if image.shape[-1] == 1 else image, "image", ""),
+                  (first["masks"][k], "ground truth", "")]
+        for (c, s), ix in zip(samples, index, strict=True):
+            j = ix[image_id]
+            pred = (s["probs"][j] >= round(float(s["threshold"]) * 255)).astype(np.uint8)
+            panels.append((overlay(s["images"][j], s["masks"][j], pred), _short(c.label, 24),
+                           f"Dice {float(s['dice'][j]):.3f}"))
+        for col, (panel, title, note) in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap=cmap if panel.ndim == 2 else None, interpolation="nearest")
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(title if row == 0 or col >= 2 else "", fontsize=7)
+            if row == 0:
+                ax.set_title(title, fontsize=7)
+            ax.set_xlabel(note, fontsize=7)
         axes[row, 0].set_ylabel(image_id, fontsize=7)
+    fig.suptitle("test images across configurations (TP green, FP red, FN blue; Dice at full size)",
+                 fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

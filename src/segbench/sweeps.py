@@ -65,10 +65,10 @@ def prepare_sweep(argv: list[str]) -> list[str]:
     overrides = [o for o in _parse(argv) if not o.is_hydra_override()]
     keys = {o.get_key_element() for o in _parse(argv)}
     constant = [o for o in overrides if not o.is_sweep_override()]
-    out = list(argv)
+    extra = []
     if "hydra.job.config.override_dirname.exclude_keys" not in keys:
         excluded = sorted({o.key_or_group for o in constant} | set(IGNORED_KEYS))
-        out.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
+        extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
     if "hydra.sweep.dir" not in keys:
         named = [o for o in overrides if o.key_or_group not in IGNORED_KEYS]
         study = next((str(o.value()) for o in constant if o.key_or_group == "experiment"
@@ -81,5 +81,8 @@ def prepare_sweep(argv: list[str]) -> list[str]:
         # Swept overrides first: they are what tells one sweep from another when a name is cut.
         rest = sorted(rest, key=lambda o: (not o.is_sweep_override(), o.input_line.lstrip("+~")))
         name = safe_name(",".join(_clean_override(o.input_line) for o in rest))
-        out.append(f"hydra.sweep.dir='{base}/{name}'")
-    return out
+        extra.append(f"hydra.sweep.dir='{base}/{name}'")
+    # Beside the user's overrides: argparse takes them as one block (`--cfg job` may follow).
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")),
+              max(i for i, a in enumerate(argv) if a in ("-m", "--multirun")) + 1)
+    return argv[:at] + extra + argv[at:]
