@@ -125,3 +125,19 @@ def test_cfg_job_prints_a_study_from_the_command_line(tmp_path, searchpath):
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["model"]["name"] == "unet" and cfg["dataset"]["name"] == "kvasir_instrument"
     assert Path(tmp_path).is_dir() and not (tmp_path / "outputs").exists()  # composing writes nothing
+
+
+@pytest.mark.parametrize("launcher,target", [
+    ("parallel", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ("ray_cluster", "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher"),
+])
+def test_launcher_configs_compose(launcher, target):
+    with initialize_config_dir(str(CONFIGS), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    if launcher == "parallel":  # the dev extra installs joblib's plugin: its class must load
+        from hydra.utils import get_class
+
+        get_class(target)
+        assert cfg.hydra.launcher.n_jobs == 2
