@@ -16,6 +16,7 @@ curves.png, predictions.png.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 import math
@@ -168,13 +169,15 @@ def load_run(path: Path) -> Run:
     return run
 
 
+@functools.lru_cache(maxsize=256)
+def _resolved_config(path: Path):
+    return OmegaConf.load(path) if path.is_file() else None
+
+
 def _config_value(run: Run, key: str) -> str:
-    config_file = run.path / "config.yaml"
-    if config_file.is_file():
-        value = OmegaConf.select(OmegaConf.load(config_file), key.lstrip("+~"), default=None)
-        if value is not None:
-            return str(value)
-    return "-"
+    config = _resolved_config(run.path / "config.yaml")
+    value = OmegaConf.select(config, key.lstrip("+~"), default=None) if config is not None else None
+    return "-" if value is None else str(value)
 
 
 def group_runs(runs: list[Run]) -> tuple[list[Configuration], list[str], dict[str, str]]:
@@ -521,6 +524,7 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
         figures["predictions.png"] = "the same test images across configurations"
     else:
         warnings.append("no run holds predictions.npz (runs older than this report): no prediction grid")
+    warnings[:] = list(dict.fromkeys(warnings))  # each metric compared meets the same mismatch
     _write_csv(out_dir / "report.csv", configs, base, varying, columns, comparisons)
     text = _markdown(root, runs, configs, base, baseline, varying, shared, columns, comparisons,
                      metrics, alpha, n_resamples, seed, figures, warnings)
