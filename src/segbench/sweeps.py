@@ -62,8 +62,9 @@ def prepare_sweep(argv: list[str]) -> list[str]:
     """
     if not any(a in ("-m", "--multirun") for a in argv):
         return argv
-    overrides = [o for o in _parse(argv) if not o.is_hydra_override()]
-    keys = {o.get_key_element() for o in _parse(argv)}
+    parsed = _parse(argv)
+    keys = {o.get_key_element() for o in parsed}
+    overrides = [o for o in parsed if not o.is_hydra_override()]
     constant = [o for o in overrides if not o.is_sweep_override()]
     extra = []
     if "hydra.job.config.override_dirname.exclude_keys" not in keys:
