@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench import SegbenchError, config_dir
+from segbench.sweeps import prepare_sweep, register_resolvers
 
 log = logging.getLogger("segbench")
 
@@ -58,8 +59,8 @@ def _prepare_train(argv: list[str]) -> list[str]:
         if not arg.startswith("trainer.resume="):
             continue
         value = arg.split("=", 1)[1]
-        if value.lower() in ("true", "false", "null", "none", ""):
-            return argv
+        if value.lower() in ("auto", "true", "false", "null", "none", ""):
+            return prepare_sweep(argv)
         if any(a in ("-m", "--multirun") for a in argv):
             raise SegbenchError(
                 "trainer.resume=<run_dir> resumes one run; to resume a sweep, re-run the same "
@@ -82,23 +83,44 @@ def _prepare_train(argv: list[str]) -> list[str]:
         new = argv[:i] + argv[i + 1 :]
         return _merge_overrides(old, new) + [
             "trainer.resume=true",
-            f"hydra.run.dir={run_dir.resolve()}",
+            _quote("hydra.run.dir", str(run_dir.resolve())),
         ]
-    return argv
+    return prepare_sweep(argv)
 
 
-def _prepare_run_dir_command(argv: list[str]) -> list[str]:
-    """Accept `segbench eval <run_dir>` as well as `segbench eval run_dir=<run_dir>`."""
-    out = []
-    for arg in argv:
-        if "=" not in arg and not arg.startswith("-") and Path(arg).exists():
-            arg = f"run_dir={arg}"
-        out.append(arg)
-    if not any(a.startswith("run_dir=") for a in out) and not any(
-        a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in out
-    ):
-        raise SegbenchError("missing run_dir: pass run_dir=<a training run directory>")
-    return out
+def _quote(key: str, value: str) -> str:
+    """`key='value'`: sweep job dirs and settings hold `=` and `,`, which Hydra's override grammar
+    would otherwise parse."""
+    if value[:1] in ("'", '"'):
+        return f"{key}={value}"
+    return f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+def _path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tuple[str, ...] = ()):
+    """Accept `segbench <command> <dir>` as well as `<positional>=<dir>`, quote the values of
+    `quoted` keys, and name a missing required key before Hydra does."""
+    keys = (positional, *quoted)
+
+    def prepare(argv: list[str]) -> list[str]:
+        out = []
+        for arg in argv:
+            key, sep, value = arg.partition("=")
+            if sep and key in keys:
+                arg = _quote(key, value)
+            elif not arg.startswith("-") and Path(arg).exists():
+                arg = _quote(positional, arg)
+            out.append(arg)
+        if not any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in out):
+            for key in (positional, *required):
+                if not any(a.startswith(f"{key}=") for a in out):
+                    raise SegbenchError(f"missing {key}: pass {key}=<{REQUIRED_HELP.get(key, key)}>")
+        return out
+
+    return prepare
+
+
+REQUIRED_HELP = {"run_dir": "a training run directory", "dir": "a sweep or a folder of runs",
+                 "input": "an image file or a folder of images", "output": "a folder for the masks"}
 
 
 COMMANDS: dict[str, Command] = {
@@ -112,7 +134,19 @@ COMMANDS: dict[str, Command] = {
         "eval",
         "segbench.engine.evaluate:eval_task",
         "re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true]",
-        _prepare_run_dir_command,
+        _path_arguments("run_dir"),
+    ),
+    "report": Command(
+        "report",
+        "segbench.report:report_task",
+        "tables, statistics and figures of every run below a folder: report <dir>",
+        _path_arguments("dir", ("report.baseline",)),
+    ),
+    "predict": Command(
+        "predict",
+        "segbench.predict:predict_task",
+        "segment new images with a run: predict run_dir=<dir> input=<path> output=<dir>",
+        _path_arguments("run_dir", ("input", "output"), ("input", "output")),
     ),
     "download": Command(
         "download",
@@ -139,6 +173,9 @@ def usage() -> str:
         "  segbench train experiment=quickstart",
         "  segbench train model=unetpp optimizer=radam",
         "  segbench train -m optimizer=adam,sgd seed=0,1,2",
+        "  segbench train -m experiment=study/optimizers seed=0,1,2",
+        "  segbench report outputs/studies/optimizers/default",
+        "  segbench predict run_dir=<run> input=images/ output=masks/",
         "  segbench train --cfg job          # print the composed config",
         "  segbench <command> --help         # config groups and options of a command",
     ]
@@ -156,6 +193,7 @@ def _run_hydra(command: Command) -> None:
     from hydra.types import RunMode
 
     task = _load_task(command.task)
+    register_resolvers()
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command.config_name)
     def entry(cfg):

@@ -137,13 +137,37 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
         write_per_volume(out_dir / "per_volume.csv", result.counts, list(groups))
         summary.update(metrics.volume_summary(result.counts, groups))
     dice = metrics.per_image(result.counts)["dice"]
-    plot_predictions(
-        [np.asarray(dataset.images[i]) for i in keep],
-        [np.asarray(dataset.masks[i]) for i in keep],
-        [result.kept[i] for i in keep],
-        [f"{dataset.ids[i]}\nDice {dice[i]:.3f}" for i in keep],
-        out_dir / "predictions.png", threshold)
+    images = [np.asarray(dataset.images[i]) for i in keep]
+    masks = [np.asarray(dataset.masks[i]) for i in keep]
+    probs = [result.kept[i] for i in keep]
+    plot_predictions(images, masks, probs, [f"{dataset.ids[i]}\nDice {dice[i]:.3f}" for i in keep],
+                     out_dir / "predictions.png", threshold)
+    save_prediction_samples(out_dir / "predictions.npz", [dataset.ids[i] for i in keep], images,
+                            masks, probs, dice[list(keep)], threshold)
     return summary
+
+
+def save_prediction_samples(path: Path, ids, images, masks, probs, dice, threshold: float,
+                            max_side: int = 256) -> None:
+    """The drawn test images as small thumbnails with their ground truth, probabilities (uint8)
+    and Dice, so that `segbench report` can compare runs on the same images without the data."""
+    import cv2
+
+    if not ids:
+        return
+    h, w = masks[0].shape
+    scale = min(1.0, max_side / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
+
+    def small(a, interp):
+        out = cv2.resize(a, size, interpolation=interp) if scale < 1 else a
+        return out.reshape(size[1], size[0], -1) if a.ndim == 3 else out
+
+    np.savez_compressed(
+        path, ids=np.array(ids), dice=np.asarray(dice, np.float32), threshold=threshold,
+        images=np.stack([small(np.ascontiguousarray(i), cv2.INTER_AREA) for i in images]),
+        masks=np.stack([small(np.ascontiguousarray(m, np.uint8), cv2.INTER_NEAREST) for m in masks]),
+        probs=np.stack([small(np.round(p * 255).astype(np.uint8), cv2.INTER_AREA) for p in probs]))
 
 
 def metric_line(m: dict, prefix: str = "") -> str:

@@ -46,8 +46,10 @@ from segbench.engine.evaluate import eval_loader, evaluate, metric_line, test_sp
 from segbench.losses import build_loss
 from segbench.models import build_model
 from segbench.optim import build_optimizer, build_scheduler
+from segbench.sweeps import register_resolvers
 
 log = logging.getLogger(__name__)
+register_resolvers()  # a parallel launcher's worker resolves job dirs after importing this
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
@@ -91,8 +93,29 @@ class StopSignal:
 
 def train_task(cfg: DictConfig) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
-    return fit(cfg, Path(HydraConfig.get().runtime.output_dir))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    if cfg.trainer.resume == "auto":
+        # A sweep re-run skips its finished jobs and resumes its interrupted ones.
+        cfg.trainer.resume = hydra_cfg.mode == RunMode.MULTIRUN
+    try:
+        return fit(cfg, run_dir)
+    except SegbenchError as err:
+        _mark_failed(run_dir, err)
+        raise
+
+
+def _mark_failed(run_dir: Path, err: Exception) -> None:
+    """Record the error in status.json when this process was running the run (not for refusals
+    to touch another run's directory), so that `segbench report` can list the failure."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return
+    if status.get("state") == "running" and status.get("pid") == os.getpid():
+        _write_status(run_dir, "failed", error=str(err))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -219,7 +242,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
         )
     resuming = bool(resume) and last_path.is_file()
     if resume and not resuming:
-        log.info("nothing to resume in %s: starting from scratch", run_dir)
+        log.info("starting %s (no earlier attempt to resume there)", run_dir)
 
     config = OmegaConf.to_container(cfg, resolve=True)
     if resuming and (run_dir / "config.yaml").is_file():
