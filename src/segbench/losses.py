@@ -220,15 +220,19 @@ class BoundaryLoss(nn.Module):
         self.region = region
         self.schedule, self.step, self.max_weight = schedule, step, max_weight
         self.normalize = normalize
-        self.set_epoch(1, 1)
+        self.weight = self.weight_at(1, 1)
+
+    def weight_at(self, epoch: int, max_epochs: int) -> float:
+        if self.schedule == "constant":
+            return self.max_weight
+        if self.schedule == "linear":
+            return self.max_weight * (epoch - 1) / max(1, max_epochs - 1)
+        return min(self.max_weight, self.step * (epoch - 1))
 
     def set_epoch(self, epoch: int, max_epochs: int) -> None:
-        if self.schedule == "constant":
-            self.weight = self.max_weight
-        elif self.schedule == "linear":
-            self.weight = self.max_weight * (epoch - 1) / max(1, max_epochs - 1)
-        else:
-            self.weight = min(self.max_weight, self.step * (epoch - 1))
+        self.weight = self.weight_at(epoch, max_epochs)
+        log.info("boundary loss: weight %.4f in epoch %d (schedule %s)", self.weight, epoch,
+                 self.schedule)
 
     def boundary_term(self, logits, target):
         phi = signed_distance(target)

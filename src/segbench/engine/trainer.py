@@ -323,11 +323,13 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
                 sampler.set_seed(epoch_seed)
                 torch.manual_seed(epoch_seed)  # dropout and anything else drawn from torch
                 set_epoch(loss_fn, epoch, max_epochs)  # losses with a weight schedule
+                # The LR of the epoch's first step: per-epoch schedules hold it all epoch, and
+                # per-step ones would otherwise report the LR after the last step (0 for poly).
+                lr = optimizer.param_groups[0]["lr"]
                 train = train_one_epoch(
                     model, train_loader, loss_fn, optimizer, schedule, scaler, device=device,
                     amp_dtype=amp_dtype, grad_clip=t.grad_clip, channels_last=channels_last,
                     epoch=epoch, progress=progress, log_every=max(1, int(t.log_every_steps)), stop=stop)
-                lr = optimizer.param_groups[0]["lr"]
                 val = evaluate(model, val_loader, device, threshold=threshold,
                                loss_fn=loss_fn, amp_dtype=amp_dtype, channels_last=channels_last).summary()
                 if not math.isfinite(val["loss"]):
