@@ -12,33 +12,38 @@ compute_average_surface_distance(symmetric=True); tests check against both MONAI
 medpy differs on purpose: its hd95 takes one percentile of both directions pooled, and its
 assd averages the two directed means.
 
-This module needs only numpy and scipy, so the worker processes start quickly.
+Each image is first cut to its masks' bounding box; the surfaces come from array shifts and
+the distances from KD-trees of the surface pixels (exact Euclidean, float64).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import cKDTree
-
-log = logging.getLogger(__name__)
 
 HD95_RULE = "max of the two directed 95th percentiles of surface distances"
 ASSD_RULE = "mean of the surface distances in both directions pooled"
-# Below this many images the worker processes cost more than they save.
-MIN_PARALLEL_IMAGES = 32
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Pixels of a boolean mask that a 3x3 cross erosion removes (background beyond the border)."""
-    return mask & ~ndimage.binary_erosion(mask)
+    """Pixels of a boolean mask that a 3x3 cross erosion removes (background beyond the border).
+
+    The same as `mask & ~scipy.ndimage.binary_erosion(mask)` (tests check), several times faster.
+    """
+    m = np.pad(mask, 1)
+    interior = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+    return mask & ~interior
+
+
+def _points(mask: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(mask)
+    return np.column_stack([rows * scale[0], cols * scale[1]])
 
 
 def _crop(pred: np.ndarray, truth: np.ndarray):
@@ -60,8 +65,7 @@ def directed_distances(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[fl
         return None
     pred, truth = _crop(pred, truth)
     scale = np.ones(2) if spacing is None else np.asarray(spacing, np.float64)
-    p = np.argwhere(surface(pred)) * scale
-    g = np.argwhere(surface(truth)) * scale
+    p, g = _points(surface(pred), scale), _points(surface(truth), scale)
     return cKDTree(g).query(p)[0], cKDTree(p).query(g)[0]
 
 
@@ -74,9 +78,8 @@ def hd95_assd(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | No
     return hd, float(np.concatenate(d).mean())
 
 
-def _chunk(args) -> list[tuple[float, float]]:
-    pairs, spacing = args
-    return [hd95_assd(p, t, spacing) for p, t in pairs]
+def _pair(pred, truth, spacing) -> tuple[float, float]:
+    return hd95_assd(np.asarray(pred) > 0, np.asarray(truth) > 0, spacing)
 
 
 def resolve_workers(spec) -> int:
@@ -87,35 +90,24 @@ def resolve_workers(spec) -> int:
     return int(spec)
 
 
-def surface_metrics(preds, truths, spacing: Sequence[float] | None = None, workers=1,
-                    min_parallel: int = MIN_PARALLEL_IMAGES) -> dict[str, np.ndarray]:
+def surface_metrics(preds, truths, spacing: Sequence[float] | None = None,
+                    workers=1) -> dict[str, np.ndarray]:
     """Per-image HD95 and ASSD of (N, H, W) predicted and true masks (anything > 0 is foreground).
 
-    With workers > 1 and at least `min_parallel` images, the images are cut to their masks'
-    bounding boxes and shared among worker processes (scipy's erosion and KD-tree build hold
-    the GIL, so threads would not run in parallel).
+    Images are shared among `workers` threads: the work is numpy array operations and KD-tree
+    queries, which release the GIL, so threads run in parallel without the start-up, pickling
+    and re-import costs of processes (measured: a process pool cost more than it saved).
     """
     n = len(preds)
     if len(truths) != n:
         raise ValueError(f"{n} predictions but {len(truths)} ground-truth masks")
-    workers = resolve_workers(workers)
+    workers = min(resolve_workers(workers), max(n, 1))
     started = time.perf_counter()
-    pairs = []
-    for p, t in zip(preds, truths, strict=True):
-        p, t = np.asarray(p) > 0, np.asarray(t) > 0
-        pairs.append(_crop(p, t) if p.any() and t.any() else (p[:0, :0], t[:0, :0]))
-    if workers > 1 and n >= max(min_parallel, 2):
-        import multiprocessing
-
-        size = math.ceil(n / (workers * 4))  # a few chunks per worker: balances uneven images
-        chunks = [(pairs[i:i + size], spacing) for i in range(0, n, size)]
-        # spawn: a forked copy of a process holding torch's thread pools can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            values = [v for part in pool.map(_chunk, chunks) for v in part]
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            values = list(pool.map(_pair, preds, truths, [spacing] * n))
     else:
-        workers = 1
-        values = _chunk((pairs, spacing))
+        values = [_pair(p, t, spacing) for p, t in zip(preds, truths, strict=True)]
     hd95 = np.array([v[0] for v in values], np.float64).reshape(n)
     assd = np.array([v[1] for v in values], np.float64).reshape(n)
-    seconds = time.perf_counter() - started
-    return {"hd95": hd95, "assd": assd, "seconds": seconds, "workers": workers}
+    return {"hd95": hd95, "assd": assd, "seconds": time.perf_counter() - started, "workers": workers}

@@ -144,7 +144,7 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
         per_image_surface = {"hd95": s["hd95"], "assd": s["assd"]}
         summary.update(metrics.summarize_surface(s["hd95"], s["assd"]))
         summary["surface_seconds"] = round(s["seconds"], 3)
-        log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d process(es); "
+        log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d thread(s); "
                  "%d image(s) with an empty mask left out", "mm" if pixel_spacing else "pixels",
                  len(dataset), s["seconds"], s["workers"], summary["surface_nan_count"])
     write_per_case(out_dir / "per_case.csv", dataset.ids, result.counts, groups, per_image_surface)

@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
-                     "trainer.progress_bar", "trainer.log_every_steps", "paths.")
+                     "trainer.progress_bar", "trainer.log_every_steps", "paths.",
+                     "eval.surface_")
 
 
 class TrainingDiverged(SegbenchError):
