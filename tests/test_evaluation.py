@@ -52,7 +52,7 @@ def test_training_reports_every_metric_and_how_it_was_made(run):
     assert test["hd95"] >= test["assd"] > 0
     assert m["threshold"] == 0.5 and m["tta"] is False and "both empty" in m["empty_rule"]
     assert m["surface_metrics"] is True and m["surface_unit"] == "px" and m["pixel_spacing"] is None
-    assert "95th percentile" in m["hd95_rule"] and "rounded" in m["auroc_method"]
+    assert "95th percentile" in m["hd95_rule"] and "truncated" in m["auroc_method"]
     assert (run / "confusion_matrix.png").stat().st_size > 5000
 
     rows = read_rows(run / "per_case.csv")
@@ -138,21 +138,27 @@ def test_test_split_computes_surface_metrics_only_when_asked(tmp_path):
     images = np.repeat(masks[..., None] * 200, 3, axis=3).astype(np.uint8)
     dataset = SegmentationDataset(images, masks, [f"im{i}" for i in range(5)])
 
-    class Net(torch.nn.Module):  # thresholds [0, 255] images: right but for image 0's corner
+    class Net(torch.nn.Module):
+        """Thresholds [0, 255] images; adds false positives to the first batch (images 0, 1):
+        image 0's corner (its ground truth is empty) and image 1's far corner pixel."""
+
         def forward(self, x):
             logits = (x[:, :1].float() - 100) / 10
-            if logits.shape[0] == 2 and x[0].sum() == 0 and x[1].sum() > 0:
-                logits[0, :, :3, :3] = 5.0  # the first batch holds image 0 (empty) first
+            if x.shape[0] == 2 and x[0].sum() == 0:
+                logits[0, :, :3, :3] = 5.0
+                logits[1, :, 15, 15] = 5.0
             return logits
 
-    net = Net()
-
-    common = dict(threshold=0.5, tta=False, batch_size=2, num_predictions=2)
-    off = test_split(net, dataset, torch.device("cpu"), out_dir=tmp_path, **common)
+    common = dict(threshold=0.5, tta=False, batch_size=2, num_predictions=2, surface_workers=1)
+    off = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, **common)
     assert "hd95" not in off and "hd95" not in read_rows(tmp_path / "per_case.csv")[0]
-    on = test_split(net, dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
-                    pixel_spacing=[2.0, 2.0], surface_workers=1, **common)
-    assert on["hd95"] == 0.0 and on["assd"] == 0.0  # perfect on the four images with a mask
-    assert on["surface_nan_count"] == 1  # image 0: empty ground truth, left out and counted
-    assert on["dice"] == pytest.approx(0.8) and on["fp"] == 9
+    px = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True, **common)
+    rows = read_rows(tmp_path / "per_case.csv")
+    assert math.isnan(float(rows[0]["hd95"])) and px["surface_nan_count"] == 1  # empty truth
+    assert [float(r["hd95"]) for r in rows[2:]] == [0.0, 0.0, 0.0]  # perfect predictions
+    assert float(rows[1]["hd95"]) > 0 and px["hd95"] == pytest.approx(float(rows[1]["hd95"]) / 4, abs=1e-5)
+    mm = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
+                    pixel_spacing=[2.0, 2.0], **common)
+    assert mm["hd95"] == pytest.approx(2 * px["hd95"]) and mm["assd"] == pytest.approx(2 * px["assd"])
+    assert px["dice"] == mm["dice"] and px["fp"] == 9 + 1
     assert (tmp_path / "confusion_matrix.png").is_file()

@@ -89,7 +89,8 @@ def test_hand_made_values():
 
 
 def _rounded(prob: np.ndarray) -> np.ndarray:
-    return np.round(prob.astype(np.float64) * (metrics.SCORE_BINS - 1))
+    """The probabilities as the histogram holds them: floor(p * 2^20), p = 1 in the top bin."""
+    return np.minimum(np.floor(prob.astype(np.float64) * metrics.SCORE_BINS), metrics.SCORE_BINS - 1)
 
 
 @pytest.mark.parametrize("case", ["random", "ties", "separable", "inverted"])

@@ -10,11 +10,10 @@ per-image counts; `per_image()` and `summarize()` turn the counts into numbers o
   specificity with a zero denominator are NaN and left out of means (their count is reported).
 - `dice`/`iou` are means over images; `dice_micro`/`iou_micro` pool TP/FP/FN over the split.
 - AUROC and average precision rank every pixel of the split by its probability. The loop adds
-  each batch to a histogram of probabilities rounded to multiples of 1/(SCORE_BINS - 1) (about
-  1e-6), one per class, on the device; `auroc_ap()` reads the curves off the histogram once.
-  The result equals scikit-learn's roc_auc_score / average_precision_score on the rounded
-  probabilities exactly (pixels closer than the rounding step count as ties, as scikit-learn
-  counts ties); memory is 16 MiB whatever the split's size, where keeping every pixel's
+  each batch to a histogram of probabilities truncated to multiples of 1/SCORE_BINS = 2^-20
+  (about 1e-6), one per class, on the device; `auroc_ap()` reads the curves off the histogram
+  once. The result equals scikit-learn's roc_auc_score / average_precision_score on the
+  truncated probabilities exactly (pixels in one bin count as ties, as scikit-learn counts ties); memory is 16 MiB whatever the split's size, where keeping every pixel's
   probability (118 Kvasir images at 576x720: 49 million pixels) would take hundreds of MiB and
   a sort.
 - Surface distances (HD95, ASSD) are in segbench.surface.
@@ -28,7 +27,7 @@ import torch
 EMPTY_RULE = "dice = iou = 1 when prediction and ground truth are both empty"
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
 SCORE_BINS = 1 << 20
-AUROC_METHOD = (f"exact on probabilities rounded to multiples of 1/{SCORE_BINS - 1} "
+AUROC_METHOD = ("exact on probabilities truncated to multiples of 2^-20 "
                 "(per-class histograms; ties as scikit-learn)")
 
 
@@ -96,12 +95,13 @@ def summarize(counts) -> dict[str, float]:
 
 
 def score_histogram(prob: torch.Tensor, target: torch.Tensor, bins: int = SCORE_BINS) -> torch.Tensor:
-    """(2 * bins,) int64 counts on the inputs' device: background pixels per rounded probability
-    in [0, bins), foreground pixels in [bins, 2 * bins). Sum over batches, then `auroc_ap()`."""
-    # float64: p * (bins - 1) is exact there, so the rounding matches numpy's bit for bit.
-    level = (prob.detach().flatten().double() * (bins - 1)).round_().long().clamp_(0, bins - 1)
-    truth = (target.flatten() > 0).long()
-    return torch.bincount(level + bins * truth, minlength=2 * bins)
+    """(2 * bins,) int64 counts on the inputs' device: background pixels per bin of probability
+    [k / bins, (k + 1) / bins) in [0, bins), foreground pixels in [bins, 2 * bins) (p = 1 joins
+    the top bin). Sum over batches, then `auroc_ap()`. bins must be a power of two."""
+    # p * 2^k is exact in floating point, so the bin is exactly floor(p * bins).
+    level = (prob.detach().flatten().float() * bins).floor_().clamp_(0, bins - 1)
+    index = torch.where(target.flatten() > 0, level + bins, level).int()
+    return torch.bincount(index, minlength=2 * bins)
 
 
 def auroc_ap(histogram, bins: int = SCORE_BINS) -> dict[str, float]:
