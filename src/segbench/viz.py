@@ -15,7 +15,7 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) 
     """Train vs validation loss, Dice and IoU per epoch, and the learning rate."""
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
-    for ax, metric in zip(axes[:3], ("loss", "dice", "iou")):
+    for ax, metric in zip(axes[:3], ("loss", "dice", "iou"), strict=True):
         for split, style in (("train", "-"), ("val", "-")):
             key = f"{split}_{metric}"
             if history and key in history[0]:
@@ -58,7 +58,7 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
     if n == 0:
         return
     fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
-    for row, (image, mask, prob, title) in enumerate(zip(images, masks, probs, titles)):
+    for row, (image, mask, prob, title) in enumerate(zip(images, masks, probs, titles, strict=True)):
         pred = (prob >= threshold).astype(np.uint8)
         shown = image[..., 0] if image.shape[2] == 1 else image
         panels = [(shown, "image"), (mask, "ground truth"), (pred, "prediction"),
