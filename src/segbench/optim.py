@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules from the `optimizer` and `scheduler` config groups.
 
-Schedules step per epoch except where `interval = "step"` (warm-up cosine), and the plateau
-schedule reads validation IoU.
+Schedules step per epoch except where `interval = "step"` (warm-up cosine, onecycle, poly), and
+the plateau schedule reads validation IoU. Every schedule's state_dict holds plain values only,
+so it lives in last.pt and loads with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -79,6 +80,20 @@ class WarmupCosine:
         return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Poly:
+    """LR multiplier: (1 - step / total)^power, from 1 down to `floor` at the last step."""
+
+    def __init__(self, total: int, power: float, floor: float):
+        self.total, self.power, self.floor = max(total, 1), power, floor
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, step / self.total)
+        return self.floor + (1 - self.floor) * (1 - progress) ** self.power
+
+
+SCHEDULERS = ("cosine", "none", "onecycle", "plateau", "poly", "step")
+
+
 def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, *, max_epochs: int,
                     steps_per_epoch: int) -> Schedule:
     spec = OmegaConf.to_container(cfg, resolve=True)
@@ -100,4 +115,31 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, *, max_ep
     if name == "step":
         return Schedule(sched.StepLR(optimizer, step_size=spec.get("step_size", 30),
                                      gamma=spec.get("gamma", 0.1)))
-    raise SegbenchError(f"unknown scheduler {name!r}; available: cosine, none, plateau, step")
+    total = max_epochs * steps_per_epoch
+    if name == "poly":
+        if float(spec.get("power", 0.9)) <= 0:
+            raise SegbenchError(f"scheduler.power must be > 0, got {spec.get('power')}")
+        floor = min(1.0, spec.get("min_lr", 0.0) / lr)
+        return Schedule(sched.LambdaLR(optimizer, Poly(total, float(spec.get("power", 0.9)), floor)),
+                        interval="step")
+    if name == "onecycle":
+        pct = float(spec.get("pct_start", 0.3))
+        if not 0 < pct < 1:
+            raise SegbenchError(f"scheduler.pct_start must be in (0, 1), got {pct}")
+        cycle_momentum = bool(spec.get("cycle_momentum", False))
+        group = optimizer.param_groups[0]
+        if cycle_momentum and "momentum" not in group and "betas" not in group:
+            raise SegbenchError("scheduler.cycle_momentum=true needs an optimizer with momentum "
+                                "or betas; set scheduler.cycle_momentum=false")
+        try:
+            return Schedule(sched.OneCycleLR(
+                optimizer, max_lr=lr, total_steps=total, pct_start=pct,
+                anneal_strategy=str(spec.get("anneal_strategy", "cos")),
+                div_factor=float(spec.get("div_factor", 25.0)),
+                final_div_factor=float(spec.get("final_div_factor", 1.0e4)),
+                cycle_momentum=cycle_momentum,
+                base_momentum=float(spec.get("base_momentum", 0.85)),
+                max_momentum=float(spec.get("max_momentum", 0.95))), interval="step")
+        except ValueError as err:
+            raise SegbenchError(f"scheduler onecycle: {err}") from None
+    raise SegbenchError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")

@@ -75,3 +75,29 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = "") -> None:
+    """Pixel confusion matrix of a split: counts, and each true class's row normalised to 1."""
+    counts = np.array([[tn, fp], [fn, tp]], np.int64)  # rows: truth, columns: prediction
+    rows = counts.sum(1, keepdims=True)
+    normalised = np.divide(counts, rows, out=np.zeros((2, 2)), where=rows > 0)
+    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
+    for ax, values, name in ((axes[0], counts, "pixel counts"),
+                             (axes[1], normalised, "normalised per true class")):
+        shown = values / max(values.max(), 1) if values is counts else values
+        ax.imshow(shown, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(values):
+            text = f"{v:,}" if values is counts else f"{v:.4f}"
+            ax.text(c, r, text, ha="center", va="center", fontsize=10,
+                    color="white" if shown[r, c] > 0.5 else "black")
+        ax.set_xticks([0, 1], ["background", "foreground"])
+        ax.set_yticks([0, 1], ["background", "foreground"])
+        ax.set_xlabel("prediction")
+        ax.set_ylabel("ground truth")
+        ax.set_title(name, fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,6 +1,9 @@
 """Evaluation shared by validation, the end-of-training test and `segbench eval`.
 
-Per-image confusion counts are accumulated on the device and copied to the host once per split.
+Per-image confusion counts (and, for a test, the pixel-score histogram of AUROC/AP and the
+predicted masks) are accumulated on the device and copied to the host once per split. Surface
+distances (HD95, ASSD) are computed after the loop, in parallel over images, on the test split
+only, when `eval.surface_metrics` is true.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench import SegbenchError, metrics
+from segbench import SegbenchError, metrics, surface
 from segbench.engine.device import autocast, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
@@ -28,9 +31,13 @@ class EvalResult:
     counts: torch.Tensor                # (N, 4) TP, FP, FN, TN per image, on the CPU
     loss: float | None = None
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # index -> probability map
+    scores: torch.Tensor | None = None  # metrics.score_histogram summed over the split
+    predictions: np.ndarray | None = None  # (N, H, W) bool predicted masks
 
     def summary(self) -> dict[str, float]:
         out = metrics.summarize(self.counts)
+        if self.scores is not None:
+            out.update(metrics.auroc_ap(self.scores))
         if self.loss is not None:
             out["loss"] = self.loss
         return out
@@ -51,9 +58,14 @@ def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False
 @torch.no_grad()
 def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: float = 0.5,
              loss_fn=None, amp_dtype=None, tta: bool = False, keep: tuple[int, ...] = (),
-             channels_last: bool = False) -> EvalResult:
+             channels_last: bool = False, scores: bool = False,
+             keep_predictions: bool = False) -> EvalResult:
+    """scores: accumulate the pixel-score histogram (AUROC, AP); keep_predictions: return the
+    thresholded masks (for surface distances)."""
     model.eval()
     counts, loss_sum, seen = [], torch.zeros((), device=device), 0
+    histogram = torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device) if scores else None
+    predictions = []
     kept: dict[int, np.ndarray] = {}
     keep_set = set(keep)
     for images, masks, index in loader:
@@ -72,6 +84,10 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
             probs = predict_probs(model, images, amp_dtype, tta)
         seen += len(images)
         counts.append(metrics.confusion(probs, masks, threshold))
+        if histogram is not None:
+            histogram += metrics.score_histogram(probs, masks)
+        if keep_predictions:
+            predictions.append(probs[:, 0] >= threshold)
         if keep_set:
             for row, i in enumerate(index.tolist()):
                 if i in keep_set:
@@ -82,6 +98,8 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         counts=torch.cat(counts).cpu(),
         loss=float(loss_sum.item() / seen) if loss_fn is not None else None,
         kept=kept,
+        scores=histogram.cpu() if histogram is not None else None,
+        predictions=torch.cat(predictions).cpu().numpy() if keep_predictions else None,
     )
 
 
@@ -90,10 +108,12 @@ def eval_loader(dataset, batch_size: int, device: torch.device, num_workers: int
                       pin_memory=device.type == "cuda", persistent_workers=False)
 
 
-def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: list | None = None) -> None:
-    values = metrics.per_image(counts)
+def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: list | None = None,
+                   surface_values: dict[str, np.ndarray] | None = None) -> None:
+    values = {**metrics.per_image(counts), **(surface_values or {})}
     c = counts.numpy()
-    names = ["dice", "iou", "precision", "recall", "specificity", "accuracy"]
+    names = ["dice", "iou", "precision", "recall", "specificity", "accuracy",
+             *(["hd95", "assd"] if surface_values else [])]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", *(["group"] if groups else []), *names, "gt_pixels", "pred_pixels",
@@ -122,17 +142,33 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
 
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
                batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
-               channels_last: bool = False, num_workers: int = 0) -> dict:
-    """Evaluate a split once and write per_case.csv and predictions.png (and per_volume.csv
-    when `groups` name each image's volume); returns the metrics."""
-    from segbench.viz import plot_predictions
+               channels_last: bool = False, num_workers: int = 0, surface_metrics: bool = False,
+               pixel_spacing=None, surface_workers="auto") -> dict:
+    """Evaluate a split once and write per_case.csv, predictions.png, confusion_matrix.png (and
+    per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
+    when surface_metrics, in mm when pixel_spacing is set)."""
+    from segbench.viz import plot_confusion, plot_predictions
 
     keep = tuple(np.linspace(0, len(dataset) - 1, min(num_predictions, len(dataset))).round().astype(int).tolist())
     result = evaluate(model, eval_loader(dataset, batch_size, device, num_workers), device,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
-                      channels_last=channels_last)
-    write_per_case(out_dir / "per_case.csv", dataset.ids, result.counts, groups)
+                      channels_last=channels_last, scores=True, keep_predictions=surface_metrics)
     summary = result.summary()
+    summary.update(zip(metrics.COUNT_NAMES, (int(v) for v in result.counts.sum(0).tolist()), strict=True))
+    per_image_surface = None
+    if surface_metrics:
+        s = surface.surface_metrics(result.predictions, dataset.masks, pixel_spacing,
+                                    workers=surface_workers)
+        per_image_surface = {"hd95": s["hd95"], "assd": s["assd"]}
+        summary.update(metrics.summarize_surface(s["hd95"], s["assd"]))
+        summary["surface_seconds"] = round(s["seconds"], 3)
+        log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d thread(s); "
+                 "%d image(s) with an empty mask left out", "mm" if pixel_spacing else "pixels",
+                 len(dataset), s["seconds"], s["workers"], summary["surface_nan_count"])
+    write_per_case(out_dir / "per_case.csv", dataset.ids, result.counts, groups, per_image_surface)
+    plot_confusion(summary["tp"], summary["fp"], summary["fn"], summary["tn"],
+                   out_dir / "confusion_matrix.png",
+                   f"{len(dataset)} images, threshold {threshold}{', flip TTA' if tta else ''}")
     if groups:  # volumetric data: per-volume Dice beside the per-slice figures
         write_per_volume(out_dir / "per_volume.csv", result.counts, list(groups))
         summary.update(metrics.volume_summary(result.counts, groups))
@@ -172,8 +208,50 @@ def save_prediction_samples(path: Path, ids, images, masks, probs, dice, thresho
 
 def metric_line(m: dict, prefix: str = "") -> str:
     keys = ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall", "volume_dice_mean",
-            "volume_dice_median")
+            "volume_dice_median", "auroc", "average_precision", "hd95", "assd")
     return "  ".join(f"{prefix}{k} {m[k]:.4f}" for k in keys if k in m)
+
+
+def check_threshold(threshold) -> float:
+    if threshold is None or not 0 <= float(threshold) <= 1:
+        raise SegbenchError(f"eval.threshold={threshold}: a probability in [0, 1] is needed "
+                            "(a pixel is foreground when sigmoid(logit) >= threshold)")
+    return float(threshold)
+
+
+def pixel_spacing(cfg: DictConfig) -> list[float] | None:
+    """(row, column) mm per pixel at the evaluated resolution, or None (distances in pixels).
+
+    `dataset.pixel_spacing` (a number or [row, column] mm) is the spacing of the images on disk,
+    which are `dataset.native_size` ([height, width]) pixels; resizing to `resolution` scales it.
+    """
+    spacing = cfg.dataset.get("pixel_spacing")
+    if spacing is None:
+        return None
+    native = cfg.dataset.get("native_size")
+    spacing = list(spacing) if not isinstance(spacing, (int, float)) else [spacing, spacing]
+    if native is None or len(native) != 2 or len(spacing) != 2:
+        raise SegbenchError(
+            "dataset.pixel_spacing needs dataset.native_size=[height,width], the size of the "
+            "images it describes (segbench rescales the spacing to the training resolution); "
+            "give pixel_spacing as a number or [row_mm,column_mm], or set it to null for pixels")
+    if min(float(v) for v in [*spacing, *native]) <= 0:
+        raise SegbenchError(f"dataset.pixel_spacing {spacing} and native_size {list(native)} must be > 0")
+    size = (int(cfg.resolution.height), int(cfg.resolution.width))
+    return [float(sp) * float(n) / s for sp, n, s in zip(spacing, native, size, strict=True)]
+
+
+def evaluation_record(threshold: float, tta: bool, surface_metrics: bool, spacing) -> dict:
+    """How the numbers of a metrics.json were made, written beside them."""
+    return {"threshold": threshold, "tta": tta, "empty_rule": metrics.EMPTY_RULE,
+            "surface_metrics": surface_metrics,
+            "surface_unit": "mm" if spacing else "px", "pixel_spacing": spacing,
+            "hd95_rule": surface.HD95_RULE, "assd_rule": surface.ASSD_RULE,
+            "auroc_method": metrics.AUROC_METHOD}
+
+
+# Keys of a test summary that describe the run rather than the model's predictions.
+NOT_COMPARED = ("surface_seconds",)
 
 
 def eval_task(cfg: DictConfig) -> dict:
@@ -197,8 +275,14 @@ def eval_task(cfg: DictConfig) -> dict:
     train_cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.data_root:
         train_cfg.dataset.root = str(Path(cfg.data_root).expanduser())
-    threshold = float(cfg.eval.threshold if cfg.eval.threshold is not None else train_cfg.eval.threshold)
+    threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
+                                else train_cfg.eval.threshold)
     tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
+    own = train_cfg.get("eval", {})
+    surface_on = bool(cfg.eval.surface_metrics if cfg.eval.get("surface_metrics") is not None
+                      else own.get("surface_metrics", False))
+    workers = cfg.eval.get("surface_workers") or own.get("surface_workers", "auto")
+    spacing = pixel_spacing(train_cfg)
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
 
@@ -213,10 +297,10 @@ def eval_task(cfg: DictConfig) -> dict:
     summary = test_split(model, data[cfg.split], device, out_dir=out_dir, threshold=threshold,
                          tta=tta, batch_size=batch, amp_dtype=amp_dtype,
                          num_predictions=int(cfg.eval.num_predictions),
-                         groups=groups if any(groups) else None)
+                         groups=groups if any(groups) else None, surface_metrics=surface_on,
+                         pixel_spacing=spacing, surface_workers=workers)
     result = {"split": cfg.split, "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"),
-              "threshold": threshold, "tta": tta, "empty_rule": metrics.EMPTY_RULE,
-              cfg.split: summary}
+              **evaluation_record(threshold, tta, surface_on, spacing), cfg.split: summary}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     log.info("%s %s (epoch %s): %s", cfg.split, cfg.checkpoint, state.get("epoch"), metric_line(summary))
     _compare_with_training(run_dir, cfg, summary, threshold, tta)
@@ -231,9 +315,13 @@ def _compare_with_training(run_dir: Path, cfg, summary: dict, threshold: float, 
     recorded = json.loads(trained.read_text())
     if recorded.get("threshold") != threshold or recorded.get("tta") != tta:
         return
-    diffs = {k: (recorded["test"][k], summary[k]) for k in ("dice", "iou", "dice_micro", "iou_micro")
-             if abs(recorded["test"][k] - summary[k]) > 1e-9}
+    before = recorded["test"]
+    keys = [k for k in summary if k in before and k not in NOT_COMPARED
+            and isinstance(summary[k], (int, float)) and isinstance(before[k], (int, float))]
+    diffs = {k: (before[k], summary[k]) for k in keys
+             if not (before[k] == summary[k] or (np.isnan(before[k]) and np.isnan(summary[k]))
+                     or abs(before[k] - summary[k]) <= 1e-9)}
     if diffs:
         log.warning("differs from the test metrics recorded at training time: %s", diffs)
     else:
-        log.info("matches the test metrics recorded at the end of training")
+        log.info("matches the %d test metrics recorded at the end of training", len(keys))

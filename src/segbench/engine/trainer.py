@@ -42,8 +42,16 @@ from segbench.engine.device import (
     set_determinism,
 )
 from segbench.engine.early_stopping import EarlyStopping
-from segbench.engine.evaluate import eval_loader, evaluate, metric_line, test_split
-from segbench.losses import build_loss
+from segbench.engine.evaluate import (
+    check_threshold,
+    eval_loader,
+    evaluate,
+    evaluation_record,
+    metric_line,
+    pixel_spacing,
+    test_split,
+)
+from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
 from segbench.optim import build_optimizer, build_scheduler
 from segbench.sweeps import register_resolvers
@@ -53,7 +61,8 @@ register_resolvers()  # a parallel launcher's worker resolves job dirs after imp
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
-                     "trainer.progress_bar", "trainer.log_every_steps", "paths.")
+                     "trainer.progress_bar", "trainer.log_every_steps", "paths.",
+                     "eval.surface_")
 
 
 class TrainingDiverged(SegbenchError):
@@ -265,6 +274,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     max_epochs = int(t.max_epochs)
     if max_epochs < 1 or int(t.batch_size) < 1:
         raise SegbenchError("trainer.max_epochs and trainer.batch_size must be >= 1")
+    threshold, spacing = check_threshold(cfg.eval.threshold), pixel_spacing(cfg)  # fail before training
 
     # The model first: a configuration it cannot take fails before any data is read.
     model = build_model(cfg).to(device)
@@ -287,7 +297,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     eval_batch = int(t.eval_batch_size or 2 * t.batch_size)
     val_loader = eval_loader(data["val"], eval_batch, device, workers)
 
-    loss_fn = build_loss(cfg.loss)
+    loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=max_epochs,
                                steps_per_epoch=len(train_loader))
@@ -340,12 +350,15 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
                 epoch_seed = derive_seed(seed, epoch)
                 sampler.set_seed(epoch_seed)
                 torch.manual_seed(epoch_seed)  # dropout and anything else drawn from torch
+                set_epoch(loss_fn, epoch, max_epochs)  # losses with a weight schedule
+                # The LR of the epoch's first step: per-epoch schedules hold it all epoch, and
+                # per-step ones would otherwise report the LR after the last step (0 for poly).
+                lr = optimizer.param_groups[0]["lr"]
                 train = train_one_epoch(
                     model, train_loader, loss_fn, optimizer, schedule, scaler, device=device,
                     amp_dtype=amp_dtype, grad_clip=t.grad_clip, channels_last=channels_last,
                     epoch=epoch, progress=progress, log_every=max(1, int(t.log_every_steps)), stop=stop)
-                lr = optimizer.param_groups[0]["lr"]
-                val = evaluate(model, val_loader, device, threshold=float(cfg.eval.threshold),
+                val = evaluate(model, val_loader, device, threshold=threshold,
                                loss_fn=loss_fn, amp_dtype=amp_dtype, channels_last=channels_last).summary()
                 if not math.isfinite(val["loss"]):
                     raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
@@ -401,20 +414,21 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     best = load_checkpoint(best_path, map_location=device)
     model.load_state_dict(best["model"])
     test = test_split(model, data["test"], device, out_dir=run_dir,
-                      threshold=float(cfg.eval.threshold), tta=bool(cfg.eval.tta),
+                      threshold=threshold, tta=bool(cfg.eval.tta),
                       batch_size=eval_batch, amp_dtype=amp_dtype,
                       num_predictions=int(cfg.eval.num_predictions),
                       groups=[s.group for s in splits["test"]] if any(s.group for s in splits["test"]) else None,
-                      channels_last=channels_last, num_workers=workers)
+                      channels_last=channels_last, num_workers=workers,
+                      surface_metrics=bool(cfg.eval.get("surface_metrics", False)),
+                      pixel_spacing=spacing, surface_workers=cfg.eval.get("surface_workers", "auto"))
     result = {
         "test": test,
         "val_best": best["val"],
         "best_epoch": best_epoch,
         "epochs_run": len(history),
         "stopped_early": stopped_early,
-        "threshold": float(cfg.eval.threshold),
-        "tta": bool(cfg.eval.tta),
-        "empty_rule": metrics.EMPTY_RULE,
+        **evaluation_record(threshold, bool(cfg.eval.tta), bool(cfg.eval.get("surface_metrics", False)),
+                            spacing),
         "model": {"name": cfg.model.name, **facts},
         "seed": seed,
         "split_sizes": {k: len(v) for k, v in splits.items()},
