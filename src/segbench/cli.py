@@ -37,6 +37,21 @@ def _merge_overrides(old: list[str], new: list[str]) -> list[str]:
     return [o for o in old if _override_key(o) not in new_keys] + new
 
 
+def _quote_numeric_choices(argv: list[str]) -> list[str]:
+    """`resolution=64,128` -> `resolution='64','128'`: Hydra's multirun rejects config-group
+    choices that parse as integers ("Config group override must be a string"); quoted, they work
+    in every mode, so users can type resolution sizes as plain numbers."""
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        parts = value.split(",")
+        if sep and key.lstrip("+~") in groups and all(p.isdigit() for p in parts):
+            arg = f"{key}=" + ",".join(f"'{p}'" for p in parts)
+        out.append(arg)
+    return out
+
+
 def _prepare_train(argv: list[str]) -> list[str]:
     """`trainer.resume=<run_dir>`: continue that run in its own directory with its own overrides."""
     for i, arg in enumerate(argv):
@@ -99,6 +114,17 @@ COMMANDS: dict[str, Command] = {
         "re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true]",
         _prepare_run_dir_command,
     ),
+    "info": Command(
+        "info",
+        "segbench.models.info:info_task",
+        "a model's parameters, size, FLOPs, latency and peak memory: info model=<name> (-m to compare)",
+    ),
+    "export": Command(
+        "export",
+        "segbench.models.export:export_task",
+        "export a run's checkpoint to ONNX or TorchScript: export run_dir=<dir> format=onnx",
+        _prepare_run_dir_command,
+    ),
 }
 
 
@@ -114,6 +140,7 @@ def usage() -> str:
         "  segbench train experiment=quickstart",
         "  segbench train model=unetpp optimizer=radam",
         "  segbench train -m optimizer=adam,sgd seed=0,1,2",
+        "  segbench info -m model=unet,fpn,mcnet resolution=256",
         "  segbench train --cfg job          # print the composed config",
         "  segbench <command> --help         # config groups and options of a command",
     ]
@@ -156,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     try:
-        rest = command.prepare(rest)
+        rest = command.prepare(_quote_numeric_choices(rest))
     except SegbenchError as err:
         print(f"segbench {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
