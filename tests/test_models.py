@@ -142,6 +142,8 @@ def test_mcnet_v2_is_an_experiment_not_a_model():
         create_model("mcnet", preset="v2")
     with pytest.raises(SegbenchError, match="unknown mcnet block 'dense'.*convmodule"):
         create_model("mcnet", block="dense")
+    with pytest.raises(SegbenchError, match="mcnet has no option base_width; its options: preset"):
+        create_model("mcnet", base_width=8)
 
 
 def test_smp_options_are_checked_with_the_fix_in_the_message():

@@ -10,6 +10,7 @@ the batch size is free.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import warnings
@@ -27,11 +28,14 @@ SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    # The TorchScript-based exporter: it needs no onnxscript and handles the fixed-size padding.
+    # (torch >= 2.5 has a `dynamo` switch and, from 2.9, defaults it to the other exporter.)
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes fixed at export
         torch.onnx.export(model, (example,), str(path), input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                          opset_version=int(opset), dynamo=False)
+                          opset_version=int(opset), **legacy)
 
 
 def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -46,8 +50,11 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray | None:
     try:
         import onnxruntime as ort
     except ImportError:
-        import onnx
-
+        try:
+            import onnx
+        except ImportError:
+            raise SegbenchError(f"wrote {path} but cannot check it: neither onnxruntime nor onnx "
+                                "is installed; pip install 'segbench[export]'") from None
         onnx.checker.check_model(str(path), full_check=True)
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

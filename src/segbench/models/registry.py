@@ -4,6 +4,7 @@ normalisation, padding to a size the network takes) and the activation swap."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,12 @@ def available_models() -> list[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise SegbenchError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    params = inspect.signature(_MODELS[name]).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise SegbenchError(f"model {name} has no option {', '.join(unknown)}; its options: "
+                                f"{', '.join(params)}")
     return _MODELS[name](**kwargs)
 
 
