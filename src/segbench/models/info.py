@@ -168,6 +168,7 @@ def format_table(rows: list[dict]) -> str:
 def info_task(cfg) -> dict:
     """`segbench info model=<name> resolution=<r>`: one model's facts as a table (and info.json)."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from segbench import SegbenchError
     from segbench.engine.device import resolve_device
@@ -189,7 +190,10 @@ def info_task(cfg) -> dict:
                                 "resolution, or set latency=false") from None
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     (out_dir / "info.json").write_text(json.dumps(row, indent=2))
-    print(format_table([row]), flush=True)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's table comes at the end (InfoTable)
+        log.info("%s: %s parameters, %s GFLOPs per image", row["label"], f"{row['params']:,}", row["gflops"])
+    else:
+        print(format_table([row]), flush=True)
     return row
 
 

@@ -58,11 +58,11 @@ def _decoder_width(arch: str, cls, decoder_channels, depth: int) -> dict:
             return {"decoder_channels": list(default)[-depth:]}
         return {}
     if "decoder_channels" in params and isinstance(params["decoder_channels"].default, (list, tuple)):
-        widths = list(decoder_channels) if isinstance(decoder_channels, (list, tuple)) else None
-        if widths is None or len(widths) != depth:
+        widths = list(decoder_channels) if isinstance(decoder_channels, (list, tuple)) else [decoder_channels]
+        if len(widths) != depth:
             raise SegbenchError(
-                f"model.decoder_channels={decoder_channels} for {arch} needs one width per decoder "
-                f"stage, {depth} for model.encoder_depth={depth}: e.g. "
+                f"model.decoder_channels has {len(widths)} entries but model.encoder_depth={depth}: "
+                f"{arch} needs one width per decoder stage, e.g. "
                 f"model.decoder_channels={[16 * 2**i for i in reversed(range(depth))]}"
             )
         return {"decoder_channels": widths}
