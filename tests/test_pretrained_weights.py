@@ -61,3 +61,21 @@ def test_cached_weights_need_no_network(tmp_path, monkeypatch):
 def test_unknown_weights_name_the_available_ones():
     with pytest.raises(SegbenchError, match="no 'instagram' weights; available: imagenet"):
         pretrained.ensure_encoder_weights("resnet18", "instagram")
+
+
+def test_models_restored_from_a_checkpoint_need_no_weights(monkeypatch):
+    """eval and export rebuild a run's model and then load its checkpoint: pretrained=False."""
+    from huggingface_hub import constants
+
+    from model_cases import SMALL_MODELS, model_cfg
+    from segbench.models import build_model
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    cfg = model_cfg({**SMALL_MODELS["unet"], "encoder_weights": "imagenet"}, channels=1)
+    with pytest.raises(SegbenchError, match="model.encoder_weights=null"):
+        build_model(cfg)
+    restored = build_model(cfg, pretrained=False)
+    cfg.model.encoder_weights = None
+    fresh = build_model(cfg)
+    assert {k: v.shape for k, v in restored.state_dict().items()} == {
+        k: v.shape for k, v in fresh.state_dict().items()}

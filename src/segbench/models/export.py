@@ -115,7 +115,7 @@ def export_task(cfg: DictConfig) -> dict:
     width = int(cfg.width or train_cfg.resolution.width)
     # The run's model, built for the export size (its padding follows the size).
     train_cfg.resolution.height, train_cfg.resolution.width = height, width
-    model = build_model(train_cfg)
+    model = build_model(train_cfg, pretrained=False)  # the checkpoint holds every weight
     state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.checkpoint}.pt")
     model.load_state_dict(state["model"])
     channels = int(model.mean.shape[1])

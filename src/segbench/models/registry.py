@@ -108,12 +108,18 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return kwargs
 
 
-def build_model(cfg: DictConfig) -> SegmentationModel:
-    """The configured model, activation swapped, wrapped for any input size the config allows."""
+def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
+    """The configured model, activation swapped, wrapped for any input size the config allows.
+
+    pretrained=False skips loading pretrained encoder weights: for a model whose weights come from
+    a checkpoint next (eval, export), which then needs neither the network nor the weights cache.
+    """
     from segbench.models.activations import swap_activations
 
     name = cfg.model.name
     kwargs = model_kwargs(cfg)
+    if not pretrained and kwargs.get("encoder_weights") is not None:
+        kwargs["encoder_weights"] = None
     divisor = size_divisor(name, **kwargs)
     check_resolution(name, divisor, int(cfg.resolution.height), int(cfg.resolution.width),
                      bool(cfg.model.get("pad_to_multiple", True)))
