@@ -158,6 +158,17 @@ COMMANDS: dict[str, Command] = {
         "segbench.data.verify:verify_task",
         "check a dataset on disk (pairs, files, sizes, mask values): verify dataset=<name>",
     ),
+    "info": Command(
+        "info",
+        "segbench.models.info:info_task",
+        "a model's parameters, size, FLOPs, latency and peak memory: info model=<name> (-m to compare)",
+    ),
+    "export": Command(
+        "export",
+        "segbench.models.export:export_task",
+        "export a run's checkpoint to ONNX or TorchScript: export run_dir=<dir> format=onnx",
+        _path_arguments("run_dir"),
+    ),
 }
 
 
@@ -176,6 +187,7 @@ def usage() -> str:
         "  segbench train -m experiment=study/optimizers seed=0,1,2",
         "  segbench report outputs/studies/optimizers/default",
         "  segbench predict run_dir=<run> input=images/ output=masks/",
+        "  segbench info -m model=unet,fpn,mcnet resolution=256",
         "  segbench train --cfg job          # print the composed config",
         "  segbench <command> --help         # config groups and options of a command",
     ]

@@ -107,7 +107,7 @@ def predict_task(cfg: DictConfig) -> dict:
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, train_cfg.trainer.get("precision", "auto"))
     state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.checkpoint}.pt", map_location=device)
-    model = build_model(train_cfg)
+    model = build_model(train_cfg, pretrained=False)  # the checkpoint holds the weights
     model.load_state_dict(state["model"])
     model.to(device).eval()
     height, width = int(train_cfg.resolution.height), int(train_cfg.resolution.width)

@@ -289,7 +289,7 @@ def eval_task(cfg: DictConfig) -> dict:
     state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.checkpoint}.pt")
     splits = select_splits(train_cfg, read_split_file(run_dir / "split.json"), [cfg.split])
     data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)
-    model = build_model(train_cfg)
+    model = build_model(train_cfg, pretrained=False)  # the checkpoint holds every weight
     model.load_state_dict(state["model"])
     model.to(device)
     groups = [s.group for s in splits[cfg.split]]

@@ -53,6 +53,7 @@ from segbench.engine.evaluate import (
 )
 from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
+from segbench.models.info import model_facts
 from segbench.optim import build_optimizer, build_scheduler
 from segbench.sweeps import register_resolvers
 
@@ -176,13 +177,6 @@ def _device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine() if device.type == "cpu" else device.type
 
 
-def model_facts(model: torch.nn.Module) -> dict:
-    params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    return {"params": params, "trainable_params": trainable, "size_mb": round(size / 2**20, 3)}
-
-
 def _num_workers(spec, device: torch.device) -> int:
     if spec in (None, "auto"):
         return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
@@ -303,7 +297,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
                                steps_per_epoch=len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     early = EarlyStopping(int(t.early_stopping.patience), float(t.early_stopping.min_delta))
-    facts = model_facts(model)
+    facts = model_facts(model, (int(cfg.model.get("in_channels", 3)), int(cfg.resolution.height),
+                                int(cfg.resolution.width)))
     log.info("model: %s (%s, %s)  %s parameters  device %s%s", cfg.model.name,
              cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
              f"  autocast {amp_dtype}" if amp_dtype else "")

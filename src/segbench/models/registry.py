@@ -4,6 +4,7 @@ normalisation, padding to a size the network takes) and the activation swap."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -36,6 +37,12 @@ def available_models() -> list[str]:
 def create_model(name: str, **kwargs) -> nn.Module:
     if name not in _MODELS:
         raise SegbenchError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    params = inspect.signature(_MODELS[name]).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise SegbenchError(f"model {name} has no option {', '.join(unknown)}; its options: "
+                                f"{', '.join(params)}")
     return _MODELS[name](**kwargs)
 
 
@@ -101,12 +108,18 @@ def model_kwargs(cfg: DictConfig) -> dict:
     return kwargs
 
 
-def build_model(cfg: DictConfig) -> SegmentationModel:
-    """The configured model, activation swapped, wrapped for any input size the config allows."""
+def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
+    """The configured model, activation swapped, wrapped for any input size the config allows.
+
+    pretrained=False skips loading pretrained encoder weights: for a model whose weights come from
+    a checkpoint next (eval, export), which then needs neither the network nor the weights cache.
+    """
     from segbench.models.activations import swap_activations
 
     name = cfg.model.name
     kwargs = model_kwargs(cfg)
+    if not pretrained and kwargs.get("encoder_weights") is not None:
+        kwargs["encoder_weights"] = None
     divisor = size_divisor(name, **kwargs)
     check_resolution(name, divisor, int(cfg.resolution.height), int(cfg.resolution.width),
                      bool(cfg.model.get("pad_to_multiple", True)))

@@ -1,0 +1,88 @@
+"""`segbench export`: ONNX and TorchScript files whose outputs match PyTorch's to 1e-4."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import read_json, run_cli
+from model_cases import SMALL_MODELS, model_cfg, single_thread  # noqa: F401  (fixture)
+from segbench.models import build_model
+from segbench.models.export import export_model, run_onnx, run_torchscript
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("case", ["mcnet-v5", "unet"])
+def test_round_trip_through_the_pad_and_crop_path(tmp_path, case, fmt):
+    """70x90 is no multiple of the models' divisors: the exported graph pads and crops too."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg(SMALL_MODELS[case], height=70, width=90))
+    assert 70 % model.divisor and 90 % model.divisor
+    model.eval()
+    for m in model.modules():  # non-trivial batch-norm statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    check = export_model(model, fmt, path, (3, 70, 90))
+    assert check["max_abs_diff"] <= 1e-4
+    assert check["checked_with"] == ("onnxruntime" if fmt == "onnx" else "torch.jit.load")
+    # And on a batch size the export never saw, against the PyTorch model once more.
+    batch = torch.rand(3, 3, 70, 90)
+    run = run_onnx if fmt == "onnx" else run_torchscript
+    got = run(path, batch.numpy())
+    with torch.no_grad():
+        expected = model(batch).numpy()
+    assert got.shape == (3, 1, 70, 90)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_onnx_graph_passes_the_checker(tmp_path):
+    import onnx
+
+    model = build_model(model_cfg(SMALL_MODELS["mcnet-v3"])).eval()
+    export_model(model, "onnx", tmp_path / "m.onnx", (3, 64, 64))
+    graph = onnx.load(str(tmp_path / "m.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    assert [i.name for i in graph.graph.input] == ["image"]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the shared tiny run, so that exports do not change the shared one."""
+    return shutil.copytree(tiny_run, tmp_path / "run")
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_command_writes_a_checked_file_into_the_run(run_copy, tmp_path, fmt):
+    proc = run_cli("export", f"run_dir={run_copy}", f"format={fmt}", cwd=tmp_path)
+    name = "model.onnx" if fmt == "onnx" else "model.torchscript.pt"
+    out = run_copy / "export" / name
+    info = read_json(out.with_name(name + ".json"))
+    assert info["max_abs_diff"] <= 1e-4 and info["format"] == fmt and info["checkpoint"] == "best"
+    assert info["input"]["shape"] == ["batch", 3, 64, 64] and info["input"]["range"] == [0.0, 1.0]
+    assert "max |difference| from PyTorch" in proc.stdout
+    # The file runs on its own and agrees with the run's best checkpoint.
+    from omegaconf import OmegaConf
+
+    from segbench.engine.checkpoint import load_checkpoint
+
+    model = build_model(OmegaConf.load(run_copy / "config.yaml"))
+    model.load_state_dict(load_checkpoint(run_copy / "checkpoints" / "best.pt")["model"])
+    batch = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.eval()(batch).numpy()
+    got = (run_onnx if fmt == "onnx" else run_torchscript)(out, batch.numpy())
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_export_fails_clearly(run_copy, tmp_path):
+    proc = run_cli("export", f"run_dir={run_copy}", "format=tflite", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "format=onnx or format=torchscript" in proc.stdout + proc.stderr
+    proc = run_cli("export", f"run_dir={tmp_path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "not a segbench run directory" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
