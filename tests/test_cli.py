@@ -105,3 +105,15 @@ def test_resume_from_a_folder_that_is_not_a_run(tmp_path):
     proc = run_cli("train", "trainer.resume=nowhere", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "not a segbench run directory" in proc.stderr
+
+
+def test_multirun_with_cfg_is_a_clear_error(tmp_path):
+    proc = run_cli("train", "-m", "optimizer=adam,sgd", "--cfg", "job", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "cannot be combined with -m" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_mcnet_version_is_a_group_without_plus(tmp_path):
+    cfg = yaml.safe_load(run_cli("train", "mcnet_version=v2", "--cfg", "job", cwd=tmp_path).stdout)
+    assert cfg["model"]["name"] == "mcnet" and cfg["model"]["preset"] == "v1"
+    assert cfg["augmentation"]["name"] == "basic"

@@ -137,8 +137,8 @@ def test_mcnet_block_and_skip_override_the_preset():
     assert type(net.down[0]).__name__ == "DoubleConv"
 
 
-def test_mcnet_v2_is_an_experiment_not_a_model():
-    with pytest.raises(SegbenchError, match="experiment=mcnet_v2"):
+def test_mcnet_v2_is_a_training_setting_not_a_model():
+    with pytest.raises(SegbenchError, match="mcnet_version=v2"):
         create_model("mcnet", preset="v2")
     with pytest.raises(SegbenchError, match="unknown mcnet block 'dense'.*convmodule"):
         create_model("mcnet", block="dense")

@@ -93,7 +93,7 @@ def test_studies_sweep_what_the_issue_lists(searchpath):
         "data_size": {"dataset.train_fraction": ["0.1", "0.25", "0.5", "1.0"]},
         "losses": {"model": ["unet", "unetpp"], "loss": ["dice", "bce", "log_cosh_dice", "shape_aware"],
                    "optimizer": ["adam", "sgd"]},
-        "mcnet_versions": {"+mcnet_version": ["v1", "v2", "v3", "v4", "v5"]},
+        "mcnet_versions": {"mcnet_version": ["v1", "v2", "v3", "v4", "v5"]},
     }
     fixed = {  # (config path, value) every job of the study has
         "models_augmentation": [("dataset.name", "kvasir_instrument"), ("resolution.height", 576),
@@ -114,7 +114,7 @@ def test_studies_sweep_what_the_issue_lists(searchpath):
             for path, value in fixed.get(study, []):
                 assert OmegaConf.select(cfg, path) == value, (study, path)
         # MCNet v2 is v1 plus augmentation.
-        v1, v2 = (compose("train", overrides=["experiment=study/mcnet_versions", f"+mcnet_version={v}",
+        v1, v2 = (compose("train", overrides=["experiment=study/mcnet_versions", f"mcnet_version={v}",
                                               *searchpath]) for v in ("v1", "v2"))
         assert v1.model.preset == v2.model.preset == "v1"
         assert v1.augmentation.name == "none" and v2.augmentation.name == "basic"

@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
+    if any(a in ("-m", "--multirun") for a in rest) and any(a in ("--cfg", "-c") for a in rest):
+        print(f"segbench {name}: error: --cfg prints one job's config and cannot be combined with "
+              "-m; drop -m (the first value of each swept axis is not picked for you: give one)",
+              file=sys.stderr)
+        raise SystemExit(2)
     try:
         rest = command.prepare(_quote_numeric_choices(rest))
     except SegbenchError as err:

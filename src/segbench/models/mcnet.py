@@ -6,7 +6,7 @@ dilated context, and whose skip connections pass through residual attention. The
 versions that change one thing at a time:
 
     v1  DoubleConv blocks, concatenated skips (the plain U-Net: 31,037,633 parameters)
-    v2  v1 trained with augmentation: an experiment (experiment=mcnet_v2), not a model
+    v2  v1 trained with augmentation: a training setting (mcnet_version=v2), not a model
     v3  split-based convolutions (SPConv) in place of the 3x3 convolutions
     v4  v1 with residual attention on the skips
     v5  ConvModule blocks (CIE, DoubleConv, MFE) with residual attention on the skips
@@ -183,7 +183,7 @@ def mcnet(preset: str | None = "v1", block: str | None = None, skip: str | None 
     """An MC-Net version: `preset` picks block and skip; `block`/`skip` override either."""
     if preset is not None and str(preset) not in PRESETS:
         hint = (" (v2 is v1 trained with augmentation, an experiment rather than a model: use "
-                "experiment=mcnet_v2, or model.preset=v1 augmentation=basic)") if str(preset) == "v2" else ""
+                "mcnet_version=v2, i.e. model.preset=v1 augmentation=basic)") if str(preset) == "v2" else ""
         raise SegbenchError(f"unknown mcnet preset {preset!r}{hint}; available: {', '.join(PRESETS)}")
     default_block, default_skip = PRESETS[str(preset)] if preset is not None else ("doubleconv", "concat")
     block, skip = block or default_block, skip or default_skip
