@@ -29,7 +29,8 @@ def sane(m: dict) -> None:
 
 @pytest.mark.slow
 def test_train_lung_ct(tmp_path):
-    proc = run_cli("train", "dataset=lung_ct", f"dataset.root={LUNG}", *TINY_REAL, cwd=tmp_path)
+    proc = run_cli("train", "dataset=lung_ct", f"dataset.root={LUNG}", *TINY_REAL,
+                   "eval.native_resolution=true", cwd=tmp_path)
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["split_sizes"] == {"train": 15, "val": 4, "test": 5}
@@ -38,6 +39,22 @@ def test_train_lung_ct(tmp_path):
     config = (run / "config.yaml").read_text()
     assert "in_channels: 1" in config and "window:" in config
     assert "data: lung_ct  train 15  val 4  test 5  at 64x64" in proc.stdout
+
+    # predict reads raw Hounsfield-unit slices through the run's own window and, scoring at the
+    # slices' own 512x512 size like eval.native_resolution, finds the same foreground pixels.
+    test_ids = json.loads((run / "split.json").read_text())["splits"]["test"]
+    inputs = tmp_path / "slices"
+    inputs.mkdir()
+    for i in test_ids:
+        (inputs / f"{i}.tif").symlink_to(LUNG / "2d_images" / f"{i}.tif")
+    run_cli("predict", f"run_dir={run}", f"input={inputs}", "output=masks", cwd=tmp_path)
+    areas = {r["image"]: r for r in csv.DictReader(open(tmp_path / "masks" / "areas.csv"))}
+    per_case = {r["image"]: r for r in csv.DictReader(open(run / "per_case.csv"))}
+    for i in test_ids:
+        row = areas[next(k for k in areas if k.startswith(i))]
+        assert int(row["foreground_pixels"]) == int(per_case[i]["pred_pixels"])
+        assert int(per_case[i]["tp"]) + int(per_case[i]["fp"]) + int(per_case[i]["fn"]) + \
+            int(per_case[i]["tn"]) == 512 * 512
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
 
-Each image goes through the run's own preprocessing (dataset.channels, resize to the run's
+Each image goes through the run's own preprocessing (its dataset's decoding, e.g. the CT window,
+and dataset.channels; resize to the run's
 resolution; the model scales and normalises internally), its best checkpoint (optionally with
 flip TTA), and back to the image's original size: the probabilities are resized, then
 thresholded, so a mask's edges are as smooth at full size as the network's output allows.
@@ -65,13 +66,11 @@ def predict_images(model, images: list[np.ndarray], *, height: int, width: int, 
 
     batch = np.stack([resize_image(im, height, width) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
-    probs = predict_probs(model, x, amp_dtype, tta=tta)[:, 0].float().cpu().numpy()
-    out = []
-    for prob, image in zip(probs, images):
-        h, w = image.shape[:2]
-        out.append(prob if (h, w) == prob.shape else
-                   cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR))
-    return out
+    probs = predict_probs(model, x, amp_dtype, tta=tta)
+    # Bilinear back to each image's size, exactly as eval.native_resolution scores test images.
+    return [torch.nn.functional.interpolate(prob[None], size=image.shape[:2], mode="bilinear",
+                                            align_corners=False)[0, 0].cpu().numpy()
+            for prob, image in zip(probs, images)]
 
 
 def _write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
@@ -81,7 +80,7 @@ def _write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
 
 
 def predict_task(cfg: DictConfig) -> dict:
-    from segbench.data.io import read_image
+    from segbench.data import image_reader
     from segbench.engine.checkpoint import load_checkpoint
     from segbench.engine.device import autocast_dtype, resolve_device
     from segbench.models import build_model
@@ -111,7 +110,7 @@ def predict_task(cfg: DictConfig) -> dict:
     model.load_state_dict(state["model"])
     model.to(device).eval()
     height, width = int(train_cfg.resolution.height), int(train_cfg.resolution.width)
-    channels = int(train_cfg.dataset.channels)
+    read_image = image_reader(train_cfg)  # the run's own decoding (e.g. its CT window)
     out_dir.mkdir(parents=True, exist_ok=True)
     log.info("predicting %d image(s) with %s (%s checkpoint, epoch %s) at %dx%d%s", len(files),
              run_dir, cfg.checkpoint, state.get("epoch"), height, width, ", flip TTA" if tta else "")
@@ -122,7 +121,7 @@ def predict_task(cfg: DictConfig) -> dict:
         batch = []
         for f in files[start:start + int(cfg.batch_size)]:
             try:
-                batch.append((f, read_image(f, channels)))
+                batch.append((f, read_image(f)))
             except SegbenchError as err:
                 log.warning("skipping %s", err)
                 skipped.append((f, str(err)))

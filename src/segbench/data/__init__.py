@@ -2,7 +2,8 @@
 
 A dataset module provides `list_splits(cfg) -> {"train": [...], "test": [...], ("val": [...])}`
 of `Sample`s, and optionally `read(sample, cfg) -> (uint8 HxWxC image, uint8 HxW {0,1} mask,
-mask values seen)` and `reader_tag(cfg) -> str` (reader settings that change decoded pixels).
+mask values seen)`, `read_image(path, cfg) -> uint8 HxWxC` (the image part alone, for
+`segbench predict`) and `reader_tag(cfg) -> str` (reader settings that change decoded pixels).
 Everything after that (val carving, train_fraction, split.json, decode-once cache, augmentation)
 is shared here.
 """
@@ -61,6 +62,24 @@ def default_read(sample: Sample, cfg: DictConfig):
             f"is {mask.shape[1]}x{mask.shape[0]}: a mask must match its image's size"
         )
     return image, mask, values
+
+
+def image_reader(cfg: DictConfig):
+    """path -> uint8 HxWxC image as the run's dataset decodes it (CT windowing included)."""
+    module = dataset_module(cfg.dataset.name)
+    if hasattr(module, "read_image"):
+        return lambda path: module.read_image(path, cfg.dataset)
+    return lambda path: read_image(path, int(cfg.dataset.channels))
+
+
+def native_masks(cfg: DictConfig, samples: list[Sample]) -> list:
+    """The samples' masks as on disk (binary uint8, each at its own size), for evaluation at the
+    native resolution."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    read = getattr(dataset_module(cfg.dataset.name), "read", default_read)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda s: read(s, cfg.dataset)[1], samples))
 
 
 def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:

@@ -58,3 +58,20 @@ class SeededShuffleSampler(torch.utils.data.Sampler):
         order = rng.permutation(self.length)
         item_seeds = rng.integers(0, 2**31 - 1, self.length)
         return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
+
+
+class NativeMaskDataset(Dataset):
+    """Test images at the model's resolution paired with their masks at the size on disk: the
+    evaluation then resizes each probability map to its mask (eval.native_resolution), so that
+    runs at different resolutions are scored on the same pixels. Batch size 1 (sizes differ)."""
+
+    def __init__(self, images: np.ndarray, masks: list[np.ndarray], ids: list[str]):
+        assert len(images) == len(masks) == len(ids)
+        self.images, self.masks, self.ids = images, masks, ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        image = torch.from_numpy(np.array(self.images[index])).permute(2, 0, 1)
+        return image, torch.from_numpy(np.ascontiguousarray(self.masks[index]))[None], index

@@ -70,16 +70,16 @@ def to_unit_range(hu: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip((hu.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
 
 
-def read(sample: Sample, cfg: DictConfig):
-    hu = read_array(sample.image)
+def read_image(path: Path, cfg: DictConfig) -> np.ndarray:
+    """A CT slice in HU, windowed into uint8 HxWxchannels (also what `segbench predict` uses)."""
+    hu = read_array(path)
     if hu.dtype == np.uint8:
         raise SegbenchError(
-            f"{sample.image} holds 8-bit pixels, not Hounsfield units: lung_ct windows raw CT "
+            f"{path} holds 8-bit pixels, not Hounsfield units: lung_ct windows raw CT "
             "values. For 8-bit slices use dataset=folder dataset.root=<their folder>")
     if hu.ndim == 3:
         if hu.shape[2] != 1:
-            raise SegbenchError(f"{sample.image}: a CT slice has one channel, this one has "
-                                f"{hu.shape[2]}")
+            raise SegbenchError(f"{path}: a CT slice has one channel, this one has {hu.shape[2]}")
         hu = hu[..., 0]
     lo, hi = window(cfg)
     image = (to_unit_range(hu, lo, hi) * 255).round().astype(np.uint8)[..., None]
@@ -87,11 +87,15 @@ def read(sample: Sample, cfg: DictConfig):
     if channels not in (1, 3):
         raise SegbenchError(f"dataset.channels={channels}: CT slices go to the model as 1 "
                             "channel or replicated to 3")
-    image = np.repeat(image, channels, axis=2) if channels == 3 else image
+    return np.repeat(image, channels, axis=2) if channels == 3 else image
+
+
+def read(sample: Sample, cfg: DictConfig):
+    image = read_image(sample.image, cfg)
     mask, values = read_mask(sample.mask)
     if mask.shape != image.shape[:2]:
-        raise SegbenchError(f"image {sample.image} is {hu.shape[1]}x{hu.shape[0]} but its mask "
-                            f"{sample.mask} is {mask.shape[1]}x{mask.shape[0]}: a mask must "
+        raise SegbenchError(f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its "
+                            f"mask {sample.mask} is {mask.shape[1]}x{mask.shape[0]}: a mask must "
                             "match its image's size")
     return image, mask, values
 

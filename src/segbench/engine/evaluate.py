@@ -32,7 +32,7 @@ class EvalResult:
     loss: float | None = None
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # index -> probability map
     scores: torch.Tensor | None = None  # metrics.score_histogram summed over the split
-    predictions: np.ndarray | None = None  # (N, H, W) bool predicted masks
+    predictions: list[np.ndarray] | None = None  # per image: bool predicted mask (H, W)
 
     def summary(self) -> dict[str, float]:
         out = metrics.summarize(self.counts)
@@ -83,6 +83,10 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         else:
             probs = predict_probs(model, images, amp_dtype, tta)
         seen += len(images)
+        model_probs = probs
+        if masks.shape[-2:] != probs.shape[-2:]:  # native-resolution masks: score at their size
+            probs = torch.nn.functional.interpolate(probs, size=masks.shape[-2:], mode="bilinear",
+                                                    align_corners=False)
         counts.append(metrics.confusion(probs, masks, threshold))
         if histogram is not None:
             histogram += metrics.score_histogram(probs, masks)
@@ -91,7 +95,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         if keep_set:
             for row, i in enumerate(index.tolist()):
                 if i in keep_set:
-                    kept[i] = probs[row, 0].float().cpu().numpy()
+                    kept[i] = model_probs[row, 0].float().cpu().numpy()
     if not counts:
         raise SegbenchError("evaluation got an empty split")
     return EvalResult(
@@ -99,7 +103,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         loss=float(loss_sum.item() / seen) if loss_fn is not None else None,
         kept=kept,
         scores=histogram.cpu() if histogram is not None else None,
-        predictions=torch.cat(predictions).cpu().numpy() if keep_predictions else None,
+        predictions=[p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None,
     )
 
 
@@ -143,21 +147,26 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
                batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
                channels_last: bool = False, num_workers: int = 0, surface_metrics: bool = False,
-               pixel_spacing=None, surface_workers="auto") -> dict:
+               pixel_spacing=None, surface_workers="auto", native_masks=None) -> dict:
     """Evaluate a split once and write per_case.csv, predictions.png, confusion_matrix.png (and
     per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
-    when surface_metrics, in mm when pixel_spacing is set)."""
+    when surface_metrics, in mm when pixel_spacing is set). With `native_masks` (the masks at
+    their size on disk) every metric is computed at that size, probabilities resized to it."""
+    from segbench.data.dataset import NativeMaskDataset
     from segbench.viz import plot_confusion, plot_predictions
 
     keep = tuple(np.linspace(0, len(dataset) - 1, min(num_predictions, len(dataset))).round().astype(int).tolist())
-    result = evaluate(model, eval_loader(dataset, batch_size, device, num_workers), device,
+    scored, truths = dataset, dataset.masks
+    if native_masks is not None:
+        scored, truths, batch_size = NativeMaskDataset(dataset.images, native_masks, dataset.ids), native_masks, 1
+    result = evaluate(model, eval_loader(scored, batch_size, device, num_workers), device,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
                       channels_last=channels_last, scores=True, keep_predictions=surface_metrics)
     summary = result.summary()
     summary.update(zip(metrics.COUNT_NAMES, (int(v) for v in result.counts.sum(0).tolist()), strict=True))
     per_image_surface = None
     if surface_metrics:
-        s = surface.surface_metrics(result.predictions, dataset.masks, pixel_spacing,
+        s = surface.surface_metrics(result.predictions, truths, pixel_spacing,
                                     workers=surface_workers)
         per_image_surface = {"hd95": s["hd95"], "assd": s["assd"]}
         summary.update(metrics.summarize_surface(s["hd95"], s["assd"]))
@@ -219,8 +228,9 @@ def check_threshold(threshold) -> float:
     return float(threshold)
 
 
-def pixel_spacing(cfg: DictConfig) -> list[float] | None:
+def pixel_spacing(cfg: DictConfig, native: bool = False) -> list[float] | None:
     """(row, column) mm per pixel at the evaluated resolution, or None (distances in pixels).
+    With `native` (eval.native_resolution) the images' own spacing.
 
     `dataset.pixel_spacing` (a number or [row, column] mm) is the spacing of the images on disk,
     which are `dataset.native_size` ([height, width]) pixels; resizing to `resolution` scales it.
@@ -228,22 +238,26 @@ def pixel_spacing(cfg: DictConfig) -> list[float] | None:
     spacing = cfg.dataset.get("pixel_spacing")
     if spacing is None:
         return None
-    native = cfg.dataset.get("native_size")
+    native_size = cfg.dataset.get("native_size")
     spacing = list(spacing) if not isinstance(spacing, (int, float)) else [spacing, spacing]
-    if native is None or len(native) != 2 or len(spacing) != 2:
+    if native_size is None or len(native_size) != 2 or len(spacing) != 2:
         raise SegbenchError(
             "dataset.pixel_spacing needs dataset.native_size=[height,width], the size of the "
             "images it describes (segbench rescales the spacing to the training resolution); "
             "give pixel_spacing as a number or [row_mm,column_mm], or set it to null for pixels")
-    if min(float(v) for v in [*spacing, *native]) <= 0:
-        raise SegbenchError(f"dataset.pixel_spacing {spacing} and native_size {list(native)} must be > 0")
+    if min(float(v) for v in [*spacing, *native_size]) <= 0:
+        raise SegbenchError(f"dataset.pixel_spacing {spacing} and native_size {list(native_size)} must be > 0")
+    if native:
+        return [float(sp) for sp in spacing]
     size = (int(cfg.resolution.height), int(cfg.resolution.width))
-    return [float(sp) * float(n) / s for sp, n, s in zip(spacing, native, size, strict=True)]
+    return [float(sp) * float(n) / s for sp, n, s in zip(spacing, native_size, size, strict=True)]
 
 
-def evaluation_record(threshold: float, tta: bool, surface_metrics: bool, spacing) -> dict:
+def evaluation_record(threshold: float, tta: bool, surface_metrics: bool, spacing,
+                      native_resolution: bool = False) -> dict:
     """How the numbers of a metrics.json were made, written beside them."""
     return {"threshold": threshold, "tta": tta, "empty_rule": metrics.EMPTY_RULE,
+            "native_resolution": native_resolution,
             "surface_metrics": surface_metrics,
             "surface_unit": "mm" if spacing else "px", "pixel_spacing": spacing,
             "hd95_rule": surface.HD95_RULE, "assd_rule": surface.ASSD_RULE,
@@ -258,7 +272,7 @@ def eval_task(cfg: DictConfig) -> dict:
     """`segbench eval run_dir=<dir>`: the run's checkpoint on its recorded split, once more."""
     from hydra.core.hydra_config import HydraConfig
 
-    from segbench.data import build_datasets, select_splits
+    from segbench.data import build_datasets, native_masks, select_splits
     from segbench.data.splits import read_split_file
     from segbench.engine.checkpoint import load_checkpoint
     from segbench.models import build_model
@@ -282,7 +296,9 @@ def eval_task(cfg: DictConfig) -> dict:
     surface_on = bool(cfg.eval.surface_metrics if cfg.eval.get("surface_metrics") is not None
                       else own.get("surface_metrics", False))
     workers = cfg.eval.get("surface_workers") or own.get("surface_workers", "auto")
-    spacing = pixel_spacing(train_cfg)
+    native = bool(cfg.eval.native_resolution if cfg.eval.get("native_resolution") is not None
+                  else own.get("native_resolution", False))
+    spacing = pixel_spacing(train_cfg, native)
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
 
@@ -298,22 +314,25 @@ def eval_task(cfg: DictConfig) -> dict:
                          tta=tta, batch_size=batch, amp_dtype=amp_dtype,
                          num_predictions=int(cfg.eval.num_predictions),
                          groups=groups if any(groups) else None, surface_metrics=surface_on,
-                         pixel_spacing=spacing, surface_workers=workers)
+                         pixel_spacing=spacing, surface_workers=workers,
+                         native_masks=native_masks(train_cfg, splits[cfg.split]) if native else None)
     result = {"split": cfg.split, "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"),
-              **evaluation_record(threshold, tta, surface_on, spacing), cfg.split: summary}
+              **evaluation_record(threshold, tta, surface_on, spacing, native), cfg.split: summary}
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
     log.info("%s %s (epoch %s): %s", cfg.split, cfg.checkpoint, state.get("epoch"), metric_line(summary))
-    _compare_with_training(run_dir, cfg, summary, threshold, tta)
+    _compare_with_training(run_dir, cfg, summary, threshold, tta, native)
     log.info("wrote %s", out_dir)
     return result
 
 
-def _compare_with_training(run_dir: Path, cfg, summary: dict, threshold: float, tta: bool) -> None:
+def _compare_with_training(run_dir: Path, cfg, summary: dict, threshold: float, tta: bool,
+                           native: bool) -> None:
     trained = run_dir / "metrics.json"
     if cfg.split != "test" or cfg.checkpoint != "best" or not trained.is_file():
         return
     recorded = json.loads(trained.read_text())
-    if recorded.get("threshold") != threshold or recorded.get("tta") != tta:
+    if (recorded.get("threshold"), recorded.get("tta")) != (threshold, tta) or \
+            recorded.get("native_resolution", False) != native:
         return
     before = recorded["test"]
     keys = [k for k in summary if k in before and k not in NOT_COMPARED

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from segbench import SegbenchError, __version__, metrics
-from segbench.data import build_datasets, list_splits
+from segbench.data import build_datasets, list_splits, native_masks
 from segbench.data.dataset import SeededShuffleSampler
 from segbench.data.splits import write_split_file
 from segbench.data.verify import quick_check
@@ -63,7 +63,7 @@ register_resolvers()  # a parallel launcher's worker resolves job dirs after imp
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
                      "trainer.progress_bar", "trainer.log_every_steps", "paths.",
-                     "eval.surface_")
+                     "eval.surface_", "eval.native_resolution")
 
 
 class TrainingDiverged(SegbenchError):
@@ -268,7 +268,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
     max_epochs = int(t.max_epochs)
     if max_epochs < 1 or int(t.batch_size) < 1:
         raise SegbenchError("trainer.max_epochs and trainer.batch_size must be >= 1")
-    threshold, spacing = check_threshold(cfg.eval.threshold), pixel_spacing(cfg)  # fail before training
+    native = bool(cfg.eval.get("native_resolution", False))
+    threshold, spacing = check_threshold(cfg.eval.threshold), pixel_spacing(cfg, native)  # fail before training
 
     # The model first: a configuration it cannot take fails before any data is read.
     model = build_model(cfg).to(device)
@@ -415,7 +416,8 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
                       groups=[s.group for s in splits["test"]] if any(s.group for s in splits["test"]) else None,
                       channels_last=channels_last, num_workers=workers,
                       surface_metrics=bool(cfg.eval.get("surface_metrics", False)),
-                      pixel_spacing=spacing, surface_workers=cfg.eval.get("surface_workers", "auto"))
+                      pixel_spacing=spacing, surface_workers=cfg.eval.get("surface_workers", "auto"),
+                      native_masks=native_masks(cfg, splits["test"]) if native else None)
     result = {
         "test": test,
         "val_best": best["val"],
@@ -423,7 +425,7 @@ def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
         "epochs_run": len(history),
         "stopped_early": stopped_early,
         **evaluation_record(threshold, bool(cfg.eval.tta), bool(cfg.eval.get("surface_metrics", False)),
-                            spacing),
+                            spacing, native),
         "model": {"name": cfg.model.name, **facts},
         "seed": seed,
         "split_sizes": {k: len(v) for k, v in splits.items()},
