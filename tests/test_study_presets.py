@@ -1,10 +1,4 @@
-"""Every study preset composes, and so does every value of every axis it sweeps.
-
-Some options the presets name are built on other branches (datasets, models, losses,
-augmentations). Until those are merged, PENDING options missing from configs/ are stubbed in a
-temporary folder on hydra.searchpath; any other missing option fails the test. Once everything is
-merged, nothing is stubbed and the real options compose.
-"""
+"""Every study preset composes, and so does every value of every axis it sweeps."""
 
 from __future__ import annotations
 
@@ -20,37 +14,6 @@ from conftest import ROOT, run_cli
 
 CONFIGS = ROOT / "configs"
 STUDIES = sorted(p.stem for p in (CONFIGS / "experiment" / "study").glob("*.yaml"))
-PENDING = {
-    "model": ["fpn", "deeplabv3plus", "mcnet"],
-    "dataset": ["kvasir_instrument", "lgg_mri", "lung_ct", "folder"],
-    "activation": ["leakyrelu", "gelu", "sigmoid", "tanh"],
-    "loss": ["log_cosh_dice", "shape_aware"],
-    "augmentation": ["hflip", "brightness_contrast", "gaussian_blur", "geometric", "elastic", "strong"],
-}
-
-
-@pytest.fixture(scope="module")
-def searchpath(tmp_path_factory) -> list[str]:
-    """hydra.searchpath overrides with stubs of pending options that configs/ lacks yet."""
-    stubs = tmp_path_factory.mktemp("pending-options")
-    missing = 0
-    for group, names in PENDING.items():
-        for name in names:
-            if (CONFIGS / group / f"{name}.yaml").is_file():
-                continue
-            body = {"name": name}
-            if group == "dataset":
-                body.update(channels=3, train_fraction=1.0)
-            if group == "model":
-                body.update(encoder="resnet34", preset="v1")
-            if group == "augmentation":
-                body["transforms"] = []
-            (stubs / group).mkdir(exist_ok=True)
-            (stubs / group / f"{name}.yaml").write_text(yaml.safe_dump(body))
-            missing += 1
-    return [f"hydra.searchpath=[file://{stubs}]"] if missing else []
-
-
 def _axes(params: dict) -> list[tuple[str, list[str]]]:
     parser = OverridesParser.create()
     out = []
@@ -66,11 +29,11 @@ def test_there_are_the_eight_studies():
 
 
 @pytest.mark.parametrize("study", STUDIES)
-def test_study_composes_on_every_axis_value(study, searchpath):
+def test_study_composes_on_every_axis_value(study):
     text = (CONFIGS / "experiment" / "study" / f"{study}.yaml").read_text()
     assert text.startswith("# @package _global_\n# Study: ") and "?" in text.split("defaults:")[0], \
         "the header says which question the study answers"
-    base = [f"experiment=study/{study}", *searchpath]
+    base = [f"experiment=study/{study}"]
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         cfg = compose("train", overrides=base, return_hydra_config=True)
         params = OmegaConf.to_container(cfg.hydra.sweeper.params)
@@ -83,7 +46,7 @@ def test_study_composes_on_every_axis_value(study, searchpath):
                 assert job.model.name and job.dataset.name
 
 
-def test_studies_sweep_what_the_issue_lists(searchpath):
+def test_studies_sweep_what_the_issue_lists():
     expected = {
         "models_augmentation": {"model": ["unet", "unetpp", "fpn"], "augmentation": ["none", "basic"]},
         "activations": {"activation": ["relu", "leakyrelu", "gelu", "sigmoid", "tanh"]},
@@ -108,20 +71,20 @@ def test_studies_sweep_what_the_issue_lists(searchpath):
     }
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
         for study, axes in expected.items():
-            cfg = compose("train", overrides=[f"experiment=study/{study}", *searchpath],
+            cfg = compose("train", overrides=[f"experiment=study/{study}"],
                           return_hydra_config=True)
             assert dict(_axes(OmegaConf.to_container(cfg.hydra.sweeper.params))) == axes, study
             for path, value in fixed.get(study, []):
                 assert OmegaConf.select(cfg, path) == value, (study, path)
         # MCNet v2 is v1 plus augmentation.
-        v1, v2 = (compose("train", overrides=["experiment=study/mcnet_versions", f"mcnet_version={v}",
-                                              *searchpath]) for v in ("v1", "v2"))
+        v1, v2 = (compose("train", overrides=["experiment=study/mcnet_versions", f"mcnet_version={v}"])
+                  for v in ("v1", "v2"))
         assert v1.model.preset == v2.model.preset == "v1"
         assert v1.augmentation.name == "none" and v2.augmentation.name == "basic"
 
 
-def test_cfg_job_prints_a_study_from_the_command_line(tmp_path, searchpath):
-    proc = run_cli("train", "experiment=study/optimizers", *searchpath, "--cfg", "job", cwd=tmp_path)
+def test_cfg_job_prints_a_study_from_the_command_line(tmp_path):
+    proc = run_cli("train", "experiment=study/optimizers", "--cfg", "job", cwd=tmp_path)
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["model"]["name"] == "unet" and cfg["dataset"]["name"] == "kvasir_instrument"
     assert Path(tmp_path).is_dir() and not (tmp_path / "outputs").exists()  # composing writes nothing
