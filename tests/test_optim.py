@@ -55,18 +55,23 @@ def test_sgd_takes_momentum_and_nesterov_and_refuses_nesterov_without_momentum()
         build_optimizer(yaml("optimizer", "sgd", momentum=0.0), model().parameters())
 
 
-def lr_curve(name: str, steps: int = EPOCHS * STEPS, **overrides) -> list[float]:
-    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}), model().parameters())
-    schedule = build_scheduler(yaml("scheduler", name, **overrides), opt, max_epochs=EPOCHS,
-                               steps_per_epoch=STEPS)
+def run_steps(opt, schedule, steps: int, start: int = 0) -> list[float]:
+    """The LR of each step, stepping the schedule as the trainer does (per batch, per epoch)."""
     lrs = []
-    for step in range(steps):
+    for step in range(start, start + steps):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         schedule.step_batch()
         if (step + 1) % STEPS == 0:
             schedule.step_epoch({"val_iou": 0.5})
     return lrs
+
+
+def lr_curve(name: str, steps: int = EPOCHS * STEPS, **overrides) -> list[float]:
+    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}), model().parameters())
+    schedule = build_scheduler(yaml("scheduler", name, **overrides), opt, max_epochs=EPOCHS,
+                               steps_per_epoch=STEPS)
+    return run_steps(opt, schedule, steps)
 
 
 def test_poly_follows_its_formula():
@@ -107,18 +112,8 @@ def test_a_schedule_saved_mid_run_resumes_exactly(name):
         opt = build_optimizer(OmegaConf.create({"name": "adam", "lr": 0.1}), m.parameters())
         return opt, build_scheduler(yaml("scheduler", name), opt, max_epochs=EPOCHS, steps_per_epoch=STEPS)
 
-    def run(opt, schedule, steps, start=0):
-        lrs = []
-        for step in range(start, start + steps):
-            lrs.append(opt.param_groups[0]["lr"])
-            opt.step()
-            schedule.step_batch()
-            if (step + 1) % STEPS == 0:
-                schedule.step_epoch({"val_iou": 0.5})
-        return lrs
-
     opt, schedule = build(model())
-    first = run(opt, schedule, 2 * STEPS)  # interrupted after two epochs
+    first = run_steps(opt, schedule, 2 * STEPS)  # interrupted after two epochs
     buffer = io.BytesIO()
     torch.save({"scheduler": schedule.state_dict(), "optimizer": opt.state_dict()}, buffer)
     buffer.seek(0)
@@ -126,8 +121,8 @@ def test_a_schedule_saved_mid_run_resumes_exactly(name):
     opt2, schedule2 = build(model())
     opt2.load_state_dict(state["optimizer"])
     schedule2.load_state_dict(state["scheduler"])
-    second = run(opt2, schedule2, total - 2 * STEPS, start=2 * STEPS)
-    uninterrupted = run(*build(model()), total)
+    second = run_steps(opt2, schedule2, total - 2 * STEPS, start=2 * STEPS)
+    uninterrupted = run_steps(*build(model()), total)
     assert first + second == uninterrupted
     assert all(math.isfinite(v) and v > 0 for v in uninterrupted)
 

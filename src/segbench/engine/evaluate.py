@@ -43,11 +43,13 @@ class EvalResult:
         return out
 
 
-def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False) -> torch.Tensor:
-    """Foreground probabilities; with tta the mean over identity, h-flip and v-flip."""
+def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False,
+                  logits: torch.Tensor | None = None) -> torch.Tensor:
+    """Foreground probabilities; with tta the mean over identity, h-flip and v-flip. `logits`:
+    the identity pass when the caller already ran it."""
     device = images.device
     with autocast(device, amp_dtype):
-        probs = torch.sigmoid(model(images).float())
+        probs = torch.sigmoid((model(images) if logits is None else logits).float())
         if tta:
             for dim in (3, 2):
                 probs += torch.sigmoid(model(images.flip(dim)).float()).flip(dim)
@@ -77,9 +79,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
             with autocast(device, amp_dtype):
                 logits = model(images)
             loss_sum += loss_fn(logits.float(), masks.float()) * len(images)
-            probs = torch.sigmoid(logits.float())
-            if tta:
-                probs = predict_probs(model, images, amp_dtype, tta=True)
+            probs = predict_probs(model, images, amp_dtype, tta, logits=logits)
         else:
             probs = predict_probs(model, images, amp_dtype, tta)
         seen += len(images)
