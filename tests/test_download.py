@@ -19,6 +19,7 @@ import pytest
 from conftest import run_cli
 from datasets_util import LUNG, compose_cfg, kvasir_copy
 from segbench import SegbenchError
+from segbench.commands import download as download_command
 from segbench.data import download, list_splits
 
 
@@ -92,7 +93,7 @@ def test_download_checks_and_unpacks_into_the_layout(tmp_path, publisher):
     publisher.payload = publisher_zip(tmp_path)
     root = tmp_path / "data" / "kvasir_instrument"
     cfg = download_cfg(root, url_of(publisher))
-    download.download_task(cfg)
+    download_command.run(cfg)
     assert sorted(p.name for p in root.iterdir()) == [
         "images", "kvasir-instrument.zip.sha256", "masks", "test.txt", "train.txt"]
     assert len(list((root / "images").glob("*.jpg"))) == 18
@@ -101,7 +102,7 @@ def test_download_checks_and_unpacks_into_the_layout(tmp_path, publisher):
     splits = list_splits(compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}"))
     assert len(splits["test"]) == 3
     # Run again: the data is there, nothing is fetched.
-    download.download_task(cfg)
+    download_command.run(cfg)
     assert publisher.requests == [None]
 
 
@@ -111,10 +112,10 @@ def test_interrupted_download_resumes(tmp_path, publisher):
     root = tmp_path / "kvasir"
     cfg = download_cfg(root, url_of(publisher))
     with pytest.raises(SegbenchError, match=r"run the same command again to resume"):
-        download.download_task(cfg)
+        download_command.run(cfg)
     part = root / "kvasir-instrument.zip.part"
     assert part.stat().st_size == len(publisher.payload) // 3
-    download.download_task(cfg)  # the same command again
+    download_command.run(cfg)  # the same command again
     assert publisher.requests == [None, f"bytes={len(publisher.payload) // 3}-"]
     assert not part.exists() and len(list((root / "masks").glob("*.png"))) == 18
 
@@ -125,7 +126,7 @@ def test_server_without_ranges_starts_again(tmp_path, publisher):
     root = tmp_path / "kvasir"
     root.mkdir()
     (root / "kvasir-instrument.zip.part").write_bytes(b"stale bytes of another try")
-    download.download_task(download_cfg(root, url_of(publisher)))
+    download_command.run(download_cfg(root, url_of(publisher)))
     assert (root / "kvasir-instrument.zip.sha256").read_text().split()[0] == \
         hashlib.sha256(publisher.payload).hexdigest()
 
@@ -136,12 +137,12 @@ def test_checksum_mismatch_deletes_the_archive(tmp_path, publisher):
     cfg = download_cfg(root, url_of(publisher), "dataset.download.sha256=" + "0" * 64,
                        "keep_archive=true")
     with pytest.raises(SegbenchError, match=r"has SHA-256 [0-9a-f]{64}, expected 0{64}") as err:
-        download.download_task(cfg)
+        download_command.run(cfg)
     assert "Get kvasir_instrument by hand" in str(err.value)
     assert not (root / "kvasir-instrument.zip").exists() and not (root / "images").exists()
     # The right checksum passes, and keep_archive keeps the zip.
     good = hashlib.sha256(publisher.payload).hexdigest()
-    download.download_task(download_cfg(root, url_of(publisher), f"dataset.download.sha256={good}",
+    download_command.run(download_cfg(root, url_of(publisher), f"dataset.download.sha256={good}",
                                         "keep_archive=true"))
     assert (root / "kvasir-instrument.zip").is_file() and (root / "images").is_dir()
 
@@ -150,7 +151,7 @@ def test_an_archive_put_there_by_hand_is_unpacked_without_network(tmp_path):
     root = tmp_path / "kvasir"
     root.mkdir()
     (root / "kvasir-instrument.zip").write_bytes(publisher_zip(tmp_path))
-    download.download_task(download_cfg(root, "http://127.0.0.1:9/kvasir-instrument.zip"))
+    download_command.run(download_cfg(root, "http://127.0.0.1:9/kvasir-instrument.zip"))
     assert len(list_splits(compose_cfg("dataset=kvasir_instrument",
                                        f"dataset.root={root}"))["test"]) == 3
 
@@ -160,7 +161,7 @@ def test_corrupt_archive_is_refused(tmp_path):
     root.mkdir()
     (root / "kvasir-instrument.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(SegbenchError, match=r"cannot extract .*corrupt"):
-        download.download_task(download_cfg(root, "http://127.0.0.1:9/kvasir-instrument.zip"))
+        download_command.run(download_cfg(root, "http://127.0.0.1:9/kvasir-instrument.zip"))
 
 
 def test_a_server_that_never_answers_times_out(tmp_path):
@@ -171,7 +172,7 @@ def test_a_server_that_never_answers_times_out(tmp_path):
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/kvasir-instrument.zip"
         started = time.monotonic()
         with pytest.raises(SegbenchError, match=r"cannot download kvasir_instrument.*timed out"):
-            download.download_task(download_cfg(tmp_path / "kvasir", url, "timeout=1"))
+            download_command.run(download_cfg(tmp_path / "kvasir", url, "timeout=1"))
         assert time.monotonic() - started < 5
     finally:
         silent.close()
@@ -197,7 +198,7 @@ def test_kaggle_datasets_without_the_api_print_manual_steps(tmp_path, monkeypatc
     root = tmp_path / "lgg"
     cfg = compose_cfg("dataset=lgg_mri", f"dataset.root={root}", config="download")
     with pytest.raises(SegbenchError) as err:
-        download.download_task(cfg)
+        download_command.run(cfg)
     message = str(err.value)
     assert "the Kaggle API is not installed" in message
     assert "https://www.kaggle.com/datasets/mateuszbuda/lgg-mri-segmentation" in message
@@ -215,7 +216,7 @@ def test_kaggle_without_credentials(tmp_path, monkeypatch):
         monkeypatch.delitem(sys.modules, name)
     cfg = compose_cfg("dataset=lung_ct", f"dataset.root={tmp_path / 'lung'}", config="download")
     with pytest.raises(SegbenchError, match=r"no credentials: Could not find kaggle\.json"):
-        download.download_task(cfg)
+        download_command.run(cfg)
 
 
 def test_kaggle_download_unpacks_nested_zips(tmp_path, monkeypatch):
@@ -230,7 +231,7 @@ def test_kaggle_download_unpacks_nested_zips(tmp_path, monkeypatch):
     monkeypatch.setattr(download, "_kaggle_api", FakeApi)
     monkeypatch.setattr(download, "_reachable", lambda url, timeout: None)
     root = tmp_path / "lung"
-    download.download_task(compose_cfg("dataset=lung_ct", f"dataset.root={root}",
+    download_command.run(compose_cfg("dataset=lung_ct", f"dataset.root={root}",
                                        config="download"))
     assert len(list((root / "2d_images").glob("*.tif"))) == 6
     assert (root / "2d_images.zip").is_file()  # the user's files are left alone
@@ -241,4 +242,4 @@ def test_kaggle_download_unpacks_nested_zips(tmp_path, monkeypatch):
 @pytest.mark.parametrize("name", ["synthetic", "folder"])
 def test_nothing_to_download(tmp_path, name):
     with pytest.raises(SegbenchError, match="has nothing to download"):
-        download.download_task(compose_cfg(f"dataset={name}", config="download"))
+        download_command.run(compose_cfg(f"dataset={name}", config="download"))

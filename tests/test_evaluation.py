@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import TINY, read_json, run_cli
-from segbench.engine.evaluate import NOT_COMPARED, predict_probs
+from segbench.commands.eval import NOT_COMPARED
+from segbench.engine.evaluate import predict_probs
 
 pytestmark = pytest.mark.slow
 
@@ -105,7 +106,7 @@ def test_eval_with_tta_and_surface_metrics_writes_them_all(run):
 @pytest.mark.parametrize("threshold", [-0.1, 1.5, None])
 def test_a_threshold_outside_0_1_is_refused_with_the_fix(threshold):
     from segbench import SegbenchError
-    from segbench.engine.evaluate import check_threshold
+    from segbench.settings import check_threshold
 
     with pytest.raises(SegbenchError, match=r"eval.threshold=.*\[0, 1\]"):
         check_threshold(threshold)

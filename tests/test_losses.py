@@ -16,7 +16,7 @@ from scipy import ndimage
 from conftest import ROOT, TINY
 from segbench import SegbenchError, config_dir
 from segbench.distance import distance_to, signed_distance
-from segbench.losses import available_losses, build_loss, foreground_share, set_epoch
+from segbench.losses import build_loss, foreground_share, list_losses, set_epoch
 
 LOSS_DIR = ROOT / "configs" / "loss"
 LOSSES = sorted(p.stem for p in LOSS_DIR.glob("*.yaml"))
@@ -51,7 +51,7 @@ def value_and_grad(loss_fn, logits: torch.Tensor, target: torch.Tensor):
 
 
 def test_every_loss_has_a_documented_yaml_and_the_registry_matches():
-    assert LOSSES == available_losses()
+    assert LOSSES == list_losses()
     for name in LOSSES:
         text = (LOSS_DIR / f"{name}.yaml").read_text()
         assert text.startswith("#"), f"{name}.yaml must open with a comment stating its formula"
@@ -255,6 +255,17 @@ def test_weighted_bce_balances_the_training_masks_foreground_share(tmp_path):
 def test_bad_loss_options_name_the_problem(spec, message):
     with pytest.raises(SegbenchError, match=message):
         build_loss(OmegaConf.create(spec), {})
+
+
+def test_a_partial_loss_config_takes_its_defaults_from_the_yaml_only():
+    # Defaults live in configs/loss/*.yaml: a nested or hand-written spec is completed from there.
+    focal = build_loss(OmegaConf.create({"name": "focal"}), {})
+    own = OmegaConf.load(LOSS_DIR / "focal.yaml")
+    assert focal.focal_loss_fn.keywords["alpha"] == own.alpha
+    assert focal.focal_loss_fn.keywords["gamma"] == own.gamma
+    boundary = build_loss(OmegaConf.create({"name": "boundary", "region": {"name": "weighted_bce"}}),
+                          {"train_masks": _quarter()})
+    assert boundary.region.pos_weight.item() == pytest.approx(3.0)  # pos_weight: auto, from the masks
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (7, 5), (1, 9), (33, 64), (64, 33)])

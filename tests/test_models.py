@@ -8,7 +8,7 @@ import torch
 
 from model_cases import SMALL_MODELS, model_cfg, single_thread  # noqa: F401  (fixture)
 from segbench import SegbenchError
-from segbench.models import available_models, build_model, create_model
+from segbench.models import build_model, create_model, list_models
 from segbench.models.registry import model_kwargs, size_divisor
 from segbench.models.smp_models import smp_divisor
 
@@ -18,8 +18,8 @@ def n_params(net: torch.nn.Module) -> int:
 
 
 def test_every_registered_model_has_a_small_case():
-    assert {case["name"] for case in SMALL_MODELS.values()} == set(available_models())
-    assert set(available_models()) >= {"unet", "unetpp", "fpn", "deeplabv3plus", "smp", "mcnet",
+    assert {case["name"] for case in SMALL_MODELS.values()} == set(list_models())
+    assert set(list_models()) >= {"unet", "unetpp", "fpn", "deeplabv3plus", "smp", "mcnet",
                                        "classic_unet"}
 
 

@@ -7,15 +7,16 @@ import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import run_subprocess
 from segbench import SegbenchError
 from segbench.models import pretrained
 
 
 def _train_imagenet(tmp_path, env):
-    """Any command that builds the model checks first; `info` is the cheapest (no data)."""
+    """Any command that builds the model checks first; `info` is the cheapest (no data). In a
+    new process: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported."""
     start = time.time()
-    proc = run_cli("info", "model.encoder=resnet18", "model.encoder_weights=imagenet", "resolution=64",
+    proc = run_subprocess("info", "model.encoder=resnet18", "model.encoder_weights=imagenet", "resolution=64",
                    "latency=false", cwd=tmp_path, check=False, env=env, timeout=120)
     return proc, time.time() - start
 
@@ -28,12 +29,14 @@ def _assert_clear_failure(proc, seconds):
     assert seconds < 45  # interpreter start, imports and the failing check; never a retry loop
 
 
+@pytest.mark.e2e
 def test_offline_mode_fails_at_once(tmp_path):
     proc, seconds = _train_imagenet(tmp_path, {"HF_HUB_OFFLINE": "1"})
     _assert_clear_failure(proc, seconds)
     assert "HF_HUB_OFFLINE=1 is set" in proc.stdout + proc.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("env", [
     {"HF_ENDPOINT": "http://10.255.255.1"},  # an address no packet reaches
     {"HTTPS_PROXY": "http://10.255.255.1:3128", "HTTP_PROXY": "http://10.255.255.1:3128",

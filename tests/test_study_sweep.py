@@ -91,7 +91,7 @@ def test_a_failed_job_records_its_error_for_the_report(tmp_path, tiny_run):
     proc = run_cli("train", *TINY, "trainer.batch_size=0", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     status = read_json(tmp_path / "run" / "status.json")
-    assert status["state"] == "failed" and "batch_size must be >= 1" in status["error"]
+    assert status["state"] == "failed" and "trainer.batch_size=0: use an integer >= 1" in status["error"]
     # A refusal to touch another run's directory is not that run's failure.
     copy = tmp_path / "finished"
     shutil.copytree(tiny_run, copy)

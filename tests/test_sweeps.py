@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from segbench.cli import COMMANDS
+from segbench import commands
 from segbench.sweeps import MAX_NAME, job_dirname, prepare_sweep, safe_name
 
 
@@ -56,8 +56,8 @@ def test_job_dirnames_are_readable_safe_and_end_with_the_seed():
 def test_paths_with_equals_and_commas_are_quoted_for_hydra(tmp_path):
     run = tmp_path / "optimizer=adam,sgd" / "seed=0"
     run.mkdir(parents=True)
-    report = COMMANDS["report"].prepare([str(run.parent), "report.baseline=optimizer=adam"])
+    report = commands.load("report").prepare([str(run.parent), "report.baseline=optimizer=adam"])
     assert report == [f"dir='{run.parent}'", "report.baseline='optimizer=adam'"]
-    predict = COMMANDS["predict"].prepare([f"run_dir={run}", "input=a b", "output=o'k"])
+    predict = commands.load("predict").prepare([f"run_dir={run}", "input=a b", "output=o'k"])
     assert predict == [f"run_dir='{run}'", "input='a b'", "output='o\\'k'"]
-    assert COMMANDS["eval"].prepare([str(run)]) == [f"run_dir='{run}'"]
+    assert commands.load("eval").prepare([str(run)]) == [f"run_dir='{run}'"]

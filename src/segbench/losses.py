@@ -15,10 +15,8 @@ Some losses need facts of the training data or of the schedule:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,21 +26,16 @@ from torch import nn
 
 from segbench import SegbenchError
 from segbench.distance import signed_distance
+from segbench.registry import Registry
 
 log = logging.getLogger(__name__)
 
-_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+LOSSES = Registry("loss")
+register = LOSSES.register
 
 
-def register(name: str):
-    def wrap(fn):
-        _LOSSES[name] = fn
-        return fn
-    return wrap
-
-
-def available_losses() -> list[str]:
-    return sorted(_LOSSES)
+def list_losses() -> list[str]:
+    return LOSSES.names()
 
 
 class Weighted(nn.Module):
@@ -74,7 +67,7 @@ def foreground_share(masks) -> float:
 
 
 @register("weighted_bce")
-def weighted_bce(pos_weight="auto", train_masks=None):
+def weighted_bce(pos_weight, train_masks=None):
     if pos_weight in ("auto", None):
         if train_masks is None:
             raise SegbenchError("loss weighted_bce with pos_weight=auto needs the training masks; "
@@ -93,26 +86,26 @@ def weighted_bce(pos_weight="auto", train_masks=None):
 
 
 @register("dice")
-def dice(smooth: float = 1.0):
+def dice(smooth: float):
     from segmentation_models_pytorch.losses import DiceLoss
 
     return DiceLoss(mode="binary", from_logits=True, smooth=float(smooth))
 
 
 @register("bce_dice")
-def bce_dice(bce_weight: float = 0.5, dice_weight: float = 0.5, smooth: float = 1.0):
+def bce_dice(bce_weight: float, dice_weight: float, smooth: float):
     return Weighted([(float(bce_weight), bce()), (float(dice_weight), dice(smooth=smooth))])
 
 
 @register("jaccard")
-def jaccard(smooth: float = 1.0):
+def jaccard(smooth: float):
     from segmentation_models_pytorch.losses import JaccardLoss
 
     return JaccardLoss(mode="binary", from_logits=True, smooth=float(smooth))
 
 
 @register("focal")
-def focal(alpha: float | None = 0.25, gamma: float = 2.0):
+def focal(alpha: float | None, gamma: float):
     from segmentation_models_pytorch.losses import FocalLoss
 
     gamma = float(gamma)
@@ -133,7 +126,7 @@ def _check_tversky(alpha, beta) -> tuple[float, float]:
 
 
 @register("tversky")
-def tversky(alpha: float = 0.3, beta: float = 0.7, smooth: float = 1.0):
+def tversky(alpha: float, beta: float, smooth: float):
     from segmentation_models_pytorch.losses import TverskyLoss
 
     alpha, beta = _check_tversky(alpha, beta)
@@ -164,7 +157,7 @@ class FocalTversky(nn.Module):
 
 
 @register("focal_tversky")
-def focal_tversky(alpha: float = 0.3, beta: float = 0.7, gamma: float = 4 / 3, smooth: float = 1.0):
+def focal_tversky(alpha: float, beta: float, gamma: float, smooth: float):
     alpha, beta = _check_tversky(alpha, beta)
     if not float(gamma) > 0:
         raise SegbenchError(f"loss.gamma must be > 0 (the paper uses 1..3), got {gamma}")
@@ -185,12 +178,12 @@ class LogCosh(nn.Module):
 
 
 @register("log_cosh_dice")
-def log_cosh_dice(smooth: float = 1.0):
+def log_cosh_dice(smooth: float):
     return LogCosh(dice(smooth=smooth))
 
 
 @register("lovasz")
-def lovasz(per_image: bool = False):
+def lovasz(per_image: bool):
     from segmentation_models_pytorch.losses import LovaszLoss
 
     return LovaszLoss(mode="binary", per_image=bool(per_image), from_logits=True)
@@ -248,17 +241,17 @@ class BoundaryLoss(nn.Module):
 
 
 @register("boundary")
-def boundary(region=None, schedule: str = "rebalance", step: float = 0.01, max_weight: float = 0.99,
-             normalize: bool = True, context: dict | None = None):
+def boundary(region: dict, schedule: str, step: float, max_weight: float, normalize: bool,
+             context: dict | None = None):
     if schedule not in BOUNDARY_SCHEDULES:
         raise SegbenchError(f"loss.schedule={schedule!r}; use one of {', '.join(BOUNDARY_SCHEDULES)}")
     if not 0 <= float(max_weight) <= 1 or float(step) < 0:
         raise SegbenchError(f"loss.max_weight must be in [0, 1] and loss.step >= 0, got "
                             f"{max_weight}, {step}")
-    region = dict(region or {"name": "dice"})
+    region = dict(region)
     if region.get("name") == "boundary":
         raise SegbenchError("loss.region cannot be the boundary loss itself; use dice, bce, ...")
-    return BoundaryLoss(_make(region, context or {}), schedule, float(step), float(max_weight),
+    return BoundaryLoss(build_loss(region, context), schedule, float(step), float(max_weight),
                         bool(normalize))
 
 
@@ -279,33 +272,18 @@ class ShapeAware(nn.Module):
 
 
 @register("shape_aware")
-def shape_aware(distance_weight: float = 10.0, normalize: bool = True):
+def shape_aware(distance_weight: float, normalize: bool):
     if float(distance_weight) < 0:
         raise SegbenchError(f"loss.distance_weight must be >= 0, got {distance_weight}")
     return ShapeAware(float(distance_weight), bool(normalize))
 
 
-def _make(spec: dict, context: dict) -> nn.Module:
-    """A loss from its config entries; a factory also gets the context entries it names as
-    parameters (and the whole context as `context`), so a mistyped option is an error."""
-    spec = dict(spec)
-    name = spec.pop("name", None)
-    if name not in _LOSSES:
-        raise SegbenchError(f"unknown loss {name!r}; available: {', '.join(available_losses())}")
-    factory = _LOSSES[name]
-    params = inspect.signature(factory).parameters
-    offered = {k: v for k, v in {**context, "context": context}.items()
-               if k in params and k not in spec}
-    try:
-        return factory(**spec, **offered)
-    except TypeError as err:
-        raise SegbenchError(f"loss {name}: {err}; see configs/loss/{name}.yaml for its options") from None
-
-
-def build_loss(cfg: DictConfig, context: dict | None = None) -> nn.Module:
-    """The configured loss. `context` carries facts of the training data some losses need."""
+def build_loss(cfg, context: dict | None = None) -> nn.Module:
+    """The configured loss. `context` carries facts of the training data some losses need: a
+    factory gets the entries it names as parameters (and the whole context as `context`)."""
     spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    return _make(spec, dict(context or {}))
+    context = dict(context or {})
+    return LOSSES.build(spec, context={**context, "context": context})
 
 
 def set_epoch(loss: nn.Module, epoch: int, max_epochs: int) -> None:

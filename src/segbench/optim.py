@@ -14,29 +14,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segbench import SegbenchError
+from segbench.registry import Registry
 
-OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "radam": torch.optim.RAdam,
-    "rmsprop": torch.optim.RMSprop,
-    "sgd": torch.optim.SGD,
-}
+OPTIMIZERS = Registry("optimizer")
+for _name, _cls in {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam,
+                    "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}.items():
+    OPTIMIZERS.register(_name, _cls)
 
 
-def build_optimizer(cfg: DictConfig, params) -> torch.optim.Optimizer:
-    spec = OmegaConf.to_container(cfg, resolve=True)
-    name = spec.pop("name")
-    if name not in OPTIMIZERS:
-        raise SegbenchError(f"unknown optimizer {name!r}; available: {', '.join(sorted(OPTIMIZERS))}")
-    if float(spec.get("lr", 0)) <= 0:
-        raise SegbenchError(f"optimizer.lr must be > 0, got {spec.get('lr')}")
+def list_optimizers() -> list[str]:
+    return OPTIMIZERS.names()
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    lr = spec.get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
+        raise SegbenchError(f"optimizer.lr={lr}: a learning rate is a number > 0, e.g. optimizer.lr=1e-3")
     if "betas" in spec:
         spec["betas"] = tuple(spec["betas"])
-    try:
-        return OPTIMIZERS[name](params, **spec)
-    except (TypeError, ValueError) as err:
-        raise SegbenchError(f"optimizer {name}: {err}") from None
+    return OPTIMIZERS.build(spec, params=params)
 
 
 @dataclass
@@ -91,55 +88,74 @@ class Poly:
         return self.floor + (1 - self.floor) * (1 - progress) ** self.power
 
 
-SCHEDULERS = ("cosine", "none", "onecycle", "plateau", "poly", "step")
+SCHEDULERS = Registry("scheduler")
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, *, max_epochs: int,
+def list_schedulers() -> list[str]:
+    return SCHEDULERS.names()
+
+
+def build_scheduler(cfg, optimizer: torch.optim.Optimizer, *, max_epochs: int,
                     steps_per_epoch: int) -> Schedule:
-    spec = OmegaConf.to_container(cfg, resolve=True)
-    name = spec.pop("name")
+    """The configured schedule. Each factory takes the optimizer, the run's length and its
+    config's options; its defaults live in configs/scheduler/<name>.yaml only."""
+    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    return SCHEDULERS.build(spec, optimizer=optimizer,
+                            context={"max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch})
+
+
+@SCHEDULERS.register("none")
+def constant(optimizer) -> Schedule:
+    return Schedule(None)
+
+
+@SCHEDULERS.register("plateau")
+def plateau(optimizer, factor: float, patience: int, min_lr: float) -> Schedule:
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor,
+                                                       patience=patience, min_lr=min_lr)
+    return Schedule(sched, monitor="val_iou")
+
+
+@SCHEDULERS.register("cosine")
+def cosine(optimizer, max_epochs: int, steps_per_epoch: int, warmup_epochs: float,
+           min_lr: float) -> Schedule:
     lr = optimizer.param_groups[0]["lr"]
-    sched = torch.optim.lr_scheduler
-    if name == "none":
-        return Schedule(None)
-    if name == "plateau":
-        return Schedule(
-            sched.ReduceLROnPlateau(optimizer, mode="max", factor=spec.get("factor", 0.5),
-                                    patience=spec.get("patience", 3), min_lr=spec.get("min_lr", 0.0)),
-            monitor="val_iou")
-    if name == "cosine":
-        warmup = int(spec.get("warmup_epochs", 0) * steps_per_epoch)
-        floor = min(1.0, spec.get("min_lr", 0.0) / lr)
-        fn = WarmupCosine(warmup, max_epochs * steps_per_epoch, floor)
-        return Schedule(sched.LambdaLR(optimizer, fn), interval="step")
-    if name == "step":
-        return Schedule(sched.StepLR(optimizer, step_size=spec.get("step_size", 30),
-                                     gamma=spec.get("gamma", 0.1)))
-    total = max_epochs * steps_per_epoch
-    if name == "poly":
-        if float(spec.get("power", 0.9)) <= 0:
-            raise SegbenchError(f"scheduler.power must be > 0, got {spec.get('power')}")
-        floor = min(1.0, spec.get("min_lr", 0.0) / lr)
-        return Schedule(sched.LambdaLR(optimizer, Poly(total, float(spec.get("power", 0.9)), floor)),
-                        interval="step")
-    if name == "onecycle":
-        pct = float(spec.get("pct_start", 0.3))
-        if not 0 < pct < 1:
-            raise SegbenchError(f"scheduler.pct_start must be in (0, 1), got {pct}")
-        cycle_momentum = bool(spec.get("cycle_momentum", False))
-        group = optimizer.param_groups[0]
-        if cycle_momentum and "momentum" not in group and "betas" not in group:
-            raise SegbenchError("scheduler.cycle_momentum=true needs an optimizer with momentum "
-                                "or betas; set scheduler.cycle_momentum=false")
-        try:
-            return Schedule(sched.OneCycleLR(
-                optimizer, max_lr=lr, total_steps=total, pct_start=pct,
-                anneal_strategy=str(spec.get("anneal_strategy", "cos")),
-                div_factor=float(spec.get("div_factor", 25.0)),
-                final_div_factor=float(spec.get("final_div_factor", 1.0e4)),
-                cycle_momentum=cycle_momentum,
-                base_momentum=float(spec.get("base_momentum", 0.85)),
-                max_momentum=float(spec.get("max_momentum", 0.95))), interval="step")
-        except ValueError as err:
-            raise SegbenchError(f"scheduler onecycle: {err}") from None
-    raise SegbenchError(f"unknown scheduler {name!r}; available: {', '.join(SCHEDULERS)}")
+    fn = WarmupCosine(int(warmup_epochs * steps_per_epoch), max_epochs * steps_per_epoch,
+                      min(1.0, min_lr / lr))
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), interval="step")
+
+
+@SCHEDULERS.register("step")
+def step(optimizer, step_size: int, gamma: float) -> Schedule:
+    return Schedule(torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma))
+
+
+@SCHEDULERS.register("poly")
+def poly(optimizer, max_epochs: int, steps_per_epoch: int, power: float, min_lr: float) -> Schedule:
+    if float(power) <= 0:
+        raise SegbenchError(f"scheduler.power must be > 0, got {power}")
+    lr = optimizer.param_groups[0]["lr"]
+    fn = Poly(max_epochs * steps_per_epoch, float(power), min(1.0, min_lr / lr))
+    return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), interval="step")
+
+
+@SCHEDULERS.register("onecycle")
+def onecycle(optimizer, max_epochs: int, steps_per_epoch: int, pct_start: float,
+             anneal_strategy: str, div_factor: float, final_div_factor: float,
+             cycle_momentum: bool, base_momentum: float, max_momentum: float) -> Schedule:
+    pct = float(pct_start)
+    if not 0 < pct < 1:
+        raise SegbenchError(f"scheduler.pct_start must be in (0, 1), got {pct}")
+    group = optimizer.param_groups[0]
+    if cycle_momentum and "momentum" not in group and "betas" not in group:
+        raise SegbenchError("scheduler.cycle_momentum=true needs an optimizer with momentum "
+                            "or betas; set scheduler.cycle_momentum=false")
+    try:
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=group["lr"], total_steps=max_epochs * steps_per_epoch,
+            pct_start=pct, anneal_strategy=str(anneal_strategy), div_factor=float(div_factor),
+            final_div_factor=float(final_div_factor), cycle_momentum=bool(cycle_momentum),
+            base_momentum=float(base_momentum), max_momentum=float(max_momentum))
+    except ValueError as err:
+        raise SegbenchError(f"scheduler onecycle: {err}") from None
+    return Schedule(sched, interval="step")

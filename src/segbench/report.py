@@ -20,14 +20,13 @@ import functools
 import json
 import logging
 import math
-import os
 import textwrap
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from segbench import SegbenchError
 from segbench.stats import bootstrap_mean_ci, holm, paired_comparison
@@ -328,14 +327,11 @@ def _short(label: str, width: int = 28) -> str:
 
 
 def plot_metric_bars(configs, baseline, metrics, cis, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     shown = [c for c in configs if c.finished]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 0.55 * len(shown) + 1.6),
-                             squeeze=False)
+    fig = Figure(figsize=(5.5 * len(metrics), 0.55 * len(shown) + 1.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     y = np.arange(len(shown))
     for ax, metric in zip(axes[0], metrics):
         column = next((col for col in COLUMNS if col.name == metric), Column(metric, (f"test.{metric}",), True))
@@ -356,21 +352,18 @@ def plot_metric_bars(configs, baseline, metrics, cis, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def plot_curves(configs, path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     histories = {c.label: [_read_csv(r.path / "history.csv") for r in c.runs] for c in configs}
     keys = [k for k in CURVE_KEYS if any(h and k in h[0] for hs in histories.values() for h in hs)]
     if not keys:
         return False
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    fig = Figure(figsize=(4.6 * len(keys), 3.8))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, hs in histories.items():
             by_epoch = defaultdict(list)
@@ -395,7 +388,6 @@ def plot_curves(configs, path: Path) -> bool:
     fig.suptitle("mean over seeds (band: min to max)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return True
 
 
@@ -411,10 +403,7 @@ def _load_samples(config: Configuration):
 def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
     """The same test images across configurations: image, ground truth, then each configuration's
     prediction over the image (true positives green, false positives red, false negatives blue)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from segbench.viz import overlay
 
@@ -426,8 +415,8 @@ def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
     if not common:
         return False
     cols = 2 + len(samples)
-    fig, axes = plt.subplots(len(common), cols, figsize=(2.2 * cols, 2.2 * len(common) + 0.5),
-                             squeeze=False)
+    fig = Figure(figsize=(2.2 * cols, 2.2 * len(common) + 0.5))
+    axes = fig.subplots(len(common), cols, squeeze=False)
     for row, image_id in enumerate(common):
         first, k = samples[0][1], index[0][image_id]
         image = first["images"][k]
@@ -451,7 +440,6 @@ def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
                  fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return True
 
 
@@ -630,22 +618,3 @@ def _markdown(root, runs, configs, base, baseline_spec, varying, shared, columns
     if warnings:
         lines += ["## Notes", "", *(f"- {w}" for w in warnings), ""]
     return "\n".join(lines)
-
-
-def report_task(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
-    r = cfg.report
-    metrics = tuple(r.metrics) if not isinstance(r.metrics, str) else (r.metrics,)
-    if not 0 < float(r.alpha) < 1:
-        raise SegbenchError(f"report.alpha={r.alpha}; use a level between 0 and 1, e.g. 0.05")
-    if int(r.bootstrap) < 100:
-        raise SegbenchError(f"report.bootstrap={r.bootstrap}; use at least 100 resamples (10000 is usual)")
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    result = build_report(Path(cfg.dir).expanduser(), out_dir, baseline=r.baseline, metrics=metrics,
-                          alpha=float(r.alpha), n_resamples=int(r.bootstrap), seed=int(r.seed),
-                          max_predictions=int(r.predictions))
-    log.info("%d runs, %d configurations (%d finished runs); baseline: %s", result["runs"],
-             result["configurations"], result["finished"], result["baseline"])
-    log.info("wrote %s", os.path.relpath(out_dir / "report.md"))
-    return result

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
 
 def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
     """Train vs validation loss, Dice and IoU per epoch, and the learning rate."""
     epochs = [row["epoch"] for row in history]
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
+    fig = Figure(figsize=(17, 3.8))
+    axes = fig.subplots(1, 4)
     for ax, metric in zip(axes[:3], ("loss", "dice", "iou"), strict=True):
         for split, style in (("train", "-"), ("val", "-")):
             key = f"{split}_{metric}"
@@ -35,7 +33,6 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) 
     axes[3].grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -57,7 +54,8 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
     n = len(images)
     if n == 0:
         return
-    fig, axes = plt.subplots(n, 4, figsize=(10, 2.6 * n), squeeze=False)
+    fig = Figure(figsize=(10, 2.6 * n))
+    axes = fig.subplots(n, 4, squeeze=False)
     for row, (image, mask, prob, title) in enumerate(zip(images, masks, probs, titles, strict=True)):
         pred = (prob >= threshold).astype(np.uint8)
         shown = image[..., 0] if image.shape[2] == 1 else image
@@ -74,7 +72,6 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
         axes[row, 0].set_ylabel(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = "") -> None:
@@ -82,7 +79,8 @@ def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = 
     counts = np.array([[tn, fp], [fn, tp]], np.int64)  # rows: truth, columns: prediction
     rows = counts.sum(1, keepdims=True)
     normalised = np.divide(counts, rows, out=np.zeros((2, 2)), where=rows > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.8))
+    fig = Figure(figsize=(8.6, 3.8))
+    axes = fig.subplots(1, 2)
     for ax, values, name in ((axes[0], counts, "pixel counts"),
                              (axes[1], normalised, "normalised per true class")):
         shown = values / max(values.max(), 1) if values is counts else values
@@ -100,4 +98,3 @@ def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)

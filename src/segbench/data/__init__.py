@@ -10,7 +10,6 @@ is shared here.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,14 @@ from segbench.data.io import read_image, read_mask
 from segbench.data.source import Sample
 from segbench.data.splits import make_splits
 from segbench.data.transforms import build_augmentation
+from segbench.registry import Registry
 
 log = logging.getLogger(__name__)
 
-DATASETS = {
-    "synthetic": "segbench.data.synthetic",
-    "kvasir_instrument": "segbench.data.kvasir_instrument",
-    "lgg_mri": "segbench.data.lgg_mri",
-    "lung_ct": "segbench.data.lung_ct",
-    "folder": "segbench.data.folder",
-}
+# name -> the module that lists a dataset's samples (imported on first use).
+DATASETS = Registry("dataset")
+for _name in ("synthetic", "kvasir_instrument", "lgg_mri", "lung_ct", "folder"):
+    DATASETS.register(_name, f"segbench.data.{_name}")
 EXPECTED_MASK_VALUES = {0, 1, 255}
 
 
@@ -47,10 +44,15 @@ class Data:
         return self.datasets[split]
 
 
-def dataset_module(name: str) -> ModuleType:
-    if name not in DATASETS:
-        raise SegbenchError(f"unknown dataset {name!r}; available: {', '.join(sorted(DATASETS))}")
-    return importlib.import_module(DATASETS[name])
+def list_datasets() -> list[str]:
+    return DATASETS.names()
+
+
+def dataset_module(dataset: DictConfig | str) -> ModuleType:
+    """The module of a dataset config (its `name`, or a user's module named by `_target_`)."""
+    if isinstance(dataset, str):
+        return DATASETS.get(dataset)
+    return DATASETS.resolve({"name": dataset.get("name"), "_target_": dataset.get("_target_")})[1]
 
 
 def default_read(sample: Sample, cfg: DictConfig):
@@ -66,7 +68,7 @@ def default_read(sample: Sample, cfg: DictConfig):
 
 def image_reader(cfg: DictConfig):
     """path -> uint8 HxWxC image as the run's dataset decodes it (CT windowing included)."""
-    module = dataset_module(cfg.dataset.name)
+    module = dataset_module(cfg.dataset)
     if hasattr(module, "read_image"):
         return lambda path: module.read_image(path, cfg.dataset)
     return lambda path: read_image(path, int(cfg.dataset.channels))
@@ -77,14 +79,14 @@ def native_masks(cfg: DictConfig, samples: list[Sample]) -> list:
     native resolution."""
     from concurrent.futures import ThreadPoolExecutor
 
-    read = getattr(dataset_module(cfg.dataset.name), "read", default_read)
+    read = getattr(dataset_module(cfg.dataset), "read", default_read)
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(lambda s: read(s, cfg.dataset)[1], samples))
 
 
 def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
     """train/val/test samples for the config's dataset (validation carved from training)."""
-    module = dataset_module(cfg.dataset.name)
+    module = dataset_module(cfg.dataset)
     pools = module.list_splits(cfg.dataset)
     d = cfg.dataset
     return make_splits(pools, val_fraction=float(d.get("val_fraction", 0.2)),
@@ -94,7 +96,7 @@ def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
 
 def select_splits(cfg: DictConfig, recorded: dict[str, list[str]], names: list[str]):
     """The recorded splits (split.json) of a run, checked against the data as it is now."""
-    module = dataset_module(cfg.dataset.name)
+    module = dataset_module(cfg.dataset)
     by_id = {s.id: s for pool in module.list_splits(cfg.dataset).values() for s in pool}
     out = {}
     for name in names:
@@ -110,7 +112,7 @@ def select_splits(cfg: DictConfig, recorded: dict[str, list[str]], names: list[s
 
 def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root: Path | None,
                    augment: bool = True) -> Data:
-    module = dataset_module(cfg.dataset.name)
+    module = dataset_module(cfg.dataset)
     read = getattr(module, "read", default_read)
     tag = f"{cfg.dataset.name}|{cfg.dataset.channels}|" + (
         module.reader_tag(cfg.dataset) if hasattr(module, "reader_tag") else "")

@@ -27,7 +27,7 @@ from urllib.request import Request, urlopen
 from omegaconf import DictConfig
 
 from segbench import SegbenchError, __version__
-from segbench.data import DATASETS, dataset_module
+from segbench.data import dataset_module
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def extract_nested(folder: Path, *, keep: bool = False, only_missing: bool = Fal
             path.unlink()
 
 
-def _unpack_kvasir(archive: Path, root: Path, keep: bool) -> None:
+def unpack_kvasir(archive: Path, root: Path, keep: bool) -> None:
     """kvasir-instrument.zip -> kvasir-instrument/{images,masks}.tar.gz, train.txt, test.txt ->
     <root>/images, <root>/masks, <root>/train.txt, <root>/test.txt."""
     tmp = root / ".segbench-unpack"
@@ -251,10 +251,10 @@ def manual_steps(name: str, cfg: DictConfig, root: Path) -> str:
     return f"{name} has nothing to download."
 
 
-def _already_there(cfg: DictConfig) -> int:
+def already_there(cfg: DictConfig) -> int:
     """Image/mask pairs the dataset's loader finds now (0 when it finds none)."""
     try:
-        pools = dataset_module(cfg.dataset.name).list_splits(cfg.dataset)
+        pools = dataset_module(cfg.dataset).list_splits(cfg.dataset)
     except SegbenchError:
         return 0
     return sum(len(v) for v in pools.values())
@@ -287,48 +287,3 @@ def kaggle_download(slug: str, root: Path, timeout: float) -> None:
     # Kaggle's archives may hold zips of their own (lung CT's 2d_images.zip): unpack the ones
     # whose folder is missing, and leave every file the user had there alone.
     extract_nested(root, keep=True, only_missing=True)
-
-
-def download_task(cfg: DictConfig) -> None:
-    name = cfg.dataset.name
-    source = cfg.dataset.get("download")
-    root = Path(str(cfg.dataset.get("root", "."))).expanduser()
-    if not source:
-        choices = "|".join(n for n in DATASETS if n not in ("synthetic", "folder"))
-        raise SegbenchError(f"dataset {name} has nothing to download"
-                            + (" (it is generated on first use)" if name == "synthetic" else
-                               " (point dataset.root at your images/ and masks/ folders)")
-                            + f"; name one that has: segbench download dataset={choices}")
-    if not cfg.force:
-        found = _already_there(cfg)
-        if found:
-            log.info("%s is already in %s (%d image/mask pairs); force=true downloads it again. "
-                     "Check it with: segbench verify dataset=%s dataset.root=%s", name, root, found,
-                     name, root)
-            return
-    root.mkdir(parents=True, exist_ok=True)
-    timeout = float(cfg.timeout)
-    try:
-        if source.get("url"):
-            archive = root / Path(urlsplit(source.url).path).name
-            if not archive.is_file() or cfg.force:
-                log.info("downloading %s to %s", source.url, archive)
-                fetch(source.url, archive, timeout=timeout)
-            else:
-                log.info("using the archive already in %s", archive)
-            check_archive(archive, source.get("sha256"))
-            _unpack_kvasir(archive, root, keep=bool(cfg.keep_archive))
-        elif source.get("kaggle"):
-            kaggle_download(source.kaggle, root, timeout)
-        else:
-            raise SegbenchError(f"dataset.download of {name} names neither a url nor a kaggle "
-                                "dataset")
-    except DownloadError as err:
-        raise SegbenchError(f"cannot download {name}: {err}\n{manual_steps(name, cfg.dataset, root)}") from None
-    found = _already_there(cfg)
-    if not found:
-        raise SegbenchError(f"{name} was downloaded into {root} but its loader finds no image/mask "
-                            f"pairs there; `segbench verify dataset={name} dataset.root={root}` "
-                            "says why")
-    log.info("%s is ready in %s: %d image/mask pairs. Check it with: segbench verify dataset=%s "
-             "dataset.root=%s", name, root, found, name, root)

@@ -3,9 +3,6 @@ training pool; `train_fraction` keeps a seeded subset of what remains for traini
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 
 from segbench import SegbenchError
@@ -92,17 +89,11 @@ def _check_disjoint(splits: dict[str, list[Sample]]) -> None:
                 raise SegbenchError(f"the {a} and {b} splits share images/patients: {shared}")
 
 
-def write_split_file(path: Path, splits: dict[str, list[Sample]], info: dict) -> None:
+def split_document(splits: dict[str, list[Sample]], info: dict) -> dict:
+    """What split.json holds: the ids (and groups) of each split, with `info` (dataset, seed)."""
     doc = {**info, "counts": {k: len(v) for k, v in splits.items()},
            "splits": {k: [s.id for s in v] for k, v in splits.items()}}
     groups = {k: sorted({s.group for s in v if s.group}) for k, v in splits.items()}
     if any(groups.values()):
         doc["groups"] = groups
-    Path(path).write_text(json.dumps(doc, indent=1))
-
-
-def read_split_file(path: Path) -> dict[str, list[str]]:
-    try:
-        return json.loads(Path(path).read_text())["splits"]
-    except (OSError, ValueError, KeyError) as err:
-        raise SegbenchError(f"cannot read the split file {path}: {err}") from None
+    return doc

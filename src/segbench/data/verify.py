@@ -9,7 +9,6 @@ one sample of each split decodes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import Counter
@@ -29,7 +28,7 @@ log = logging.getLogger(__name__)
 
 
 def _reader(cfg: DictConfig):
-    module = dataset_module(cfg.dataset.name)
+    module = dataset_module(cfg.dataset)
     read = getattr(module, "read", default_read)
     return lambda sample: read(sample, cfg.dataset)
 
@@ -109,7 +108,7 @@ def _groups_text(samples: list[Sample]) -> str:
 def verify_dataset(cfg: DictConfig) -> dict:
     """The full check; returns the report (problems under "problems")."""
     d = cfg.dataset
-    module = dataset_module(d.name)
+    module = dataset_module(d)
     report: dict = {"dataset": d.name, "root": str(d.get("root")), "problems": [], "warnings": []}
     problems, warnings = report["problems"], report["warnings"]
     collect = _Collect()
@@ -200,18 +199,3 @@ def format_report(report: dict) -> str:
     lines.append(f"{len(report['problems'])} problem(s) found" if report["problems"]
                  else "OK: no problems found")
     return "\n".join(lines)
-
-
-def verify_task(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
-    report = verify_dataset(cfg)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "verify.json").write_text(json.dumps(report, indent=1, default=str))
-    text = format_report(report)
-    if report["problems"]:
-        log.error("%s", text)
-        raise SegbenchError(f"verify: {len(report['problems'])} problem(s) in dataset "
-                            f"{report['dataset']} (report in {out_dir / 'verify.json'})")
-    log.info("%s", text)
-    return report

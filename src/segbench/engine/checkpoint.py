@@ -7,7 +7,6 @@ over the old one, so a crash or kill at any moment leaves the previous checkpoin
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
@@ -15,20 +14,13 @@ import numpy as np
 import torch
 
 from segbench import SegbenchError
+from segbench.atomic import write_atomic
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

@@ -9,7 +9,6 @@ only, when `eval.surface_metrics` is true.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from segbench import SegbenchError, metrics, surface
-from segbench.engine.device import autocast, autocast_dtype, resolve_device
+from segbench import SegbenchError, metrics, rundir, surface
+from segbench.engine.device import autocast
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +173,20 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
         log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d thread(s); "
                  "%d image(s) with an empty mask left out", "mm" if pixel_spacing else "pixels",
                  len(dataset), s["seconds"], s["workers"], summary["surface_nan_count"])
-    write_per_case(out_dir / "per_case.csv", dataset.ids, result.counts, groups, per_image_surface)
+    write_per_case(out_dir / rundir.PER_CASE, dataset.ids, result.counts, groups, per_image_surface)
     plot_confusion(summary["tp"], summary["fp"], summary["fn"], summary["tn"],
-                   out_dir / "confusion_matrix.png",
+                   out_dir / rundir.CONFUSION,
                    f"{len(dataset)} images, threshold {threshold}{', flip TTA' if tta else ''}")
     if groups:  # volumetric data: per-volume Dice beside the per-slice figures
-        write_per_volume(out_dir / "per_volume.csv", result.counts, list(groups))
+        write_per_volume(out_dir / rundir.PER_VOLUME, result.counts, list(groups))
         summary.update(metrics.volume_summary(result.counts, groups))
     dice = metrics.per_image(result.counts)["dice"]
     images = [np.asarray(dataset.images[i]) for i in keep]
     masks = [np.asarray(dataset.masks[i]) for i in keep]
     probs = [result.kept[i] for i in keep]
     plot_predictions(images, masks, probs, [f"{dataset.ids[i]}\nDice {dice[i]:.3f}" for i in keep],
-                     out_dir / "predictions.png", threshold)
-    save_prediction_samples(out_dir / "predictions.npz", [dataset.ids[i] for i in keep], images,
+                     out_dir / rundir.PREDICTIONS, threshold)
+    save_prediction_samples(out_dir / rundir.PREDICTION_SAMPLES, [dataset.ids[i] for i in keep], images,
                             masks, probs, dice[list(keep)], threshold)
     return summary
 
@@ -219,13 +218,6 @@ def metric_line(m: dict, prefix: str = "") -> str:
     keys = ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall", "volume_dice_mean",
             "volume_dice_median", "auroc", "average_precision", "hd95", "assd")
     return "  ".join(f"{prefix}{k} {m[k]:.4f}" for k in keys if k in m)
-
-
-def check_threshold(threshold) -> float:
-    if threshold is None or not 0 <= float(threshold) <= 1:
-        raise SegbenchError(f"eval.threshold={threshold}: a probability in [0, 1] is needed "
-                            "(a pixel is foreground when sigmoid(logit) >= threshold)")
-    return float(threshold)
 
 
 def pixel_spacing(cfg: DictConfig, native: bool = False) -> list[float] | None:
@@ -262,85 +254,3 @@ def evaluation_record(threshold: float, tta: bool, surface_metrics: bool, spacin
             "surface_unit": "mm" if spacing else "px", "pixel_spacing": spacing,
             "hd95_rule": surface.HD95_RULE, "assd_rule": surface.ASSD_RULE,
             "auroc_method": metrics.AUROC_METHOD}
-
-
-# Keys of a test summary that describe the run rather than the model's predictions.
-NOT_COMPARED = ("surface_seconds",)
-
-
-def eval_task(cfg: DictConfig) -> dict:
-    """`segbench eval run_dir=<dir>`: the run's checkpoint on its recorded split, once more."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from segbench.data import build_datasets, native_masks, select_splits
-    from segbench.data.splits import read_split_file
-    from segbench.engine.checkpoint import load_checkpoint
-    from segbench.models import build_model
-
-    run_dir = Path(cfg.run_dir).expanduser()
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    for needed in ("config.yaml", "split.json"):
-        if not (run_dir / needed).is_file():
-            raise SegbenchError(f"{run_dir} is not a segbench run directory: {needed} is missing")
-    if cfg.checkpoint not in ("best", "last"):
-        raise SegbenchError(f"checkpoint={cfg.checkpoint!r}; use best or last")
-    if cfg.split not in ("test", "val"):
-        raise SegbenchError(f"split={cfg.split!r}; use test or val")
-    train_cfg = OmegaConf.load(run_dir / "config.yaml")
-    if cfg.data_root:
-        train_cfg.dataset.root = str(Path(cfg.data_root).expanduser())
-    threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
-                                else train_cfg.eval.threshold)
-    tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
-    own = train_cfg.get("eval", {})
-    surface_on = bool(cfg.eval.surface_metrics if cfg.eval.get("surface_metrics") is not None
-                      else own.get("surface_metrics", False))
-    workers = cfg.eval.get("surface_workers") or own.get("surface_workers", "auto")
-    native = bool(cfg.eval.native_resolution if cfg.eval.get("native_resolution") is not None
-                  else own.get("native_resolution", False))
-    spacing = pixel_spacing(train_cfg, native)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
-
-    state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.checkpoint}.pt")
-    splits = select_splits(train_cfg, read_split_file(run_dir / "split.json"), [cfg.split])
-    data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)
-    model = build_model(train_cfg, pretrained=False)  # the checkpoint holds every weight
-    model.load_state_dict(state["model"])
-    model.to(device)
-    groups = [s.group for s in splits[cfg.split]]
-    batch = int(cfg.batch_size or train_cfg.trainer.eval_batch_size or 2 * train_cfg.trainer.batch_size)
-    summary = test_split(model, data[cfg.split], device, out_dir=out_dir, threshold=threshold,
-                         tta=tta, batch_size=batch, amp_dtype=amp_dtype,
-                         num_predictions=int(cfg.eval.num_predictions),
-                         groups=groups if any(groups) else None, surface_metrics=surface_on,
-                         pixel_spacing=spacing, surface_workers=workers,
-                         native_masks=native_masks(train_cfg, splits[cfg.split]) if native else None)
-    result = {"split": cfg.split, "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"),
-              **evaluation_record(threshold, tta, surface_on, spacing, native), cfg.split: summary}
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    log.info("%s %s (epoch %s): %s", cfg.split, cfg.checkpoint, state.get("epoch"), metric_line(summary))
-    _compare_with_training(run_dir, cfg, summary, threshold, tta, native)
-    log.info("wrote %s", out_dir)
-    return result
-
-
-def _compare_with_training(run_dir: Path, cfg, summary: dict, threshold: float, tta: bool,
-                           native: bool) -> None:
-    trained = run_dir / "metrics.json"
-    if cfg.split != "test" or cfg.checkpoint != "best" or not trained.is_file():
-        return
-    recorded = json.loads(trained.read_text())
-    if (recorded.get("threshold"), recorded.get("tta")) != (threshold, tta) or \
-            recorded.get("native_resolution", False) != native:
-        return
-    before = recorded["test"]
-    keys = [k for k in summary if k in before and k not in NOT_COMPARED
-            and isinstance(summary[k], (int, float)) and isinstance(before[k], (int, float))]
-    diffs = {k: (before[k], summary[k]) for k in keys
-             if not (before[k] == summary[k] or (np.isnan(before[k]) and np.isnan(summary[k]))
-                     or abs(before[k] - summary[k]) <= 1e-9)}
-    if diffs:
-        log.warning("differs from the test metrics recorded at training time: %s", diffs)
-    else:
-        log.info("matches the %d test metrics recorded at the end of training", len(keys))

@@ -1,25 +1,25 @@
 """The one training loop every configuration runs through.
 
-fit(): build data, model, loss, optimizer and schedule from the config; train an epoch, validate,
-step the schedule, checkpoint (last.pt every epoch, best.pt on a new best validation IoU), stop
-early when validation IoU stops improving; then test best.pt once and write the run's artifacts.
+Read top to bottom like torchvision's reference scripts: `build()` makes the parts of a run from
+its config, `train_one_epoch()` and `validate()` are one epoch each, and `fit()` loops over
+epochs (schedule, early stopping, checkpoints), then tests best.pt once.
 
 Every epoch's batch order, augmentation and dropout are seeded from (seed, epoch) alone, and
-last.pt holds everything else (weights, optimizer, schedule, scaler, early stopping, history),
-so a run resumed from last.pt finishes with the same history as one never interrupted.
+last.pt holds everything else (weights, optimizer, schedule, scaler, early stopping and the
+`TrainState`), so a run resumed from last.pt finishes with the same history as one never
+interrupted.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import dataclasses
 import logging
 import math
-import os
 import platform
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,9 +30,9 @@ from tqdm.auto import tqdm
 from segbench import SegbenchError, __version__, metrics
 from segbench.data import build_datasets, list_splits, native_masks
 from segbench.data.dataset import SeededShuffleSampler
-from segbench.data.splits import write_split_file
+from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
-from segbench.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from segbench.engine.checkpoint import rng_state, set_rng_state
 from segbench.engine.device import (
     autocast,
     autocast_dtype,
@@ -43,7 +43,6 @@ from segbench.engine.device import (
 )
 from segbench.engine.early_stopping import EarlyStopping
 from segbench.engine.evaluate import (
-    check_threshold,
     eval_loader,
     evaluate,
     evaluation_record,
@@ -51,19 +50,15 @@ from segbench.engine.evaluate import (
     pixel_spacing,
     test_split,
 )
+from segbench.loggers import build_loggers
 from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
 from segbench.models.info import model_facts
 from segbench.optim import build_optimizer, build_scheduler
-from segbench.sweeps import register_resolvers
+from segbench.rundir import RunDir
+from segbench.settings import Train
 
 log = logging.getLogger(__name__)
-register_resolvers()  # a parallel launcher's worker resolves job dirs after importing this
-
-# Config keys a resumed run may change; anything else must match the interrupted run.
-RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
-                     "trainer.progress_bar", "trainer.log_every_steps", "paths.",
-                     "eval.surface_", "eval.native_resolution")
 
 
 class TrainingDiverged(SegbenchError):
@@ -71,7 +66,11 @@ class TrainingDiverged(SegbenchError):
 
 
 class Interrupted(Exception):
-    pass
+    """Ctrl-C or SIGTERM stopped the loop; last.pt holds `epoch`, the last finished epoch."""
+
+    def __init__(self, epoch: int):
+        super().__init__(f"interrupted after epoch {epoch}")
+        self.epoch = epoch
 
 
 class StopSignal:
@@ -101,88 +100,117 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def train_task(cfg: DictConfig) -> dict | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+@dataclass
+class TrainState:
+    """Where a run is: what last.pt holds besides the components' own state dicts."""
 
-    hydra_cfg = HydraConfig.get()
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    if cfg.trainer.resume == "auto":
-        # A sweep re-run skips its finished jobs and resumes its interrupted ones.
-        cfg.trainer.resume = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        return fit(cfg, run_dir)
-    except SegbenchError as err:
-        _mark_failed(run_dir, err)
-        raise
+    epoch: int = 0                       # the last finished epoch
+    best_iou: float = -math.inf          # best validation IoU so far, and its epoch
+    best_epoch: int = 0
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+    stopped_early: bool = False
 
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
-def _mark_failed(run_dir: Path, err: Exception) -> None:
-    """Record the error in status.json when this process was running the run (not for refusals
-    to touch another run's directory), so that `segbench report` can list the failure."""
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return
-    if status.get("state") == "running" and status.get("pid") == os.getpid():
-        _write_status(run_dir, "failed", error=str(err))
+    def load_state_dict(self, state: dict) -> None:
+        for f in dataclasses.fields(self):
+            if f.name in state:
+                setattr(self, f.name, state[f.name])
+        self.history = list(self.history)
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+@dataclass
+class Parts:
+    """Everything `build()` makes for a run."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    model: torch.nn.Module
+    facts: dict
+    splits: dict
+    data: object
+    sampler: SeededShuffleSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    eval_batch: int
+    workers: int
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: object
+    scaler: torch.amp.GradScaler
+    early: EarlyStopping
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                "early_stopping": self.early.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.early.load_state_dict(state["early_stopping"])
 
 
-def _config_changes(old: dict, new: dict) -> list[str]:
-    a, b = _flatten(old), _flatten(new)
-    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+def num_workers(spec, device: torch.device) -> int:
+    if spec == "auto":
+        import os
 
-
-def _write_status(run_dir: Path, state: str, **info) -> None:
-    (run_dir / "status.json").write_text(json.dumps({"state": state, **info}, indent=1))
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    if not history:
-        return
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
-
-
-def _versions() -> dict:
-    import albumentations
-    import hydra
-    import numpy
-    import segmentation_models_pytorch
-
-    return {"segbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
-            "albumentations": albumentations.__version__, "hydra": hydra.__version__,
-            "numpy": numpy.__version__, "platform": platform.platform()}
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine() if device.type == "cpu" else device.type
-
-
-def _num_workers(spec, device: torch.device) -> int:
-    if spec in (None, "auto"):
         return min(8, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
-    if int(spec) < 0:
-        raise SegbenchError(f"trainer.num_workers must be >= 0 or auto, got {spec}")
     return int(spec)
+
+
+def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
+    """The run's parts from its config. The model comes first: a configuration it cannot take
+    fails before any data is read. A new run's split is written before any training, so it can
+    be audited; a resumed run keeps the split it recorded."""
+    t = s.trainer
+    device = resolve_device(t.device)
+    amp_dtype = autocast_dtype(device, t.precision)
+    set_determinism(t.deterministic, device)
+    seed_everything(s.seed)
+    channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type == "cuda")
+
+    model = build_model(cfg).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    facts = model_facts(model, (int(cfg.model.get("in_channels", 3)), s.resolution.height,
+                                s.resolution.width))
+
+    splits = list_splits(cfg)
+    quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
+    if not resuming:
+        run.write_split(split_document(splits, {"dataset": cfg.dataset.name,
+                                                "split_seed": int(cfg.dataset.get("split_seed", 0))}))
+    data = build_datasets(cfg, splits, Path(cfg.paths.cache))
+    log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
+             len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
+
+    workers = num_workers(t.num_workers, device)
+    sampler = SeededShuffleSampler(len(data["train"]))
+    train_loader = DataLoader(data["train"], batch_size=t.batch_size, sampler=sampler,
+                              num_workers=workers, pin_memory=device.type == "cuda",
+                              persistent_workers=workers > 0,
+                              drop_last=len(data["train"]) > t.batch_size)
+    eval_batch = t.eval_batch_size or 2 * t.batch_size
+    val_loader = eval_loader(data["val"], eval_batch, device, workers)
+
+    loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
+    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=t.max_epochs,
+                               steps_per_epoch=len(train_loader))
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta)
+    log.info("model: %s (%s, %s)  %s parameters  device %s%s", cfg.model.name,
+             cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
+             f"  autocast {amp_dtype}" if amp_dtype else "")
+    return Parts(device, amp_dtype, channels_last, model, facts, splits, data, sampler,
+                 train_loader, val_loader, eval_batch, workers, loss_fn, optimizer, schedule,
+                 scaler, early)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, device, amp_dtype,
@@ -222,226 +250,155 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
                 )
             bar.set_postfix(loss=f"{running:.4f}")
         if stop.requested:
-            raise Interrupted
+            raise Interrupted(epoch - 1)
     summary = metrics.summarize(torch.cat(counts))
     return {"loss": loss_sum.item() / seen, "dice": summary["dice"], "iou": summary["iou"]}
 
 
-def fit(cfg: DictConfig, run_dir: Path) -> dict | None:
+def validate(parts: Parts, threshold: float, epoch: int) -> dict:
+    val = evaluate(parts.model, parts.val_loader, parts.device, threshold=threshold,
+                   loss_fn=parts.loss_fn, amp_dtype=parts.amp_dtype,
+                   channels_last=parts.channels_last).summary()
+    if not math.isfinite(val["loss"]):
+        raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
+                               "lower optimizer.lr or set trainer.grad_clip=1.0")
+    return val
+
+
+def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
+    """Train, validate and test one configuration in `run`; returns the metrics.json record."""
     started = time.time()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints"
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    resume = cfg.trainer.resume
-    if resume not in (True, False, None):
-        raise SegbenchError(f"trainer.resume={resume!r}; use true, false or a run directory")
-    if (run_dir / "metrics.json").is_file() and resume:
-        log.info("skipping %s: this run already finished (metrics.json is there)", run_dir)
-        return json.loads((run_dir / "metrics.json").read_text())
-    if last_path.is_file() and not resume:
-        raise SegbenchError(
-            f"{run_dir} already holds a run (checkpoints/last.pt); continue it with "
-            f"`segbench train trainer.resume={run_dir}` or choose another hydra.run.dir"
-        )
-    resuming = bool(resume) and last_path.is_file()
-    if resume and not resuming:
-        log.info("starting %s (no earlier attempt to resume there)", run_dir)
-
+    t = s.trainer
     config = OmegaConf.to_container(cfg, resolve=True)
-    if resuming and (run_dir / "config.yaml").is_file():
-        changes = _config_changes(OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml")), config)
-        if changes:
-            raise SegbenchError(
-                "the config differs from the run being resumed, which would mix two experiments: "
-                + "; ".join(changes[:8]) + ". Resume with the run's own overrides"
-            )
-    OmegaConf.save(config, run_dir / "config.yaml")
-    _write_status(run_dir, "running", pid=os.getpid())
+    threshold, native = s.eval.threshold, s.eval.native_resolution
+    spacing = pixel_spacing(cfg, native)  # a bad spacing fails before training
+    parts = build(cfg, s, run, resuming)
 
-    t = cfg.trainer
-    device = resolve_device(t.device)
-    amp_dtype = autocast_dtype(device, t.precision)
-    set_determinism(bool(t.deterministic), device)
-    seed = int(cfg.seed)
-    seed_everything(seed)
-    channels_last = t.channels_last is True or (t.channels_last == "auto" and device.type == "cuda")
-    max_epochs = int(t.max_epochs)
-    if max_epochs < 1 or int(t.batch_size) < 1:
-        raise SegbenchError("trainer.max_epochs and trainer.batch_size must be >= 1")
-    native = bool(cfg.eval.get("native_resolution", False))
-    threshold, spacing = check_threshold(cfg.eval.threshold), pixel_spacing(cfg, native)  # fail before training
-
-    # The model first: a configuration it cannot take fails before any data is read.
-    model = build_model(cfg).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    # Data: splits are written before any training so that they can be audited.
-    splits = list_splits(cfg)
-    quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
-    write_split_file(run_dir / "split.json", splits,
-                     {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))})
-    data = build_datasets(cfg, splits, Path(cfg.paths.cache))
-    log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
-             len(splits["val"]), len(splits["test"]), cfg.resolution.height, cfg.resolution.width)
-    workers = _num_workers(t.num_workers, device)
-    sampler = SeededShuffleSampler(len(data["train"]))
-    train_loader = DataLoader(data["train"], batch_size=int(t.batch_size), sampler=sampler,
-                              num_workers=workers, pin_memory=device.type == "cuda",
-                              persistent_workers=workers > 0, drop_last=len(data["train"]) > int(t.batch_size))
-    eval_batch = int(t.eval_batch_size or 2 * t.batch_size)
-    val_loader = eval_loader(data["val"], eval_batch, device, workers)
-
-    loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=max_epochs,
-                               steps_per_epoch=len(train_loader))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    early = EarlyStopping(int(t.early_stopping.patience), float(t.early_stopping.min_delta))
-    facts = model_facts(model, (int(cfg.model.get("in_channels", 3)), int(cfg.resolution.height),
-                                int(cfg.resolution.width)))
-    log.info("model: %s (%s, %s)  %s parameters  device %s%s", cfg.model.name,
-             cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
-             f"  autocast {amp_dtype}" if amp_dtype else "")
-
-    history: list[dict] = []
-    best_iou, best_epoch, start_epoch, train_seconds = -math.inf, 0, 1, 0.0
+    state = TrainState()
     if resuming:
-        state = load_checkpoint(last_path, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        early.load_state_dict(state["early_stopping"])
-        set_rng_state(state["rng"])
-        history = list(state["history"])
-        best_iou, best_epoch = state["best_iou"], state["best_epoch"]
-        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
-        log.info("resuming %s after epoch %d", run_dir, state["epoch"])
+        saved = run.load_checkpoint("last", map_location=parts.device)
+        parts.load_state_dict(saved)
+        state.load_state_dict(saved)
+        set_rng_state(saved["rng"])
+        state.stopped_early = state.stopped_early or parts.early.should_stop
+        run.write_history(state.history)  # last.pt is the record: a kill may have beaten the csv
+        log.info("resuming %s after epoch %d", run.path, state.epoch)
+    else:  # an interrupted first epoch is resumable too
+        run.save_checkpoint("last", {**parts.state_dict(), **state.state_dict(), "rng": rng_state(),
+                                     "config": config})
 
-    def snapshot(epoch: int) -> dict:
-        return {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
-                "early_stopping": early.state_dict(), "rng": rng_state(), "history": history,
-                "best_iou": best_iou, "best_epoch": best_epoch, "train_seconds": train_seconds,
-                "config": config}
-
-    if not resuming:
-        save_checkpoint(snapshot(0), last_path)  # an interrupted first epoch is resumable too
-
-    writer = None
-    if cfg.logger.get("tensorboard"):
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_epoch)
+    loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1)
     progress = sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar)
-    stopped_early = early.should_stop and start_epoch > 1
-    epoch = start_epoch - 1
     try:
         with StopSignal() as stop:
-            for epoch in range(start_epoch, max_epochs + 1):
-                if stopped_early:
+            for epoch in range(state.epoch + 1, t.max_epochs + 1):
+                if state.stopped_early:
                     break
                 epoch_start = time.time()
-                epoch_seed = derive_seed(seed, epoch)
-                sampler.set_seed(epoch_seed)
+                epoch_seed = derive_seed(s.seed, epoch)
+                parts.sampler.set_seed(epoch_seed)
                 torch.manual_seed(epoch_seed)  # dropout and anything else drawn from torch
-                set_epoch(loss_fn, epoch, max_epochs)  # losses with a weight schedule
+                set_epoch(parts.loss_fn, epoch, t.max_epochs)  # losses with a weight schedule
                 # The LR of the epoch's first step: per-epoch schedules hold it all epoch, and
                 # per-step ones would otherwise report the LR after the last step (0 for poly).
-                lr = optimizer.param_groups[0]["lr"]
+                lr = parts.optimizer.param_groups[0]["lr"]
                 train = train_one_epoch(
-                    model, train_loader, loss_fn, optimizer, schedule, scaler, device=device,
-                    amp_dtype=amp_dtype, grad_clip=t.grad_clip, channels_last=channels_last,
-                    epoch=epoch, progress=progress, log_every=max(1, int(t.log_every_steps)), stop=stop)
-                val = evaluate(model, val_loader, device, threshold=threshold,
-                               loss_fn=loss_fn, amp_dtype=amp_dtype, channels_last=channels_last).summary()
-                if not math.isfinite(val["loss"]):
-                    raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
-                                           "lower optimizer.lr or set trainer.grad_clip=1.0")
+                    parts.model, parts.train_loader, parts.loss_fn, parts.optimizer, parts.schedule,
+                    parts.scaler, device=parts.device, amp_dtype=parts.amp_dtype,
+                    grad_clip=t.grad_clip, channels_last=parts.channels_last, epoch=epoch,
+                    progress=progress, log_every=t.log_every_steps, stop=stop)
+                val = validate(parts, threshold, epoch)
                 row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_dice": train["dice"],
                        "train_iou": train["iou"], "val_loss": val["loss"], "val_dice": val["dice"],
                        "val_iou": val["iou"], "val_dice_micro": val["dice_micro"],
                        "val_iou_micro": val["iou_micro"], "val_precision": val["precision"],
                        "val_recall": val["recall"]}
-                schedule.step_epoch(row)
-                early.step(val["iou"], epoch)
-                improved = val["iou"] > best_iou
+                parts.schedule.step_epoch(row)
+                parts.early.step(val["iou"], epoch)
+                improved = val["iou"] > state.best_iou
                 if improved:
-                    best_iou, best_epoch = val["iou"], epoch
-                train_seconds += time.time() - epoch_start
+                    state.best_iou, state.best_epoch = val["iou"], epoch
+                state.train_seconds += time.time() - epoch_start
                 row["seconds"] = round(time.time() - epoch_start, 3)
-                history.append(row)
+                state.history.append(row)
+                state.epoch = epoch
+                state.stopped_early = parts.early.should_stop
                 if improved:
-                    save_checkpoint({"epoch": epoch, "model": model.state_dict(), "val": val,
-                                     "config": config}, best_path)
-                save_checkpoint(snapshot(epoch), last_path)
-                _write_history(run_dir / "history.csv", history)
-                if writer is not None:
-                    for key, value in row.items():
-                        if key not in ("epoch", "seconds"):
-                            writer.add_scalar(key.replace("_", "/", 1), value, epoch)
-                    writer.flush()
+                    run.save_checkpoint("best", {"epoch": epoch, "model": parts.model.state_dict(),
+                                                 "val": val, "config": config})
+                run.save_checkpoint("last", {**parts.state_dict(), **state.state_dict(),
+                                             "rng": rng_state(), "config": config})
+                run.write_history(state.history)
+                loggers.log_epoch(row)
                 log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_iou %.4f  "
-                         "lr %.2e  %.1fs%s", epoch, max_epochs, train["loss"], val["loss"], val["dice"],
-                         val["iou"], lr, row["seconds"], "  *best*" if improved else "")
-                if early.should_stop:
-                    stopped_early = True
+                         "lr %.2e  %.1fs%s", epoch, t.max_epochs, train["loss"], val["loss"],
+                         val["dice"], val["iou"], lr, row["seconds"], "  *best*" if improved else "")
+                if state.stopped_early:
                     log.info("early stopping: validation IoU has not improved by %g for %d epochs "
-                             "(best %.4f at epoch %d)", early.min_delta, early.patience, early.best,
-                             early.best_epoch)
-                    break
-    except Interrupted:
-        _write_status(run_dir, "interrupted", epoch=epoch - 1)
-        log.warning("interrupted during epoch %d; checkpoints/last.pt holds epoch %d. Resume with:\n"
-                    "  segbench train trainer.resume=%s", epoch, epoch - 1, run_dir)
-        raise SystemExit(130) from None
-    except TrainingDiverged as err:
-        _write_status(run_dir, "failed", epoch=epoch, error=str(err))
-        raise
+                             "(best %.4f at epoch %d)", parts.early.min_delta, parts.early.patience,
+                             parts.early.best, parts.early.best_epoch)
+                if stop.requested:
+                    raise Interrupted(epoch)
     finally:
-        if writer is not None:
-            writer.flush()
+        loggers.flush()
 
-    # Test once, with the checkpoint chosen on validation.
+    result = test_best(cfg, s, run, parts, state, spacing)
+    result["wall_seconds"] = round(time.time() - started, 2)
+    run.write_metrics(result)
+    loggers.log_test(result["test"], state.best_epoch)
+    loggers.close()
+    log.info("test (best epoch %d): %s", state.best_epoch, metric_line(result["test"]))
+    return result
+
+
+def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: TrainState, spacing) -> dict:
+    """Test once, with the checkpoint chosen on validation; the metrics.json record."""
     from segbench.viz import plot_curves
 
-    plot_curves(history, run_dir / "curves.png", best_epoch)
-    best = load_checkpoint(best_path, map_location=device)
-    model.load_state_dict(best["model"])
-    test = test_split(model, data["test"], device, out_dir=run_dir,
-                      threshold=threshold, tta=bool(cfg.eval.tta),
-                      batch_size=eval_batch, amp_dtype=amp_dtype,
-                      num_predictions=int(cfg.eval.num_predictions),
-                      groups=[s.group for s in splits["test"]] if any(s.group for s in splits["test"]) else None,
-                      channels_last=channels_last, num_workers=workers,
-                      surface_metrics=bool(cfg.eval.get("surface_metrics", False)),
-                      pixel_spacing=spacing, surface_workers=cfg.eval.get("surface_workers", "auto"),
-                      native_masks=native_masks(cfg, splits["test"]) if native else None)
-    result = {
+    plot_curves(state.history, run / "curves.png", state.best_epoch)
+    best = run.load_checkpoint("best", map_location=parts.device)
+    parts.model.load_state_dict(best["model"])
+    e = s.eval
+    test_samples = parts.splits["test"]
+    groups = [x.group for x in test_samples]
+    test = test_split(parts.model, parts.data["test"], parts.device, out_dir=run.path,
+                      threshold=e.threshold, tta=e.tta, batch_size=parts.eval_batch,
+                      amp_dtype=parts.amp_dtype, num_predictions=e.num_predictions,
+                      groups=groups if any(groups) else None, channels_last=parts.channels_last,
+                      num_workers=parts.workers, surface_metrics=e.surface_metrics,
+                      pixel_spacing=spacing, surface_workers=e.surface_workers,
+                      native_masks=native_masks(cfg, test_samples) if e.native_resolution else None)
+    return {
         "test": test,
         "val_best": best["val"],
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "stopped_early": stopped_early,
-        **evaluation_record(threshold, bool(cfg.eval.tta), bool(cfg.eval.get("surface_metrics", False)),
-                            spacing, native),
-        "model": {"name": cfg.model.name, **facts},
-        "seed": seed,
-        "split_sizes": {k: len(v) for k, v in splits.items()},
-        "train_seconds": round(train_seconds, 2),
-        "wall_seconds": round(time.time() - started, 2),
-        "device": str(device),
-        "device_name": _device_name(device),
-        "precision": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
-        "versions": _versions(),
+        "best_epoch": state.best_epoch,
+        "epochs_run": len(state.history),
+        "stopped_early": state.stopped_early,
+        **evaluation_record(e.threshold, e.tta, e.surface_metrics, spacing, e.native_resolution),
+        "model": {"name": cfg.model.name, **parts.facts},
+        "seed": s.seed,
+        "split_sizes": {k: len(v) for k, v in parts.splits.items()},
+        "train_seconds": round(state.train_seconds, 2),
+        "device": str(parts.device),
+        "device_name": device_name(parts.device),
+        "precision": str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "fp32",
+        "versions": versions(),
     }
-    (run_dir / "metrics.json").write_text(json.dumps(result, indent=2))
-    if writer is not None:
-        for key in ("dice", "iou", "dice_micro", "iou_micro"):
-            writer.add_scalar(f"test/{key}", test[key], best_epoch)
-        writer.close()
-    _write_status(run_dir, "finished", epoch=len(history))
-    log.info("test (best epoch %d): %s", best_epoch, metric_line(test))
-    log.info("run directory: %s", run_dir)
-    return result
+
+
+def versions() -> dict:
+    import albumentations
+    import hydra
+    import numpy
+    import segmentation_models_pytorch
+
+    return {"segbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
+            "albumentations": albumentations.__version__, "hydra": hydra.__version__,
+            "numpy": numpy.__version__, "platform": platform.platform()}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine() if device.type == "cpu" else device.type

@@ -11,14 +11,12 @@ the batch size is free.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from segbench import SegbenchError
 
@@ -95,54 +93,3 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
         check.update(checked_with="onnxruntime" if fmt == "onnx" else "torch.jit.load",
                      max_abs_diff=float(np.abs(got - expected).max()))
     return check
-
-
-def export_task(cfg: DictConfig) -> dict:
-    from hydra.core.hydra_config import HydraConfig
-
-    from segbench.engine.checkpoint import load_checkpoint
-    from segbench.models import build_model
-
-    run_dir = Path(cfg.run_dir).expanduser()
-    if not (run_dir / "config.yaml").is_file():
-        raise SegbenchError(f"{run_dir} is not a segbench run directory: config.yaml is missing")
-    if cfg.format not in SUFFIX:
-        raise SegbenchError(f"format={cfg.format!r}; use format=onnx or format=torchscript")
-    if cfg.checkpoint not in ("best", "last"):
-        raise SegbenchError(f"checkpoint={cfg.checkpoint!r}; use best or last")
-    train_cfg = OmegaConf.load(run_dir / "config.yaml")
-    height = int(cfg.height or train_cfg.resolution.height)
-    width = int(cfg.width or train_cfg.resolution.width)
-    # The run's model, built for the export size (its padding follows the size).
-    train_cfg.resolution.height, train_cfg.resolution.width = height, width
-    model = build_model(train_cfg, pretrained=False)  # the checkpoint holds every weight
-    state = load_checkpoint(run_dir / "checkpoints" / f"{cfg.checkpoint}.pt")
-    model.load_state_dict(state["model"])
-    channels = int(model.mean.shape[1])
-
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    path = Path(cfg.output).expanduser() if cfg.output else out_dir / f"model{SUFFIX[cfg.format]}"
-    check = export_model(model, cfg.format, path, (channels, height, width), opset=int(cfg.opset))
-    diff = check.get("max_abs_diff")
-    if diff is not None and not diff <= float(cfg.atol):
-        raise SegbenchError(
-            f"the exported {cfg.format} model differs from PyTorch by up to {diff:.3g} (> atol "
-            f"{cfg.atol}); {path} was written but should not be trusted. Try format=torchscript or "
-            "another opset="
-        )
-    info = {
-        "file": str(path.resolve()), "format": cfg.format, "run_dir": str(run_dir.resolve()),
-        "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"), "model": train_cfg.model.name,
-        "input": {"name": "image", "shape": ["batch", channels, height, width], "dtype": "float32",
-                  "range": [0.0, 1.0]},
-        "output": {"name": "logits", "shape": ["batch", int(train_cfg.model.get("classes", 1)), height, width],
-                   "foreground": f"sigmoid(logits) >= {train_cfg.eval.threshold}"},
-        "opset": int(cfg.opset) if cfg.format == "onnx" else None,
-        "atol": float(cfg.atol), **check,
-    }
-    path.with_name(path.name + ".json").write_text(json.dumps(info, indent=2))
-    log.info("wrote %s (%s, input %s x %d x %d x %d float in [0, 1]); %s", path, cfg.format, "N",
-             channels, height, width,
-             f"max |difference| from PyTorch {diff:.2e} on a batch of {check['check_batch'][0]} "
-             f"({check['checked_with']})" if diff is not None else check["checked_with"])
-    return info

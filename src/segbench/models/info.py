@@ -165,38 +165,6 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def info_task(cfg) -> dict:
-    """`segbench info model=<name> resolution=<r>`: one model's facts as a table (and info.json)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from segbench import SegbenchError
-    from segbench.engine.device import resolve_device
-    from segbench.models import build_model
-
-    if int(cfg.batch_size) < 1 or int(cfg.repeats) < 1:
-        raise SegbenchError("batch_size and repeats must be >= 1")
-    model = build_model(cfg)
-    shape = (int(model.mean.shape[1]), int(cfg.resolution.height), int(cfg.resolution.width))
-    row = {"label": model_label(cfg.model), "activation": cfg.activation.name,
-           "input": "x".join(map(str, shape)), **model_facts(model, shape)}
-    if cfg.latency:
-        device = resolve_device(cfg.device)
-        try:
-            row.update(measure(model, shape, int(cfg.batch_size), device, int(cfg.warmup), int(cfg.repeats)))
-        except torch.OutOfMemoryError:
-            raise SegbenchError(f"out of memory running a batch of {cfg.batch_size} at "
-                                f"{shape[1]}x{shape[2]} on {device}; lower batch_size or "
-                                "resolution, or set latency=false") from None
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "info.json").write_text(json.dumps(row, indent=2))
-    if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's table comes at the end (InfoTable)
-        log.info("%s: %s parameters, %s GFLOPs per image", row["label"], f"{row['params']:,}", row["gflops"])
-    else:
-        print(format_table([row]), flush=True)
-    return row
-
-
 def collect_rows(sweep_dir: Path) -> list[dict]:
     """The info.json rows of a sweep's jobs, in job order."""
     found = [p for p in Path(sweep_dir).glob("*/info.json")]

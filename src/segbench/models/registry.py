@@ -1,10 +1,9 @@
-"""A small model registry: `create_model(name, **kwargs)` returns a plain nn.Module that maps an
+"""The model registry: `create_model(name, **kwargs)` returns a plain nn.Module that maps an
 image batch to one logit map per class; `build_model(cfg)` adds the shared wrapper (scaling,
 normalisation, padding to a size the network takes) and the activation swap."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 
 import torch
@@ -13,41 +12,32 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segbench import SegbenchError
+from segbench.registry import Registry, check_options
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
-# How many times each model downsamples: inputs must be multiples of this (None: any size).
-_DIVISORS: dict[str, Callable[[dict], int | None]] = {}
+# name -> factory of a plain nn.Module; meta "divisor": kwargs -> what height and width must be
+# multiples of (None: any size).
+MODELS = Registry("model")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def register(name: str, divisor: Callable[[dict], int | None] = lambda kw: None):
-    def wrap(fn):
-        _MODELS[name] = fn
-        _DIVISORS[name] = divisor
-        return fn
-    return wrap
+    return MODELS.register(name, divisor=divisor)
 
 
-def available_models() -> list[str]:
-    return sorted(_MODELS)
+def list_models() -> list[str]:
+    return MODELS.names()
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    if name not in _MODELS:
-        raise SegbenchError(f"unknown model {name!r}; available: {', '.join(available_models())}")
-    params = inspect.signature(_MODELS[name]).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        unknown = sorted(set(kwargs) - set(params))
-        if unknown:
-            raise SegbenchError(f"model {name} has no option {', '.join(unknown)}; its options: "
-                                f"{', '.join(params)}")
-    return _MODELS[name](**kwargs)
+    factory = MODELS.get(name)
+    check_options(factory, kwargs, f"model {name}", "model")
+    return factory(**kwargs)
 
 
 def size_divisor(name: str, **kwargs) -> int | None:
-    return _DIVISORS[name](kwargs)
+    return MODELS.meta(name)["divisor"](kwargs)
 
 
 class SegmentationModel(nn.Module):
@@ -102,8 +92,9 @@ def check_resolution(name: str, divisor: int | None, height: int, width: int, pa
 
 
 def model_kwargs(cfg: DictConfig) -> dict:
+    """The model factory's keyword arguments (the config's keys that are not segbench's own)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
-    for key in ("name", "pad_to_multiple"):
+    for key in ("name", "_target_", "pad_to_multiple", "size_divisor"):
         kwargs.pop(key, None)
     return kwargs
 
@@ -120,10 +111,21 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
     kwargs = model_kwargs(cfg)
     if not pretrained and kwargs.get("encoder_weights") is not None:
         kwargs["encoder_weights"] = None
-    divisor = size_divisor(name, **kwargs)
+    target = cfg.model.get("_target_")
+    if target:  # a user's own network (docs/extending.md): its config states its size divisor
+        divisor = cfg.model.get("size_divisor")
+        label, factory, _ = MODELS.resolve({"name": name, "_target_": target})
+        check_options(factory, kwargs, f"model {label}", "model")
+    else:
+        divisor = size_divisor(name, **kwargs)
     check_resolution(name, divisor, int(cfg.resolution.height), int(cfg.resolution.width),
                      bool(cfg.model.get("pad_to_multiple", True)))
-    net = create_model(name, **kwargs)
+    try:
+        net = factory(**kwargs) if target else create_model(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        if not target:
+            raise
+        raise SegbenchError(f"model {label}: {err}") from None
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))

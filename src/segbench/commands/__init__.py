@@ -1,0 +1,86 @@
+"""The commands: one module each, on top of the library.
+
+A command module defines
+- `CONFIG`: its Hydra config (configs/<CONFIG>.yaml), `HELP`: one line for `segbench --help`;
+- `run(cfg) -> dict | None`: reads its settings once, calls library code, returns a result;
+- optionally `prepare(argv) -> argv`: rewrites the command line before Hydra parses it (e.g.
+  `train trainer.resume=<dir>` -> that run's own overrides), raising SegbenchError to refuse.
+
+Command modules import heavy libraries (torch, smp) inside `run()` only, so that `--help` and
+argument errors answer at once. `run_command()` is the one way in, for the CLI and for Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from types import ModuleType
+
+from segbench import SegbenchError, config_dir
+
+log = logging.getLogger("segbench")
+
+NAMES = ("train", "eval", "report", "predict", "download", "verify", "info", "export")
+
+
+def load(name: str) -> ModuleType:
+    if name not in NAMES:
+        raise SegbenchError(f"unknown command {name!r}; commands: {', '.join(NAMES)}")
+    return importlib.import_module(f"segbench.commands.{name}")
+
+
+class HydraTask:
+    """The function Hydra runs for each job: `command.run(cfg)`, with a SegbenchError logged as
+    one line. Launchers that run jobs in other processes (joblib, submitit, Ray) pickle it; its
+    unpickling registers segbench's config resolvers there, before Hydra resolves the job's
+    directory, so that no module has to register them as a side effect of being imported."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __reduce__(self):
+        return _restore_task, (self.name,)
+
+    def __call__(self, cfg):
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        try:
+            return load(self.name).run(cfg)
+        except SegbenchError as err:
+            log.error("%s", err)
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                return None  # this job failed (its run dir says why); the sweep goes on
+            raise SystemExit(2) from None
+
+
+def _restore_task(name: str) -> HydraTask:
+    from segbench.sweeps import register_resolvers
+
+    register_resolvers()
+    return HydraTask(name)
+
+
+def run_command(name: str, argv: list[str]):
+    """Run command `name` with a Hydra command line (overrides, -m, --cfg, --help), in this
+    process. Raises SystemExit as a CLI does (2 for a refused command)."""
+    import sys
+
+    import hydra
+
+    from segbench.sweeps import register_resolvers
+
+    module = load(name)
+    register_resolvers()
+    task = HydraTask(name)
+
+    @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=module.CONFIG)
+    def entry(cfg):
+        return task(cfg)
+
+    saved = sys.argv
+    sys.argv = [f"segbench-{name}", *argv]
+    try:
+        return entry()
+    finally:
+        sys.argv = saved

@@ -1,0 +1,64 @@
+"""`segbench export run_dir=<dir> format=onnx|torchscript`: a run's checkpoint as a deployable
+model, checked against PyTorch on a batch (see segbench.models.export)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from segbench import SegbenchError
+from segbench.cli_args import path_arguments
+
+CONFIG = "export"
+HELP = "export a run's checkpoint to ONNX or TorchScript: export run_dir=<dir> format=onnx"
+
+prepare = path_arguments("run_dir", must_exist=("run_dir",))
+
+log = logging.getLogger("segbench.export")
+
+
+def run(cfg) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    from segbench.models.export import SUFFIX, export_model
+    from segbench.rundir import RunDir
+
+    run_dir = RunDir.open(cfg.run_dir)
+    if cfg.format not in SUFFIX:
+        raise SegbenchError(f"format={cfg.format!r}; use format=onnx or format=torchscript")
+    run_dir.checkpoint_path(cfg.checkpoint)  # best | last
+    train_cfg = run_dir.read_config()
+    height = int(cfg.height or train_cfg.resolution.height)
+    width = int(cfg.width or train_cfg.resolution.width)
+    # The run's model, built for the export size (its padding follows the size).
+    train_cfg.resolution.height, train_cfg.resolution.width = height, width
+    model, state, _ = run_dir.load_model(cfg.checkpoint, "cpu", train_cfg)
+    channels = int(model.mean.shape[1])
+
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    path = Path(cfg.output).expanduser() if cfg.output else out_dir / f"model{SUFFIX[cfg.format]}"
+    check = export_model(model, cfg.format, path, (channels, height, width), opset=int(cfg.opset))
+    diff = check.get("max_abs_diff")
+    if diff is not None and not diff <= float(cfg.atol):
+        raise SegbenchError(
+            f"the exported {cfg.format} model differs from PyTorch by up to {diff:.3g} (> atol "
+            f"{cfg.atol}); {path} was written but should not be trusted. Try format=torchscript or "
+            "another opset="
+        )
+    info = {
+        "file": str(path.resolve()), "format": cfg.format, "run_dir": str(run_dir.path.resolve()),
+        "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"), "model": train_cfg.model.name,
+        "input": {"name": "image", "shape": ["batch", channels, height, width], "dtype": "float32",
+                  "range": [0.0, 1.0]},
+        "output": {"name": "logits", "shape": ["batch", int(train_cfg.model.get("classes", 1)), height, width],
+                   "foreground": f"sigmoid(logits) >= {train_cfg.eval.threshold}"},
+        "opset": int(cfg.opset) if cfg.format == "onnx" else None,
+        "atol": float(cfg.atol), **check,
+    }
+    path.with_name(path.name + ".json").write_text(json.dumps(info, indent=2))
+    log.info("wrote %s (%s, input %s x %d x %d x %d float in [0, 1]); %s", path, cfg.format, "N",
+             channels, height, width,
+             f"max |difference| from PyTorch {diff:.2e} on a batch of {check['check_batch'][0]} "
+             f"({check['checked_with']})" if diff is not None else check["checked_with"])
+    return info

@@ -1,0 +1,101 @@
+"""`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
+
+Each image goes through the run's own preprocessing and best checkpoint and comes back at its
+original size (see segbench.predict). Writes <stem>_mask.png (0/255), <stem>_overlay.png and
+areas.csv; unreadable files are skipped with a warning and listed in areas.csv with their error;
+the command fails only when no image could be read.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from segbench import SegbenchError
+from segbench.cli_args import path_arguments
+
+CONFIG = "predict"
+HELP = "segment new images with a run: predict run_dir=<dir> input=<path> output=<dir>"
+
+prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",))
+
+log = logging.getLogger("segbench.predict")
+
+
+def run(cfg) -> dict:
+    import numpy as np
+    from omegaconf import OmegaConf
+
+    from segbench.data import image_reader
+    from segbench.engine.device import autocast_dtype, resolve_device
+    from segbench.predict import list_inputs, output_stems, predict_images, write_png
+    from segbench.rundir import RunDir
+    from segbench.settings import check_threshold
+    from segbench.viz import overlay
+
+    run_dir = RunDir.open(cfg.run_dir)
+    run_dir.checkpoint_path(cfg.checkpoint)  # best | last
+    if int(cfg.batch_size) < 1:
+        raise SegbenchError(f"batch_size={cfg.batch_size}; use 1 or more")
+    source, out_dir = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
+    files = list_inputs(source)
+    if source.is_dir() and source.resolve() == out_dir.resolve():
+        raise SegbenchError("output is the input folder: masks would mix with the images; "
+                            "choose another output folder")
+    train_cfg = run_dir.read_config()
+    threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
+                                else train_cfg.eval.threshold)
+    tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
+    device = resolve_device(cfg.device)
+    amp_dtype = autocast_dtype(device, train_cfg.trainer.get("precision", "auto"))
+    model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+    model.eval()
+    height, width = int(train_cfg.resolution.height), int(train_cfg.resolution.width)
+    read_image = image_reader(train_cfg)  # the run's own decoding (e.g. its CT window)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log.info("predicting %d image(s) with %s (%s checkpoint, epoch %s) at %dx%d%s", len(files),
+             run_dir.path, cfg.checkpoint, state.get("epoch"), height, width, ", flip TTA" if tta else "")
+
+    rows, skipped = [], []
+    stems = dict(zip(files, output_stems(files)))
+    for start in range(0, len(files), int(cfg.batch_size)):
+        batch = []
+        for f in files[start:start + int(cfg.batch_size)]:
+            try:
+                batch.append((f, read_image(f)))
+            except SegbenchError as err:
+                log.warning("skipping %s", err)
+                skipped.append((f, str(err)))
+        if not batch:
+            continue
+        probs = predict_images(model, [im for _, im in batch], height=height, width=width,
+                               device=device, amp_dtype=amp_dtype, tta=tta)
+        for (f, image), prob in zip(batch, probs):
+            mask = (prob >= threshold).astype(np.uint8)
+            stem = stems[f]
+            write_png(out_dir / f"{stem}_mask.png", mask * 255)
+            shown = (overlay(image, mask, mask) * 255).round().astype(np.uint8)
+            write_png(out_dir / f"{stem}_overlay.png", shown)
+            area = int(mask.sum())
+            rows.append({"image": f.name, "width": image.shape[1], "height": image.shape[0],
+                         "foreground_pixels": area,
+                         "foreground_fraction": f"{area / mask.size:.6f}",
+                         "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": ""})
+    rows += [{"image": f.name, "error": err} for f, err in skipped]
+    fields = ["image", "width", "height", "foreground_pixels", "foreground_fraction", "mask",
+              "overlay", "error"]
+    with open(out_dir / "areas.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    predicted = len(rows) - len(skipped)
+    if skipped:
+        log.warning("%d of %d file(s) could not be read and were skipped: %s", len(skipped),
+                    len(files), ", ".join(f.name for f, _ in skipped))
+    if predicted == 0:
+        raise SegbenchError(f"none of the {len(files)} input file(s) could be read; see the "
+                            "warnings above (each names the file and the problem)")
+    log.info("wrote %d mask(s), overlays and areas.csv to %s", predicted, out_dir)
+    return {"predicted": predicted, "skipped": [str(f) for f, _ in skipped],
+            "config": OmegaConf.to_container(cfg.eval)}

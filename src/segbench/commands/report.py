@@ -1,0 +1,39 @@
+"""`segbench report <dir>`: every training run below a folder as tables, figures and statistics,
+written to <dir>/report/ (see segbench.report)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from segbench import SegbenchError
+from segbench.cli_args import path_arguments
+
+CONFIG = "report"
+HELP = "tables, statistics and figures of every run below a folder: report <dir>"
+
+prepare = path_arguments("dir", ("report.baseline",), must_exist=("dir",))
+
+log = logging.getLogger("segbench.report")
+
+
+def run(cfg) -> dict:
+    from hydra.core.hydra_config import HydraConfig
+
+    from segbench.report import build_report
+
+    r = cfg.report
+    metrics = tuple(r.metrics) if not isinstance(r.metrics, str) else (r.metrics,)
+    if not 0 < float(r.alpha) < 1:
+        raise SegbenchError(f"report.alpha={r.alpha}; use a level between 0 and 1, e.g. 0.05")
+    if int(r.bootstrap) < 100:
+        raise SegbenchError(f"report.bootstrap={r.bootstrap}; use at least 100 resamples (10000 is usual)")
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    result = build_report(Path(cfg.dir).expanduser(), out_dir, baseline=r.baseline, metrics=metrics,
+                          alpha=float(r.alpha), n_resamples=int(r.bootstrap), seed=int(r.seed),
+                          max_predictions=int(r.predictions))
+    log.info("%d runs, %d configurations (%d finished runs); baseline: %s", result["runs"],
+             result["configurations"], result["finished"], result["baseline"])
+    log.info("wrote %s", os.path.relpath(out_dir / "report.md"))
+    return result

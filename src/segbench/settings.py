@@ -1,0 +1,217 @@
+"""Typed settings, checked where they enter: a wrong type or value is a one-line error that names
+the key and a valid example, raised before anything runs or touches a run directory.
+
+Each dataclass mirrors a config section (configs/trainer/default.yaml, the `eval:` block of
+configs/train.yaml, a command's own options). Defaults live in the YAML files only: the
+dataclasses declare types and constraints, never values. A constraint is a field's metadata
+`check=(predicate, "what is allowed")`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+from segbench import SegbenchError
+
+
+def _rule(predicate, allowed: str):
+    return field(metadata={"check": (predicate, allowed)})
+
+
+def _positive(allowed="an integer >= 1"):
+    return _rule(lambda v: v >= 1, allowed)
+
+
+def _non_negative(allowed="a number >= 0"):
+    return _rule(lambda v: v >= 0, allowed)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    patience: int = _positive()
+    min_delta: float = _non_negative()
+
+
+@dataclass(frozen=True)
+class Trainer:
+    device: str
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    max_epochs: int = _positive()
+    batch_size: int = _positive()
+    eval_batch_size: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
+    num_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 0, "auto or an integer >= 0")
+    grad_clip: float | None = _rule(lambda v: v is None or v > 0, "null or a number > 0")
+    early_stopping: EarlyStopping
+    resume: bool | str | None  # auto | true | false | a run directory
+    deterministic: bool
+    channels_last: Literal["auto"] | bool
+    progress_bar: Literal["auto"] | bool
+    log_every_steps: int = _positive()
+
+
+@dataclass(frozen=True)
+class Eval:
+    threshold: float = _rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    tta: bool
+    num_predictions: int = _non_negative("an integer >= 0")
+    surface_metrics: bool
+    surface_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
+    native_resolution: bool
+
+
+@dataclass(frozen=True)
+class Resolution:
+    height: int = _rule(lambda v: v >= 8, "an integer >= 8 pixels")
+    width: int = _rule(lambda v: v >= 8, "an integer >= 8 pixels")
+
+
+@dataclass(frozen=True)
+class Train:
+    """What `segbench train` reads of its config before anything else (the groups' own options
+    are checked by their registries when built)."""
+
+    seed: int = _non_negative("an integer >= 0")
+    trainer: Trainer
+    eval: Eval
+    resolution: Resolution
+
+
+# Sections whose keys are all declared: an extra key there is a typo.
+STRICT = (EarlyStopping, Trainer, Eval)
+# Dataset keys every dataset shares, checked when present.
+DATASET_RULES = {
+    "val_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    "test_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
+    "train_fraction": (float, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+    "split_seed": (int, lambda v: v >= 0, "an integer >= 0"),
+    "channels": (int, lambda v: v in (1, 3), "1 or 3"),
+}
+
+
+def typed(cls, node, prefix: str = "", strict: bool | None = None):
+    """An instance of dataclass `cls` from a config node (DictConfig or dict): each declared
+    field converted to its type and checked; SegbenchError naming `<prefix><key>` otherwise."""
+    hints = typing.get_type_hints(cls)
+    strict = cls in STRICT if strict is None else strict
+    getter = (lambda k: node.get(k, _MISSING)) if node is not None else (lambda k: _MISSING)
+    if strict and node is not None:
+        extra = sorted(set(node.keys()) - {f.name for f in dataclasses.fields(cls)})
+        if extra:
+            raise SegbenchError(f"{prefix}{extra[0]} is not a setting of {prefix.rstrip('.') or 'this command'}; "
+                                f"its settings: {', '.join(f.name for f in dataclasses.fields(cls))}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        raw = getter(f.name)
+        if raw is _MISSING:
+            raise SegbenchError(f"{key} is missing from the config; set it, e.g. {key}=<value>")
+        value = convert(raw, hints[f.name], key)
+        check = f.metadata.get("check")
+        if check is not None and not check[0](value):
+            raise SegbenchError(f"{key}={_show(raw)}: use {check[1]}")
+        values[f.name] = value
+    return cls(**values)
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _show(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _describe(annotation) -> str:
+    if dataclasses.is_dataclass(annotation):
+        return "a group of settings"
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(_show(a) for a in typing.get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    return {int: "an integer", float: "a number", bool: "true or false", str: "text",
+            type(None): "null"}.get(annotation, str(annotation))
+
+
+def convert(value: Any, annotation, key: str):
+    """`value` as `annotation` (int, float, bool, str, None, Literal, unions of them, dataclass)."""
+    if dataclasses.is_dataclass(annotation):
+        if value is None or not hasattr(value, "keys"):
+            raise SegbenchError(f"{key}={_show(value)}: {key} is a group of settings, not a value")
+        return typed(annotation, value, f"{key}.")
+    origin = typing.get_origin(annotation)
+    options = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+    # Literals first: `auto` is a choice, not text.
+    options = sorted(options, key=lambda a: typing.get_origin(a) is not Literal)
+    for option in options:
+        ok, out = _as(value, option)
+        if ok:
+            return out
+    example = {int: "3", float: "0.5", bool: "true"}.get(options[-1], "")
+    raise SegbenchError(f"{key}={_show(value)}: expected {_describe(annotation)}"
+                        + (f", e.g. {key}={example}" if example else ""))
+
+
+def _as(value, option) -> tuple[bool, Any]:
+    if typing.get_origin(option) is Literal:
+        return (value in typing.get_args(option) and not isinstance(value, bool)
+                or isinstance(value, bool) and value in typing.get_args(option)
+                and any(isinstance(a, bool) for a in typing.get_args(option))), value
+    if option is type(None):
+        return value is None, None
+    if option is bool:
+        return isinstance(value, bool), value
+    if option is int:
+        if isinstance(value, bool):
+            return False, None
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, None
+    if option is float:
+        if isinstance(value, bool):
+            return False, None
+        if isinstance(value, (int, float)):
+            return True, float(value)
+        if isinstance(value, str):  # YAML reads 1e-3 (no dot) as text
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if option is str:
+        return isinstance(value, str), value
+    return False, None
+
+
+def check_train(cfg) -> Train:
+    """The typed settings of a training config, or a one-line SegbenchError."""
+    settings = typed(Train, cfg, strict=False)
+    dataset = cfg.get("dataset") or {}
+    for key, (kind, predicate, allowed) in DATASET_RULES.items():
+        if key in dataset:
+            value = convert(dataset[key], kind, f"dataset.{key}")
+            if not predicate(value):
+                raise SegbenchError(f"dataset.{key}={_show(dataset[key])}: use {allowed}")
+    return settings
+
+
+def check_threshold(threshold) -> float:
+    """The one rule every command applies to `eval.threshold` (sigmoid(logit) >= threshold)."""
+    try:
+        value = convert(threshold, float, "eval.threshold")
+    except SegbenchError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise SegbenchError(f"eval.threshold={threshold}: a probability in [0, 1] is needed "
+                            "(a pixel is foreground when sigmoid(logit) >= threshold)")
+    return value
