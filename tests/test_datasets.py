@@ -4,6 +4,7 @@ sample too (the tests taking a *_source fixture; the shared ones are marked shar
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import shutil
@@ -60,7 +61,11 @@ def test_lgg_stand_in_ids_and_folders(lgg_stand_in):
         assert s.id in lgg_stand_in.patients[s.group]
         assert s.image.parent.name.startswith(s.group) and s.mask.name == f"{s.id}_mask.tif"
     assert {patient.split("_")[1] for patient in lgg_stand_in.patients} == {"CS", "DU", "FG", "HT"}
-    assert (lgg_stand_in.root / "kaggle_3m" / "data.csv").is_file()  # beside the folders, ignored
+    # data.csv beside the folders (the loader ignores it): one row per patient, by `Patient`.
+    with open(lgg_stand_in.root / "kaggle_3m" / "data.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["Patient"] for r in rows] == sorted(lgg_stand_in.patients)
+    assert all(None not in r and len(r) == len(fixtures.LGG_CSV_HEADER) for r in rows)
 
 
 @pytest.mark.parametrize("seed", range(6))
