@@ -1,12 +1,14 @@
 """Samples/s of the data pipeline with and without the decode-once cache, on the shared samples.
 
-    python scripts/bench_cache.py [--resolution 256] [--epochs 3] [--data ../shared/data]
+    python scripts/bench_cache.py [--resolution 256] [--epochs 3] [--data ../shared/data | --stand-ins]
 
 "no cache" decodes and resizes every image and mask each time it is read, as a Dataset that
 opens files in __getitem__ does; "cache, first run" builds the memory-mapped entry (threaded
 decode); "cache, later epochs" reads items through the memory maps (what every later epoch and
 run does). Kvasir-Instrument's sample has masks only: a JPEG of each mask's size is written in a
-temporary folder to stand in for the frames (18 of the dataset's 590 ids).
+temporary folder to stand in for the frames (18 of the dataset's 590 ids). Without the shared
+samples, --stand-ins measures the generated stand-ins of segbench.data.fixtures instead (same
+formats and sizes, fewer files).
 """
 
 from __future__ import annotations
@@ -19,30 +21,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 from hydra import compose, initialize_config_dir
 
 from segbench import config_dir
-from segbench.data import dataset_module, default_read, list_splits
+from segbench.data import dataset_module, default_read, fixtures, list_splits
 from segbench.data.cache import cached_arrays, resize_pair
 from segbench.data.dataset import SegmentationDataset
 
 
-def kvasir_stand_in(sample_root: Path, dest: Path) -> Path:
+def kvasir_with_frames(sample_root: Path, dest: Path) -> Path:
+    """A copy of the Kvasir-Instrument sample (masks and split files) with a stand-in JPEG
+    frame of each mask's size."""
     shutil.copytree(sample_root / "masks", dest / "masks")
     for name in ("train.txt", "test.txt"):
         shutil.copy(sample_root / name, dest / name)
-    (dest / "images").mkdir()
-    rng = np.random.default_rng(0)
-    for mask in sorted((dest / "masks").glob("*.png")):
-        m = cv2.imread(str(mask), cv2.IMREAD_GRAYSCALE) > 0
-        # Smooth tissue-like content with mild noise: JPEG sizes like real frames, not like noise.
-        image = np.full((*m.shape, 3), (60, 70, 160), np.uint8)
-        image[m] = (190, 190, 190)
-        image = cv2.GaussianBlur(image, (0, 0), 3)
-        image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(dest / "images" / f"{mask.stem}.jpg"), image)
+    fixtures.write_frames_for_masks(dest / "masks", dest / "images")
     return dest
 
 
@@ -86,19 +79,28 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--stand-ins", action="store_true",
+                        help="measure generated stand-ins (segbench.data.fixtures), not --data")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)  # the Kvasir stand-in is a partial copy: say it once here
-    if not args.data.is_dir():
-        sys.exit(f"no shared samples at {args.data}; pass --data <folder>")
+    logging.basicConfig(level=logging.ERROR)  # the Kvasir sample is a partial copy: say it once here
+    if not args.stand_ins and not args.data.is_dir():
+        sys.exit(f"no shared samples at {args.data}; pass --data <folder>, or --stand-ins to "
+                 "measure generated stand-ins of the same formats")
     print(f"resolution {args.resolution}x{args.resolution}, {args.epochs} epochs, samples/s")
     print(f"{'dataset':<18} {'pairs':>5} {'no cache':>12} {'cache, first run':>16} "
           f"{'cache, later epochs':>18} {'speed-up':>8}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        bench("lgg_mri", args.data / "lgg_sample", args.resolution, args.epochs, tmp / "cache")
-        bench("lung_ct", args.data / "lung_ct_sample", args.resolution, args.epochs, tmp / "cache")
-        kvasir = kvasir_stand_in(args.data / "kvasir_instrument_sample", tmp / "kvasir")
-        bench("kvasir_instrument", kvasir, args.resolution, args.epochs, tmp / "cache")
+        if args.stand_ins:
+            roots = {"lgg_mri": fixtures.write_lgg_mri(tmp / "lgg").root,
+                     "lung_ct": fixtures.write_lung_ct(tmp / "lung").root,
+                     "kvasir_instrument": fixtures.write_kvasir_instrument(tmp / "kvasir").root}
+        else:
+            roots = {"lgg_mri": args.data / "lgg_sample", "lung_ct": args.data / "lung_ct_sample",
+                     "kvasir_instrument": kvasir_with_frames(
+                         args.data / "kvasir_instrument_sample", tmp / "kvasir")}
+        for name, root in roots.items():
+            bench(name, root, args.resolution, args.epochs, tmp / "cache")
 
 
 if __name__ == "__main__":

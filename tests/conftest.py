@@ -1,5 +1,7 @@
-"""Shared test helpers: an isolated cache per session, offline hubs, and the real CLI (in this
-process, or in a subprocess for the end-to-end tests marked e2e)."""
+"""Shared test helpers: an isolated cache per session, offline hubs, the real CLI (in this
+process, or in a subprocess for the end-to-end tests marked e2e), format-faithful stand-ins of
+the real datasets (written once per session), and the `shared_data` layer: tests on the real
+samples in ../shared/data, skipped where it is absent."""
 
 from __future__ import annotations
 
@@ -8,15 +10,23 @@ import io
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import traceback
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from segbench.data import fixtures
+
 ROOT = Path(__file__).resolve().parents[1]
+# Real data samples beside the repository on our machines only (never in a user's clone).
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_SKIP = ("../shared/data not found: the real-sample layer runs only beside our shared data"
+               f" ({SHARED_DATA})")
 
 # The smallest settings that still run the real training loop end to end on CPU.
 TINY = [
@@ -32,6 +42,16 @@ TINY = [
     "augmentation=none",
     "logger=none",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """`shared_data` tests skip, at collection, where the real samples are not beside the repo."""
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=SHARED_SKIP)
+    for item in items:
+        if item.get_closest_marker("shared_data"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -112,3 +132,99 @@ def tiny_run(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("tiny-run")
     run_cli("train", *TINY, "logger=tensorboard", "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
+
+
+# Format-faithful stand-ins (segbench.data.fixtures), written once per session; tests read them
+# and copy or symlink them into their own tmp_path before changing anything.
+
+@pytest.fixture(scope="session")
+def lung_stand_in(tmp_path_factory) -> fixtures.StandIn:
+    """24 int16 HU 512x512 slices (ID_XXXX_Z_YYYY.tif) with uint8 {0, 255} lung masks."""
+    return fixtures.write_lung_ct(tmp_path_factory.mktemp("lung_ct"))
+
+
+@pytest.fixture(scope="session")
+def lgg_stand_in(tmp_path_factory) -> fixtures.StandIn:
+    """kaggle_3m with 4 patients (CS, DU, FG, HT) of 10, 13, 16 and 11 slices (256x256x3)."""
+    return fixtures.write_lgg_mri(tmp_path_factory.mktemp("lgg_mri"))
+
+
+@pytest.fixture(scope="session")
+def kvasir_stand_in(tmp_path_factory) -> fixtures.StandIn:
+    """10 Kvasir-Instrument frames at the dataset's sizes: 8 in train.txt, 2 in test.txt."""
+    return fixtures.write_kvasir_instrument(tmp_path_factory.mktemp("kvasir_instrument"))
+
+
+# --- The same checks on the stand-in and on the real sample --------------------------------------
+
+@dataclass(frozen=True)
+class Source:
+    """A dataset some checks run on twice: the generated stand-in ("stand-in"), and the real
+    sample in ../shared/data ("shared", marked shared_data). `facts` holds what is known about
+    it (for the stand-in from its construction, for the sample from the files as shipped)."""
+
+    name: str
+    root: Path
+    facts: dict
+
+
+SOURCES = ["stand-in", pytest.param("shared", marks=pytest.mark.shared_data)]
+
+# The shared LGG sample: 4 whole patients (slices per patient), 62 slices with tumour.
+SHARED_LGG_SLICES = {"TCGA_CS_4941": 23, "TCGA_DU_5849": 38, "TCGA_FG_5962": 51, "TCGA_HT_7473": 32}
+# The shared Kvasir-Instrument sample's 18 masks (of 590), by size.
+SHARED_KVASIR_SIZES = {"768x576": 3, "720x576": 3, "1280x1024": 2, "1920x1072": 2, "1225x1013": 1,
+                       "633x531": 1, "1349x1071": 1, "614x529": 1, "628x530": 1, "572x532": 1,
+                       "623x531": 1, "623x530": 1}
+
+
+def _sizes(stand_in: fixtures.StandIn) -> dict[str, int]:
+    return dict(Counter(f"{w}x{h}" for w, h in stand_in.sizes.values()))
+
+
+@pytest.fixture(scope="session", params=SOURCES)
+def lgg_source(request) -> Source:
+    """facts: slices (patient -> slice count), tumour (slices with a non-empty mask), pools
+    (the seeded patient split: 1 of the 4 patients, the FG one, is the test split)."""
+    if request.param == "shared":
+        return Source("shared", SHARED_DATA / "lgg_sample", {
+            "slices": SHARED_LGG_SLICES, "tumour": 62, "pools": {"train": 93, "test": 51}})
+    lgg = request.getfixturevalue("lgg_stand_in")
+    slices = {p: len(ids) for p, ids in lgg.patients.items()}
+    test = slices["TCGA_FG_0003"]
+    return Source("stand-in", lgg.root, {"slices": slices, "tumour": len(lgg.foreground),
+                                         "pools": {"train": sum(slices.values()) - test,
+                                                   "test": test}})
+
+
+@pytest.fixture(scope="session", params=SOURCES)
+def lung_source(request) -> Source:
+    """facts: ids (every slice's name, sorted)."""
+    if request.param == "shared":
+        root = SHARED_DATA / "lung_ct_sample"
+        ids = sorted(p.stem for p in (root / "2d_images").glob("*.tif"))
+        return Source("shared", root, {"ids": ids})
+    lung = request.getfixturevalue("lung_stand_in")
+    return Source("stand-in", lung.root, {"ids": list(lung.ids)})
+
+
+@pytest.fixture(scope="session", params=SOURCES)
+def kvasir_source(request, tmp_path_factory) -> Source:
+    """facts: files (pairs on disk), train_files/test_files (of them, listed in train.txt/test.txt),
+    listed (ids in the two lists), sizes ("WxH" -> count). The shared sample has masks only:
+    its copy gets a JPEG frame of each mask's size."""
+    if request.param == "shared":
+        root = tmp_path_factory.mktemp("shared-kvasir")
+        sample = SHARED_DATA / "kvasir_instrument_sample"
+        shutil.copytree(sample / "masks", root / "masks")
+        for name in ("train.txt", "test.txt"):
+            shutil.copy(sample / name, root / name)
+        fixtures.write_frames_for_masks(root / "masks", root / "images")
+        return Source("shared", root, {"files": 18, "train_files": 15, "test_files": 3,
+                                       "listed": 590, "sizes": SHARED_KVASIR_SIZES})
+    kvasir = request.getfixturevalue("kvasir_stand_in")
+    lists, files = kvasir.split_files, set(kvasir.ids)
+    return Source("stand-in", kvasir.root, {
+        "files": len(files), "train_files": len(set(lists["train"]) & files),
+        "test_files": len(set(lists["test"]) & files),
+        "listed": len(lists["train"]) + len(lists["test"]), "sizes": _sizes(kvasir)})

@@ -1,5 +1,5 @@
-"""Every augmentation preset on real masks: shapes kept, mask values stay {0, 1}, and geometric
-transforms move image and mask together."""
+"""Every augmentation preset on real-format masks (the datasets' stand-ins): shapes kept, mask
+values stay {0, 1}, and geometric transforms move image and mask together."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 import tifffile
 from omegaconf import OmegaConf
 
-from datasets_util import KVASIR, LGG, LUNG
 from segbench import config_dir
 from segbench.data import lung_ct
 from segbench.data.dataset import SegmentationDataset
@@ -25,17 +24,18 @@ def test_the_presets_are_there():
             "strong"} <= set(PRESETS)
 
 
-def real_pairs():
+@pytest.fixture(scope="module")
+def pairs(kvasir_stand_in, lgg_stand_in, lung_stand_in):
     """(image, mask) at SIZE: a Kvasir mask with a mask-shaped RGB image, an LGG slice with its
     tumour mask (3 MRI channels) and a windowed lung CT slice (1 channel)."""
     pairs = []
-    kvasir_mask, _ = read_mask(sorted((KVASIR / "masks").glob("*.png"))[0])
-    lgg = next(p for p in sorted((LGG / "kaggle_3m").glob("*/*_mask.tif"))
+    kvasir_mask, _ = read_mask(sorted((kvasir_stand_in.root / "masks").glob("*.png"))[0])
+    lgg = next(p for p in sorted((lgg_stand_in.root / "kaggle_3m").glob("*/*_mask.tif"))
                if tifffile.imread(p).any())
     lgg_mask, _ = read_mask(lgg)
-    lung_image = sorted((LUNG / "2d_images").glob("*.tif"))[0]
+    lung_image = sorted((lung_stand_in.root / "2d_images").glob("*.tif"))[0]
     hu = tifffile.imread(lung_image)
-    lung_mask, _ = read_mask(LUNG / "2d_masks" / lung_image.name)
+    lung_mask, _ = read_mask(lung_stand_in.root / "2d_masks" / lung_image.name)
     images = [np.repeat(kvasir_mask[..., None] * 200 + 20, 3, axis=2).astype(np.uint8),
               tifffile.imread(str(lgg).replace("_mask", "")),
               (lung_ct.to_unit_range(hu, -1000, 400) * 255).astype(np.uint8)[..., None]]
@@ -46,18 +46,15 @@ def real_pairs():
     return pairs
 
 
-PAIRS = real_pairs()
-
-
 @pytest.mark.parametrize("preset", PRESETS)
-def test_preset_keeps_shapes_and_binary_masks(preset):
+def test_preset_keeps_shapes_and_binary_masks(preset, pairs):
     spec = OmegaConf.load(config_dir() / "augmentation" / f"{preset}.yaml")
     assert spec.name == preset
     transform = build_augmentation(spec, (SIZE, SIZE))
     if preset == "none":
         assert transform is None
         return
-    for image, mask in PAIRS:
+    for image, mask in pairs:
         assert set(np.unique(mask).tolist()) == {0, 1}
         changed = 0
         for seed in range(12):
@@ -71,11 +68,11 @@ def test_preset_keeps_shapes_and_binary_masks(preset):
 
 
 @pytest.mark.parametrize("preset", ["hflip", "geometric", "elastic", "strong"])
-def test_geometric_presets_move_image_and_mask_together(preset):
+def test_geometric_presets_move_image_and_mask_together(preset, pairs):
     """On an image that is its mask (scaled), the warped image still matches the warped mask."""
     transform = build_augmentation(
         OmegaConf.load(config_dir() / "augmentation" / f"{preset}.yaml"), (SIZE, SIZE))
-    _, mask = PAIRS[0]
+    _, mask = pairs[0]
     image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
     moved = 0
     for seed in range(12):
@@ -89,8 +86,8 @@ def test_geometric_presets_move_image_and_mask_together(preset):
     assert moved >= 3
 
 
-def test_augmentation_in_the_dataset_is_seeded():
-    image, mask = PAIRS[2]
+def test_augmentation_in_the_dataset_is_seeded(pairs):
+    image, mask = pairs[2]
     transform = build_augmentation(
         OmegaConf.load(config_dir() / "augmentation" / "strong.yaml"), (SIZE, SIZE))
     data = SegmentationDataset(image[None], mask[None], ["lung"], transform)

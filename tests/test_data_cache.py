@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets_util import LUNG, compose_cfg, folder_dataset
+from datasets_util import compose_cfg, folder_dataset
 from segbench.data import build_datasets, list_splits
 from segbench.data import lung_ct as lung_module
 
@@ -32,12 +32,17 @@ def entries(cache):
     return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
 
 
-def lung_test_split(*overrides):
-    cfg = compose_cfg("dataset=lung_ct", f"dataset.root={LUNG}", "resolution='64'", *overrides)
-    return cfg, {"test": list_splits(cfg)["test"]}
+@pytest.fixture
+def lung_test_split(lung_stand_in):
+    """overrides -> (cfg, {"test": the test split}) of the lung CT stand-in (5 of 24 slices)."""
+    def make(*overrides):
+        cfg = compose_cfg("dataset=lung_ct", f"dataset.root={lung_stand_in.root}",
+                          "resolution='64'", *overrides)
+        return cfg, {"test": list_splits(cfg)["test"]}
+    return make
 
 
-def test_second_build_reads_the_cache(tmp_path, count_lung_reads):
+def test_second_build_reads_the_cache(tmp_path, count_lung_reads, lung_test_split):
     cfg, splits = lung_test_split()
     first = build_datasets(cfg, splits, tmp_path)
     assert len(count_lung_reads) == 5 and len(entries(tmp_path)) == 1
@@ -47,7 +52,7 @@ def test_second_build_reads_the_cache(tmp_path, count_lung_reads):
     np.testing.assert_array_equal(first["test"].images, second["test"].images)
 
 
-def test_reader_settings_are_part_of_the_key(tmp_path, count_lung_reads):
+def test_reader_settings_are_part_of_the_key(tmp_path, count_lung_reads, lung_test_split):
     cfg, splits = lung_test_split()
     lung = build_datasets(cfg, splits, tmp_path)["test"].images
     cfg_b, _ = lung_test_split("dataset.window=[-160,240]")  # a soft-tissue window

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datasets_util import LUNG, compose_cfg, folder_dataset
+from datasets_util import compose_cfg, folder_dataset, symlink_lung
 from segbench import SegbenchError
 from segbench.data import build_datasets, list_splits
 from segbench.data.files import UnpairedFiles
@@ -76,19 +76,15 @@ def test_unpaired_skip_warns_with_the_count(tmp_path, caplog):
     assert "skipping 3 image(s) without a mask and 0 mask(s) without an image" in caplog.text
 
 
-def test_unpaired_lung_slice(tmp_path):
-    (tmp_path / "2d_images").mkdir()
-    (tmp_path / "2d_masks").mkdir()
-    for path in sorted((LUNG / "2d_images").glob("*.tif")):
-        (tmp_path / "2d_images" / path.name).symlink_to(path)
-    for path in sorted((LUNG / "2d_masks").glob("*.tif"))[1:]:  # the first slice loses its mask
-        (tmp_path / "2d_masks" / path.name).symlink_to(path)
+def test_unpaired_lung_slice(tmp_path, lung_stand_in):
+    names = list(lung_stand_in.ids)
+    symlink_lung(tmp_path, lung_stand_in.root, names, masks=names[1:])  # the first loses its mask
     cfg = compose_cfg("dataset=lung_ct", f"dataset.root={tmp_path}")
-    with pytest.raises(UnpairedFiles, match=r"1 image\(s\) without a mask.*ID_0000_Z_0142\.tif"):
+    with pytest.raises(UnpairedFiles, match=rf"1 image\(s\) without a mask.*{names[0]}\.tif"):
         list_splits(cfg)
     assert sum(len(v) for v in list_splits(
         compose_cfg("dataset=lung_ct", f"dataset.root={tmp_path}", "dataset.on_unpaired=skip")
-    ).values()) == 23
+    ).values()) == len(names) - 1
     with pytest.raises(SegbenchError, match="on_unpaired='maybe'; use error or skip"):
         list_splits(compose_cfg("dataset=lung_ct", f"dataset.root={tmp_path}",
                                 "dataset.on_unpaired=maybe"))
@@ -104,18 +100,15 @@ def test_corrupt_file_is_named(tmp_path, which):
         build_datasets(cfg, list_splits(cfg), None)
 
 
-def test_truncated_ct_slice_is_named(tmp_path):
-    (tmp_path / "2d_images").mkdir()
-    (tmp_path / "2d_masks").mkdir()
-    for path in sorted((LUNG / "2d_images").glob("*.tif"))[:4]:
-        (tmp_path / "2d_masks" / path.name).symlink_to(LUNG / "2d_masks" / path.name)
-        (tmp_path / "2d_images" / path.name).symlink_to(path)
-    victim = tmp_path / "2d_images" / "ID_0011_Z_0156.tif"
+def test_truncated_ct_slice_is_named(tmp_path, lung_stand_in):
+    names = list(lung_stand_in.ids[:4])
+    symlink_lung(tmp_path, lung_stand_in.root, names)
+    victim = tmp_path / "2d_images" / f"{names[1]}.tif"
     data = victim.read_bytes()
     victim.unlink()
     victim.write_bytes(data[: len(data) // 3])
     cfg = compose_cfg("dataset=lung_ct", f"dataset.root={tmp_path}", "resolution='64'")
-    with pytest.raises(SegbenchError, match=r"ID_0011_Z_0156\.tif"):
+    with pytest.raises(SegbenchError, match=rf"{names[1]}\.tif"):
         build_datasets(cfg, list_splits(cfg), None)
 
 

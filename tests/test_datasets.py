@@ -1,7 +1,10 @@
-"""The real-format loaders on the shared samples: counts, order, splits, shapes and value ranges."""
+"""The real-format loaders: counts, order, splits, shapes and value ranges, on the generated
+stand-ins (segbench.data.fixtures) and, where it is beside the repository, on the real shared
+sample too (the tests taking a *_source fixture; the shared ones are marked shared_data)."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import re
 import shutil
@@ -12,21 +15,24 @@ import numpy as np
 import pytest
 import tifffile
 
-from datasets_util import LGG, LUNG, compose_cfg, folder_dataset, kvasir_copy, lgg_patients
+from datasets_util import compose_cfg, folder_dataset, lgg_patients
 from segbench import SegbenchError
-from segbench.data import build_datasets, list_splits
+from segbench.data import build_datasets, fixtures, list_splits
 from segbench.data import lung_ct as lung_module
 from segbench.data.lgg_mri import patient_of
 
-LGG_SLICES = {"TCGA_CS_4941": 23, "TCGA_DU_5849": 38, "TCGA_FG_5962": 51, "TCGA_HT_7473": 32}
 
-
-def lgg_cfg(*overrides, root=LGG):
+def lgg_cfg(*overrides, root):
     return compose_cfg("dataset=lgg_mri", f"dataset.root={root}", "resolution='64'", *overrides)
 
 
-def lung_cfg(*overrides, root=LUNG):
+def lung_cfg(*overrides, root):
     return compose_cfg("dataset=lung_ct", f"dataset.root={root}", "resolution='64'", *overrides)
+
+
+def kvasir_cfg(*overrides, root):
+    return compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}", "resolution='64'",
+                       *overrides)
 
 
 def groups_of(samples):
@@ -35,30 +41,49 @@ def groups_of(samples):
 
 # --- LGG brain MRI -------------------------------------------------------------------------------
 
-def test_lgg_counts_and_patient_split():
-    splits = list_splits(lgg_cfg())
-    assert sum(len(v) for v in splits.values()) == sum(LGG_SLICES.values()) == 144
+def test_lgg_counts_and_patient_split(lgg_source):
+    slices = lgg_source.facts["slices"]
+    splits = list_splits(lgg_cfg(root=lgg_source.root))
+    assert sum(len(v) for v in splits.values()) == sum(slices.values())
     # 4 patients with the defaults (test 0.2, val 0.2): 2 train, 1 val, 1 test, none shared.
     assert [len(groups_of(splits[k])) for k in ("train", "val", "test")] == [2, 1, 1]
     for split in splits.values():
         for patient in groups_of(split):
-            assert sum(s.group == patient for s in split) == LGG_SLICES[patient]  # whole patients
+            assert sum(s.group == patient for s in split) == slices[patient]  # whole patients
+
+
+def test_lgg_stand_in_ids_and_folders(lgg_stand_in):
+    """Every slice written is listed once, under its patient (the folder without its date)."""
+    splits = list_splits(lgg_cfg(root=lgg_stand_in.root))
+    samples = [s for split in splits.values() for s in split]
+    assert sorted(s.id for s in samples) == list(lgg_stand_in.ids)
+    for s in samples:
+        assert s.id in lgg_stand_in.patients[s.group]
+        assert s.image.parent.name.startswith(s.group) and s.mask.name == f"{s.id}_mask.tif"
+    assert {patient.split("_")[1] for patient in lgg_stand_in.patients} == {"CS", "DU", "FG", "HT"}
+    # data.csv beside the folders (the loader ignores it): one row per patient, by `Patient`.
+    with open(lgg_stand_in.root / "kaggle_3m" / "data.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["Patient"] for r in rows] == sorted(lgg_stand_in.patients)
+    assert all(None not in r and len(r) == len(fixtures.LGG_CSV_HEADER) for r in rows)
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_lgg_no_patient_in_two_splits(seed):
-    splits = list_splits(lgg_cfg(f"dataset.split_seed={seed}"))
+def test_lgg_no_patient_in_two_splits(seed, lgg_stand_in):
+    splits = list_splits(lgg_cfg(f"dataset.split_seed={seed}", root=lgg_stand_in.root))
     train, val, test = (groups_of(splits[k]) for k in ("train", "val", "test"))
     assert not (train & val) and not (train & test) and not (val & test)
-    assert train | val | test == set(LGG_SLICES)
+    assert train | val | test == set(lgg_stand_in.patients)
 
 
-def test_lgg_slices_in_numeric_order():
-    splits = list_splits(lgg_cfg())
+def test_lgg_slices_in_numeric_order(lgg_source):
+    slices = lgg_source.facts["slices"]
+    assert max(slices.values()) >= 11  # the data has a slice 11, so 10 and 11 both follow 9
+    splits = list_splits(lgg_cfg(root=lgg_source.root))
     for split in splits.values():
         for patient in groups_of(split):
             numbers = [int(re.search(r"_(\d+)$", s.id)[1]) for s in split if s.group == patient]
-            assert numbers == list(range(1, LGG_SLICES[patient] + 1))  # 9, 10, 11 - not 1, 10, 11
+            assert numbers == list(range(1, slices[patient] + 1))  # 9, 10, 11 - not 1, 10, 11
             ids = [s.id for s in split if s.group == patient]
             assert ids.index(f"{ids[0][:-2]}_9") + 1 == ids.index(f"{ids[0][:-2]}_10")
 
@@ -68,20 +93,20 @@ def test_lgg_patient_is_folder_without_date():
     assert patient_of("my_volume") == "my_volume"
 
 
-def test_lgg_train_fraction_takes_whole_patients_and_keeps_val_and_test():
-    full = list_splits(lgg_cfg("dataset.test_fraction=0.25", "dataset.val_fraction=0.34"))
-    half = list_splits(lgg_cfg("dataset.test_fraction=0.25", "dataset.val_fraction=0.34",
-                               "dataset.train_fraction=0.5"))
+def test_lgg_train_fraction_takes_whole_patients_and_keeps_val_and_test(lgg_stand_in):
+    cfg = ("dataset.test_fraction=0.25", "dataset.val_fraction=0.34")
+    full = list_splits(lgg_cfg(*cfg, root=lgg_stand_in.root))
+    half = list_splits(lgg_cfg(*cfg, "dataset.train_fraction=0.5", root=lgg_stand_in.root))
     assert len(groups_of(full["train"])) == 2 and len(groups_of(half["train"])) == 1
     patient = groups_of(half["train"]).pop()
-    assert len(half["train"]) == LGG_SLICES[patient]
+    assert [s.id for s in half["train"]] == list(lgg_stand_in.patients[patient])
     assert {s.id for s in half["train"]} < {s.id for s in full["train"]}  # a subset, nested
     for split in ("val", "test"):
         assert [s.id for s in half[split]] == [s.id for s in full[split]]
 
 
-def test_lgg_images_and_masks_decode(tmp_path):
-    cfg = lgg_cfg()
+def test_lgg_images_and_masks_decode(tmp_path, lgg_source):
+    cfg = lgg_cfg(root=lgg_source.root)
     splits = list_splits(cfg)
     data = build_datasets(cfg, splits, tmp_path, augment=False)
     train = data["train"]
@@ -94,44 +119,66 @@ def test_lgg_images_and_masks_decode(tmp_path):
     assert 0 < has_tumour.sum() < len(train)
 
 
-def test_lgg_root_may_be_kaggle_3m_or_the_kaggle_copy(tmp_path):
-    assert len(list_splits(lgg_cfg(root=LGG / "kaggle_3m"))["test"]) > 0
+def test_lgg_stand_in_masks_decode_where_written(tmp_path, lgg_stand_in):
+    """At the files' own size, the slices with tumour are exactly those written with one, and
+    the images are 3-channel uint8 (pre-contrast, FLAIR, post-contrast)."""
+    cfg = lgg_cfg("resolution='256'", root=lgg_stand_in.root)
+    splits = list_splits(cfg)
+    samples = [s for split in splits.values() for s in split]
+    data = build_datasets(cfg, splits, None, augment=False)
+    masks = np.concatenate([np.asarray(data[k].masks) for k in splits])
+    assert masks.shape == (len(lgg_stand_in.ids), 256, 256)
+    written = [s.id in lgg_stand_in.foreground for s in samples]
+    assert masks.reshape(len(samples), -1).any(1).tolist() == written
+    assert 0 < sum(written) < len(written) / 2  # most slices have an empty mask
+    image = tifffile.imread(samples[0].image)
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    assert set(np.unique(tifffile.imread(samples[0].mask)).tolist()) <= {0, 255}
+
+
+def test_lgg_root_may_be_kaggle_3m_or_the_kaggle_copy(tmp_path, lgg_stand_in):
+    assert len(list_splits(lgg_cfg(root=lgg_stand_in.root / "kaggle_3m"))["test"]) > 0
     nested = tmp_path / "lgg-mri-segmentation"
     nested.mkdir()
-    (nested / "kaggle_3m").symlink_to(LGG / "kaggle_3m")
-    assert sum(len(v) for v in list_splits(lgg_cfg(root=tmp_path)).values()) == 144
+    (nested / "kaggle_3m").symlink_to(lgg_stand_in.root / "kaggle_3m")
+    listed = list_splits(lgg_cfg(root=tmp_path))
+    assert sum(len(v) for v in listed.values()) == len(lgg_stand_in.ids)
 
 
-def test_lgg_too_few_patients_is_a_clear_error(tmp_path):
-    root = lgg_patients(tmp_path, ["TCGA_CS", "TCGA_DU"])
+def test_lgg_too_few_patients_is_a_clear_error(tmp_path, lgg_stand_in):
+    root = lgg_patients(tmp_path, lgg_stand_in.root, ["TCGA_CS", "TCGA_DU"])
     with pytest.raises(SegbenchError, match=r"2 patients: too few to split .*at least 3"):
         list_splits(lgg_cfg(root=root))
 
 
-def test_lgg_three_patients_split_one_each(tmp_path):
-    root = lgg_patients(tmp_path, ["TCGA_CS", "TCGA_DU", "TCGA_HT"])
+def test_lgg_three_patients_split_one_each(tmp_path, lgg_stand_in):
+    root = lgg_patients(tmp_path, lgg_stand_in.root, ["TCGA_CS", "TCGA_DU", "TCGA_HT"])
     splits = list_splits(lgg_cfg(root=root))
     assert [len(groups_of(splits[k])) for k in ("train", "val", "test")] == [1, 1, 1]
 
 
 # --- Lung CT -------------------------------------------------------------------------------------
 
-def test_lung_counts_and_seeded_split():
-    splits = list_splits(lung_cfg())
+def test_lung_counts_and_seeded_split(lung_source):
+    root = lung_source.root
+    splits = list_splits(lung_cfg(root=root))
+    assert len(lung_source.facts["ids"]) == 24
+    assert sorted(s.id for v in splits.values() for s in v) == lung_source.facts["ids"]
     assert {k: len(v) for k, v in splits.items()} == {"train": 15, "val": 4, "test": 5}
-    again = list_splits(lung_cfg())
+    again = list_splits(lung_cfg(root=root))
     assert [s.id for s in again["test"]] == [s.id for s in splits["test"]]
-    other = list_splits(lung_cfg("dataset.split_seed=3"))
+    other = list_splits(lung_cfg("dataset.split_seed=3", root=root))
     assert [s.id for s in other["test"]] != [s.id for s in splits["test"]]
     # The test split does not move when validation or training fractions change.
-    varied = list_splits(lung_cfg("dataset.val_fraction=0.5", "dataset.train_fraction=0.5"))
+    varied = list_splits(lung_cfg("dataset.val_fraction=0.5", "dataset.train_fraction=0.5",
+                                  root=root))
     assert [s.id for s in varied["test"]] == [s.id for s in splits["test"]]
 
 
-def test_lung_train_fraction_sizes():
-    full = list_splits(lung_cfg())
+def test_lung_train_fraction_sizes(lung_stand_in):
+    full = list_splits(lung_cfg(root=lung_stand_in.root))
     for fraction, expected in ((0.5, 8), (0.2, 3), (1.0, 15)):
-        part = list_splits(lung_cfg(f"dataset.train_fraction={fraction}"))
+        part = list_splits(lung_cfg(f"dataset.train_fraction={fraction}", root=lung_stand_in.root))
         assert len(part["train"]) == expected
         assert {s.id for s in part["train"]} <= {s.id for s in full["train"]}
         assert [s.id for s in part["val"]] == [s.id for s in full["val"]]
@@ -143,8 +190,8 @@ def test_lung_hu_window_maps_to_unit_range():
         == [0.0, 0.0, 0.5, 1.0, 1.0]
 
 
-def test_lung_windowed_images_are_not_saturated():
-    cfg = lung_cfg()
+def test_lung_windowed_images_are_not_saturated(lung_source):
+    cfg = lung_cfg(root=lung_source.root)
     sample = list_splits(cfg)["train"][0]
     hu = tifffile.imread(sample.image)
     assert hu.dtype == np.int16 and hu.min() < -900 and hu.max() > 400  # the raw trap
@@ -160,8 +207,27 @@ def test_lung_windowed_images_are_not_saturated():
     assert len(np.unique(image[mask == 1])) > 50  # lung texture kept, not one dark level
 
 
-def test_lung_channels_replicated_to_three(tmp_path):
-    cfg = lung_cfg("dataset.channels=3")
+def test_lung_stand_in_files_are_hounsfield_slices(lung_stand_in):
+    """The stand-in's formats, slice by slice: int16 HU within the real data's ranges (padding
+    below -1500 in some slices, bone and calcification above 1000), uint8 {0, 255} masks of the
+    same names with lungs in every slice, and lung_stats.csv rows that match the masks."""
+    assert all(re.fullmatch(r"ID_\d{4}_Z_\d{4}", i) for i in lung_stand_in.ids)
+    lows = []
+    stats = (lung_stand_in.root / "lung_stats.csv").read_text().splitlines()
+    assert stats[0].startswith("img_id,lung_area_px,") and len(stats) == len(lung_stand_in.ids) + 1
+    for i, row in zip(lung_stand_in.ids, stats[1:], strict=True):
+        hu = tifffile.imread(lung_stand_in.root / "2d_images" / f"{i}.tif")
+        mask = tifffile.imread(lung_stand_in.root / "2d_masks" / f"{i}.tif")
+        assert hu.shape == mask.shape == (512, 512) and hu.dtype == np.int16
+        assert -2700 < hu.min() < -900 and 1000 < hu.max() < 6000
+        assert mask.dtype == np.uint8 and set(np.unique(mask).tolist()) == {0, 255}
+        assert row.split(",")[:2] == [f"{i}.tif", str(int((mask > 0).sum()))]
+        lows.append(hu.min())
+    assert min(lows) < -1500 < max(lows)  # some slices padded outside the scan circle, some not
+
+
+def test_lung_channels_replicated_to_three(tmp_path, lung_stand_in):
+    cfg = lung_cfg("dataset.channels=3", root=lung_stand_in.root)
     splits = list_splits(cfg)
     data = build_datasets(cfg, {"test": splits["test"]}, tmp_path, augment=False)
     images = np.asarray(data["test"].images)
@@ -170,8 +236,8 @@ def test_lung_channels_replicated_to_three(tmp_path):
     assert compose_cfg("dataset=lung_ct", "dataset.channels=3").model.in_channels == 3
 
 
-def test_lung_bad_window_and_8bit_slices(tmp_path):
-    cfg = lung_cfg("dataset.window=[400,-1000]")
+def test_lung_bad_window_and_8bit_slices(tmp_path, lung_stand_in):
+    cfg = lung_cfg("dataset.window=[400,-1000]", root=lung_stand_in.root)
     sample = list_splits(cfg)["test"][0]
     with pytest.raises(SegbenchError, match=r"low < high"):
         lung_module.read(sample, cfg.dataset)
@@ -187,29 +253,67 @@ def test_lung_bad_window_and_8bit_slices(tmp_path):
 
 # --- Kvasir-Instrument ---------------------------------------------------------------------------
 
-def test_kvasir_official_split_and_rgb_masks(tmp_path, caplog):
-    root = kvasir_copy(tmp_path / "kvasir")
-    cfg = compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}", "resolution='64'")
+def test_kvasir_official_split_and_rgb_masks(tmp_path, caplog, kvasir_source):
+    facts, root = kvasir_source.facts, kvasir_source.root
+    cfg = kvasir_cfg(root=root)
     with caplog.at_level(logging.WARNING):
         splits = list_splits(cfg)
-    # 18 masks on disk: 15 listed in train.txt, 3 in test.txt; the other 572 ids are absent.
-    assert len(splits["test"]) == 3 and len(splits["train"]) + len(splits["val"]) == 15
-    assert len(splits["val"]) == 3
+    # The pairs on disk listed in train.txt go to train/val, those in test.txt to test.
+    assert len(splits["test"]) == facts["test_files"]
+    assert len(splits["train"]) + len(splits["val"]) == facts["train_files"]
+    assert len(splits["val"]) == round(0.2 * facts["train_files"])
     test_ids = set((root / "test.txt").read_text().split())
     assert {s.id for s in splits["test"]} <= test_ids
     assert not {s.id for s in splits["train"] + splits["val"]} & test_ids
-    assert "572 of the 590 listed ids have no image/mask files" in caplog.text
+    missing = facts["listed"] - facts["files"]
+    if missing:  # a partial copy (the shared sample) says so once
+        assert (f"{missing} of the {facts['listed']} listed ids have no image/mask files"
+                in caplog.text)
+    else:
+        assert "listed ids" not in caplog.text
     data = build_datasets(cfg, splits, tmp_path / "cache", augment=False)
     for name in ("train", "val", "test"):
         assert data[name].images.shape[1:] == (64, 64, 3)
         assert set(np.unique(data[name].masks).tolist()) == {0, 1}
 
 
-def test_kvasir_publisher_folder_and_unextracted_tarballs(tmp_path):
+def test_kvasir_stand_in_files_and_split_order(kvasir_stand_in):
+    """Masks are RGB PNGs with three identical channels {0, 255} at the listed frame sizes,
+    frames are JPEGs of the same size, and the test split keeps test.txt's order."""
+    root, lists = kvasir_stand_in.root, kvasir_stand_in.split_files
+    assert len(kvasir_stand_in.ids) == len(fixtures.KVASIR_SIZES)
+    sizes = set(kvasir_stand_in.sizes.values())
+    assert {(768, 576), (720, 576), (1920, 1072), (633, 531)} <= sizes
+    for i, (width, height) in kvasir_stand_in.sizes.items():
+        mask = cv2.imread(str(root / "masks" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (height, width, 3) and mask.dtype == np.uint8
+        assert (mask[..., 0] == mask[..., 1]).all() and (mask[..., 1] == mask[..., 2]).all()
+        assert set(np.unique(mask).tolist()) == {0, 255}
+        frame = cv2.imread(str(root / "images" / f"{i}.jpg"), cv2.IMREAD_UNCHANGED)
+        assert frame.shape == (height, width, 3)
+        assert (root / "images" / f"{i}.jpg").read_bytes()[:2] == b"\xff\xd8"  # JPEG
+    splits = list_splits(kvasir_cfg(root=root))
+    assert [s.id for s in splits["test"]] == list(lists["test"])
+    assert {s.id for s in splits["train"] + splits["val"]} == set(lists["train"])
+    assert (root / "train.txt").read_text().splitlines() == list(lists["train"])
+
+
+def test_kvasir_partial_copy_warns_with_the_count(tmp_path, caplog):
+    """Ids listed without files (a partial copy) are left out with one warning counting them."""
+    part = fixtures.write_kvasir_instrument(tmp_path / "part", sizes=[(720, 576)] * 4, n_test=1,
+                                            listed_without_files=(5, 2))
+    with caplog.at_level(logging.WARNING):
+        splits = list_splits(kvasir_cfg(root=part.root))
+    assert "7 of the 11 listed ids have no image/mask files" in caplog.text
+    assert len(splits["test"]) == 1 and len(splits["train"]) + len(splits["val"]) == 3
+
+
+def test_kvasir_publisher_folder_and_unextracted_tarballs(tmp_path, kvasir_stand_in):
     root = tmp_path / "root"
-    kvasir_copy(root / "kvasir-instrument")  # the folder inside kvasir-instrument.zip
+    # The folder inside kvasir-instrument.zip.
+    shutil.copytree(kvasir_stand_in.root, root / "kvasir-instrument")
     cfg = compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}")
-    assert len(list_splits(cfg)["test"]) == 3
+    assert len(list_splits(cfg)["test"]) == len(kvasir_stand_in.split_files["test"])
     folder = root / "kvasir-instrument"
     with tarfile.open(folder / "images.tar.gz", "w:gz") as tar:
         tar.add(folder / "images", arcname="images")

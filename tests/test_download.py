@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from datasets_util import LUNG, compose_cfg, kvasir_copy
+from datasets_util import compose_cfg
 from segbench import SegbenchError
 from segbench.commands import download as download_command
 from segbench.data import download, list_splits
@@ -68,10 +68,11 @@ def url_of(server, name="kvasir-instrument.zip"):
     return f"http://127.0.0.1:{server.server_address[1]}/downloads/{name}"
 
 
-def publisher_zip(tmp_path: Path) -> bytes:
+@pytest.fixture(scope="module")
+def archive(kvasir_stand_in) -> bytes:
     """kvasir-instrument.zip as the publisher ships it: a kvasir-instrument/ folder holding
-    images.tar.gz, masks.tar.gz, train.txt and test.txt (built from the shared sample)."""
-    src = kvasir_copy(tmp_path / "publisher-src")
+    images.tar.gz, masks.tar.gz, train.txt and test.txt (built from the stand-in)."""
+    src = kvasir_stand_in.root
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as z:
         for part in ("images", "masks"):
@@ -89,25 +90,25 @@ def download_cfg(root, url, *overrides):
                        f"dataset.download.url={url}", "timeout=5", *overrides, config="download")
 
 
-def test_download_checks_and_unpacks_into_the_layout(tmp_path, publisher):
-    publisher.payload = publisher_zip(tmp_path)
+def test_download_checks_and_unpacks_into_the_layout(tmp_path, publisher, archive, kvasir_stand_in):
+    publisher.payload = archive
     root = tmp_path / "data" / "kvasir_instrument"
     cfg = download_cfg(root, url_of(publisher))
     download_command.run(cfg)
     assert sorted(p.name for p in root.iterdir()) == [
         "images", "kvasir-instrument.zip.sha256", "masks", "test.txt", "train.txt"]
-    assert len(list((root / "images").glob("*.jpg"))) == 18
+    assert sorted(p.stem for p in (root / "images").glob("*.jpg")) == list(kvasir_stand_in.ids)
     digest = hashlib.sha256(publisher.payload).hexdigest()
     assert (root / "kvasir-instrument.zip.sha256").read_text().split()[0] == digest
     splits = list_splits(compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}"))
-    assert len(splits["test"]) == 3
+    assert [s.id for s in splits["test"]] == list(kvasir_stand_in.split_files["test"])
     # Run again: the data is there, nothing is fetched.
     download_command.run(cfg)
     assert publisher.requests == [None]
 
 
-def test_interrupted_download_resumes(tmp_path, publisher):
-    publisher.payload = publisher_zip(tmp_path)
+def test_interrupted_download_resumes(tmp_path, publisher, archive, kvasir_stand_in):
+    publisher.payload = archive
     publisher.break_after = len(publisher.payload) // 3
     root = tmp_path / "kvasir"
     cfg = download_cfg(root, url_of(publisher))
@@ -117,11 +118,12 @@ def test_interrupted_download_resumes(tmp_path, publisher):
     assert part.stat().st_size == len(publisher.payload) // 3
     download_command.run(cfg)  # the same command again
     assert publisher.requests == [None, f"bytes={len(publisher.payload) // 3}-"]
-    assert not part.exists() and len(list((root / "masks").glob("*.png"))) == 18
+    assert not part.exists()
+    assert sorted(p.stem for p in (root / "masks").glob("*.png")) == list(kvasir_stand_in.ids)
 
 
-def test_server_without_ranges_starts_again(tmp_path, publisher):
-    publisher.payload = publisher_zip(tmp_path)
+def test_server_without_ranges_starts_again(tmp_path, publisher, archive):
+    publisher.payload = archive
     publisher.ranges = False
     root = tmp_path / "kvasir"
     root.mkdir()
@@ -131,8 +133,8 @@ def test_server_without_ranges_starts_again(tmp_path, publisher):
         hashlib.sha256(publisher.payload).hexdigest()
 
 
-def test_checksum_mismatch_deletes_the_archive(tmp_path, publisher):
-    publisher.payload = publisher_zip(tmp_path)
+def test_checksum_mismatch_deletes_the_archive(tmp_path, publisher, archive):
+    publisher.payload = archive
     root = tmp_path / "kvasir"
     cfg = download_cfg(root, url_of(publisher), "dataset.download.sha256=" + "0" * 64,
                        "keep_archive=true")
@@ -147,13 +149,14 @@ def test_checksum_mismatch_deletes_the_archive(tmp_path, publisher):
     assert (root / "kvasir-instrument.zip").is_file() and (root / "images").is_dir()
 
 
-def test_an_archive_put_there_by_hand_is_unpacked_without_network(tmp_path):
+def test_an_archive_put_there_by_hand_is_unpacked_without_network(tmp_path, archive,
+                                                                   kvasir_stand_in):
     root = tmp_path / "kvasir"
     root.mkdir()
-    (root / "kvasir-instrument.zip").write_bytes(publisher_zip(tmp_path))
+    (root / "kvasir-instrument.zip").write_bytes(archive)
     download_command.run(download_cfg(root, "http://127.0.0.1:9/kvasir-instrument.zip"))
-    assert len(list_splits(compose_cfg("dataset=kvasir_instrument",
-                                       f"dataset.root={root}"))["test"]) == 3
+    assert len(list_splits(compose_cfg("dataset=kvasir_instrument", f"dataset.root={root}"))[
+        "test"]) == len(kvasir_stand_in.split_files["test"])
 
 
 def test_corrupt_archive_is_refused(tmp_path):
@@ -219,13 +222,13 @@ def test_kaggle_without_credentials(tmp_path, monkeypatch):
         download_command.run(cfg)
 
 
-def test_kaggle_download_unpacks_nested_zips(tmp_path, monkeypatch):
+def test_kaggle_download_unpacks_nested_zips(tmp_path, monkeypatch, lung_stand_in):
     class FakeApi:
         def dataset_download_files(self, slug, path, unzip, quiet):
             assert slug == "kmader/finding-lungs-in-ct-data" and unzip
             for part in ("2d_images", "2d_masks"):  # the archive's own zips, not unpacked
                 with zipfile.ZipFile(Path(path) / f"{part}.zip", "w") as z:
-                    for tif in sorted((LUNG / part).glob("*.tif"))[:6]:
+                    for tif in sorted((lung_stand_in.root / part).glob("*.tif"))[:6]:
                         z.write(tif, f"{part}/{tif.name}")
 
     monkeypatch.setattr(download, "_kaggle_api", FakeApi)

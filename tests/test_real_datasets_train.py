@@ -1,4 +1,5 @@
-"""`segbench train` (and `eval`) end to end on the shared lung CT and LGG samples, tiny and on CPU."""
+"""`segbench train` (and `eval`) end to end on the real lung CT and LGG formats, tiny and on CPU:
+on the generated stand-ins and, where it is beside the repository, on the shared samples."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import pytest
 
 from conftest import run_cli
-from datasets_util import LGG, LUNG
 
 TINY_REAL = [
     "resolution='64'",  # quoted: a numeric group choice
@@ -28,8 +28,8 @@ def sane(m: dict) -> None:
 
 
 @pytest.mark.slow
-def test_train_lung_ct(tmp_path):
-    proc = run_cli("train", "dataset=lung_ct", f"dataset.root={LUNG}", *TINY_REAL,
+def test_train_lung_ct(tmp_path, lung_source):
+    proc = run_cli("train", "dataset=lung_ct", f"dataset.root={lung_source.root}", *TINY_REAL,
                    "eval.native_resolution=true", cwd=tmp_path)
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -46,7 +46,7 @@ def test_train_lung_ct(tmp_path):
     inputs = tmp_path / "slices"
     inputs.mkdir()
     for i in test_ids:
-        (inputs / f"{i}.tif").symlink_to(LUNG / "2d_images" / f"{i}.tif")
+        (inputs / f"{i}.tif").symlink_to(lung_source.root / "2d_images" / f"{i}.tif")
     run_cli("predict", f"run_dir={run}", f"input={inputs}", "output=masks", cwd=tmp_path)
     areas = {r["image"]: r for r in csv.DictReader(open(tmp_path / "masks" / "areas.csv"))}
     per_case = {r["image"]: r for r in csv.DictReader(open(run / "per_case.csv"))}
@@ -58,22 +58,27 @@ def test_train_lung_ct(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_and_eval_lgg_mri_per_volume(tmp_path):
-    run_cli("train", "dataset=lgg_mri", f"dataset.root={LGG}", "dataset.train_fraction=0.5",
-            "augmentation=strong", *TINY_REAL, cwd=tmp_path)
+def test_train_and_eval_lgg_mri_per_volume(tmp_path, lgg_source):
+    slices = lgg_source.facts["slices"]
+    run_cli("train", "dataset=lgg_mri", f"dataset.root={lgg_source.root}",
+            "dataset.train_fraction=0.5", "augmentation=strong", *TINY_REAL, cwd=tmp_path)
     run = tmp_path / "run"
     split = json.loads((run / "split.json").read_text())
     groups = split["groups"]
     assert len(groups["train"]) == 1  # train_fraction 0.5 of 2 training patients: 1, whole
-    assert split["counts"]["val"] == 32 and split["counts"]["test"] == 51
+    # Whole patients: the seeded split puts FG in test and HT in validation.
+    assert [p.split("_")[1] for p in groups["test"] + groups["val"]] == ["FG", "HT"]
+    assert split["counts"]["val"] == slices[groups["val"][0]]
+    assert split["counts"]["test"] == slices[groups["test"][0]] == lgg_source.facts["pools"]["test"]
+    n_test = split["counts"]["test"]
     assert not set(groups["train"]) & set(groups["test"]) and not set(groups["val"]) & set(groups["test"])
     test = json.loads((run / "metrics.json").read_text())["test"]
     sane(test)
-    assert test["n_images"] == 51 and test["n_volumes"] == len(groups["test"]) == 1
+    assert test["n_images"] == n_test and test["n_volumes"] == len(groups["test"]) == 1
     assert 0.0 <= test["volume_dice_median"] <= 1.0
     rows = list(csv.DictReader(open(run / "per_volume.csv")))
     assert [r["volume"] for r in rows] == groups["test"]
-    assert sum(int(r["slices"]) for r in rows) == 51
+    assert sum(int(r["slices"]) for r in rows) == n_test
     assert float(rows[0]["dice"]) == pytest.approx(test["volume_dice_mean"], abs=1e-6)
     per_case = list(csv.DictReader(open(run / "per_case.csv")))
     assert {r["group"] for r in per_case} == set(groups["test"])

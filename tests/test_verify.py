@@ -1,4 +1,5 @@
-"""`segbench verify` on the shared samples (which pass) and on broken copies (which do not)."""
+"""`segbench verify` on the real formats (the generated stand-ins and, where it is beside the
+repository, the shared samples: which pass) and on broken copies (which do not)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import cv2
 import numpy as np
 
 from conftest import run_cli
-from datasets_util import LGG, LUNG, compose_cfg, folder_dataset, kvasir_copy
+from datasets_util import compose_cfg, folder_dataset
 from segbench.data.verify import format_report, verify_dataset
 
 
@@ -14,33 +15,47 @@ def verify_cfg(*overrides):
     return compose_cfg(*overrides, config="verify")
 
 
-def test_lgg_sample_passes():
-    report = verify_dataset(verify_cfg("dataset=lgg_mri", f"dataset.root={LGG}"))
+def test_lgg_passes(lgg_source):
+    facts = lgg_source.facts
+    total = sum(facts["slices"].values())
+    report = verify_dataset(verify_cfg("dataset=lgg_mri", f"dataset.root={lgg_source.root}"))
     assert report["problems"] == []
-    assert report["pools"] == {"train": 93, "test": 51} and report["pairs"] == 144
-    assert report["image_sizes"] == {"256x256": 144}
-    assert report["image_files"] == {"3ch uint8": 144} and report["mask_files"] == {"1ch uint8": 144}
+    assert report["pools"] == facts["pools"] and report["pairs"] == total
+    assert report["image_sizes"] == {"256x256": total}
+    assert report["image_files"] == {"3ch uint8": total}
+    assert report["mask_files"] == {"1ch uint8": total}
     assert set(report["mask_value_sets"]) == {"{0}", "{0, 255}"}
-    assert 0.4 < report["empty_masks"]["all"] < 0.7
+    assert report["empty_masks"]["all"] == round(1 - facts["tumour"] / total, 4)
+    assert 0.4 < report["empty_masks"]["all"] < 0.7  # most slices are empty, not all
     assert "patient" in report["split_text"]["test"]
     assert format_report(report).endswith("OK: no problems found")
 
 
-def test_lung_sample_passes_and_reports_hounsfield_files():
-    report = verify_dataset(verify_cfg("dataset=lung_ct", f"dataset.root={LUNG}"))
+def test_lung_passes_and_reports_hounsfield_files(lung_source):
+    report = verify_dataset(verify_cfg("dataset=lung_ct", f"dataset.root={lung_source.root}"))
     assert report["problems"] == [] and report["warnings"] == []
-    assert report["image_files"] == {"1ch int16": 24}
+    assert report["image_files"] == {"1ch int16": 24} and report["mask_files"] == {"1ch uint8": 24}
+    assert report["image_sizes"] == {"512x512": 24}
     assert report["splits"] == {"train": 15, "val": 4, "test": 5}
-    assert report["empty_masks"]["all"] == 0.0
+    assert report["empty_masks"]["all"] == 0.0 and report["black_images"] == 0
 
 
-def test_kvasir_copy_passes_with_a_partial_copy_warning(tmp_path):
-    root = kvasir_copy(tmp_path / "kvasir")
-    report = verify_dataset(verify_cfg("dataset=kvasir_instrument", f"dataset.root={root}"))
+def test_kvasir_passes(kvasir_source):
+    facts = kvasir_source.facts
+    report = verify_dataset(verify_cfg("dataset=kvasir_instrument",
+                                       f"dataset.root={kvasir_source.root}"))
     assert report["problems"] == []
-    assert report["mask_files"] == {"3ch uint8": 18} and report["image_files"] == {"3ch uint8": 18}
+    n = facts["files"]
+    assert report["mask_files"] == {"3ch uint8": n} and report["image_files"] == {"3ch uint8": n}
+    assert report["image_sizes"] == facts["sizes"]
     assert len(report["image_sizes"]) > 5 and report["image_sizes"]["720x576"] >= 3
-    assert any("572 of the 590 listed ids" in w for w in report["warnings"])
+    assert report["mask_value_sets"] == {"{0, 255}": n} and report["empty_masks"]["all"] == 0.0
+    missing = facts["listed"] - n
+    partial = [w for w in report["warnings"] if "listed ids" in w]
+    if missing:  # the shared sample is a partial copy and says so
+        assert any(f"{missing} of the {facts['listed']} listed ids" in w for w in partial)
+    else:
+        assert report["warnings"] == []
 
 
 def test_broken_folder_reports_every_problem(tmp_path):
@@ -64,8 +79,8 @@ def test_missing_root_is_a_problem(tmp_path):
     assert len(report["problems"]) == 1 and "does not exist" in report["problems"][0]
 
 
-def test_cli_exit_codes(tmp_path):
-    ok = run_cli("verify", "dataset=lung_ct", f"dataset.root={LUNG}", cwd=tmp_path)
+def test_cli_exit_codes(tmp_path, lung_stand_in):
+    ok = run_cli("verify", "dataset=lung_ct", f"dataset.root={lung_stand_in.root}", cwd=tmp_path)
     assert "OK: no problems found" in ok.stdout and "1ch int16: 24" in ok.stdout
     assert list(tmp_path.glob("outputs/verify/*_lung_ct/verify.json"))
     root = folder_dataset(tmp_path / "mine", n=6)
