@@ -1,4 +1,4 @@
-"""Metrics on hand-made masks follow DESIGN.md's definitions exactly."""
+"""Metrics on hand-made masks follow docs/metrics.md's definitions exactly."""
 
 from __future__ import annotations
 

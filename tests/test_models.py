@@ -94,7 +94,7 @@ def test_without_padding_a_size_the_model_cannot_take_fails_with_the_nearest_siz
         build_model(cfg)
 
 
-# The CT study's table: v1 31,037,633 exactly; v3 13.0M and v5 77.4M there (README: "Models").
+# The CT study's table: v1 31,037,633 exactly; v3 13.0M and v5 77.4M there (docs/models.md).
 @pytest.mark.parametrize("preset, expected", [("v1", 31_037_633), ("v3", 13_025_921),
                                                ("v4", 31_388_205), ("v5", 74_434_579)])
 def test_mcnet_parameter_counts(preset, expected):

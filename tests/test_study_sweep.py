@@ -83,7 +83,7 @@ def test_sweep_is_interrupted_resumed_and_reported(tmp_path):
     assert sgd["n_finished"] == "2" and sgd["dice_pairs"] == "8"
     assert float(sgd["dice_ci_low"]) <= float(sgd["dice_diff"]) <= float(sgd["dice_ci_high"])
     assert 0 < float(sgd["dice_p"]) <= 1
-    for r in rows.values():  # DESIGN.md: IoU never above Dice
+    for r in rows.values():  # docs/metrics.md: IoU never above Dice
         assert float(r["iou_mean"]) <= float(r["dice_mean"]) + 1e-9
 
 

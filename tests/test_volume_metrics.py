@@ -1,4 +1,4 @@
-"""Per-volume metrics (DESIGN.md): a volume's Dice pools TP/FP/FN over its slices."""
+"""Per-volume metrics (docs/metrics.md): a volume's Dice pools TP/FP/FN over its slices."""
 
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
-"""Segmentation metrics exactly as DESIGN.md defines them.
+"""Segmentation metrics exactly as docs/metrics.md defines them (the one place they are written).
 
 Evaluation loops call `confusion()` per batch (on the device, no host sync) and concatenate the
-per-image counts; `per_image()` and `summarize()` turn the counts into numbers once per split.
-
-- Masks are binary (value > 0); a prediction is foreground when probability >= threshold.
-- Per image: Dice = 2TP/(2TP+FP+FN), IoU = TP/(TP+FP+FN), precision = TP/(TP+FP),
-  recall = TP/(TP+FN), specificity = TN/(TN+FP), accuracy = (TP+TN)/N.
-- Empty prediction and empty ground truth: Dice = IoU = 1 (EMPTY_RULE). Precision, recall and
-  specificity with a zero denominator are NaN and left out of means (their count is reported).
-- `dice`/`iou` are means over images; `dice_micro`/`iou_micro` pool TP/FP/FN over the split.
-- AUROC and average precision rank every pixel of the split by its probability. The loop adds
-  each batch to a histogram of probabilities truncated to multiples of 1/SCORE_BINS = 2^-20
-  (about 1e-6), one per class, on the device; `auroc_ap()` reads the curves off the histogram
-  once. The result equals scikit-learn's roc_auc_score / average_precision_score on the
-  truncated probabilities exactly (pixels in one bin count as ties, as scikit-learn counts ties); memory is 16 MiB whatever the split's size, where keeping every pixel's
-  probability (118 Kvasir images at 576x720: 49 million pixels) would take hundreds of MiB and
-  a sort.
-- Surface distances (HD95, ASSD) are in segbench.surface.
+per-image counts; `per_image()` and `summarize()` turn the counts into numbers once per split,
+`per_group()` and `volume_summary()` into per-volume ones. For AUROC and average precision the
+loop adds each batch to `score_histogram()` on the device (bins of 1/SCORE_BINS); `auroc_ap()`
+reads the curves off the summed histogram once. Surface distances (HD95, ASSD) are in
+segbench.surface.
 """
 
 from __future__ import annotations
@@ -96,7 +85,7 @@ def summarize(counts) -> dict[str, float]:
 
 # --- Per-volume metrics (volumetric datasets such as LGG) --------------------------------------
 # A volume's counts are the sums over its slices, so its Dice pools TP/FP/FN over the volume
-# (DESIGN.md) rather than averaging slice Dice, where empty slices would weigh as much as the
+# (docs/metrics.md) rather than averaging slice Dice, where empty slices would weigh as much as the
 # tumour's.
 
 

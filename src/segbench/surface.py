@@ -1,16 +1,7 @@
 """Surface distances between binary masks: HD95 and ASSD per image, in parallel over images.
 
-Definitions (those of MONAI's compute_hausdorff_distance(percentile=95) and
-compute_average_surface_distance(symmetric=True); tests check against both MONAI and medpy):
-- A mask's surface is its pixels that the 3x3 cross erosion removes (mask XOR eroded mask,
-  outside the image counts as background), so a one-pixel mask is its own surface.
-- d(A->B): for every surface pixel of A, the Euclidean distance to the nearest surface pixel of
-  B, in pixels, or in mm when the pixel spacing is known.
-- HD95 = max(95th percentile of d(P->G), 95th percentile of d(G->P)), linear interpolation.
-- ASSD = mean of all the distances of d(P->G) and d(G->P) together (Heimann et al. 2009).
-- Either mask empty: both are undefined (NaN), left out of means and counted.
-medpy differs on purpose: its hd95 takes one percentile of both directions pooled, and its
-assd averages the two directed means.
+The definitions (MONAI's; how medpy's differ; empty masks) are in docs/metrics.md, the one
+place they are written; tests check against both MONAI and medpy.
 
 Each image is first cut to its masks' bounding box; the surfaces come from array shifts and
 the distances from KD-trees of the surface pixels (exact Euclidean, float64).
