@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from conftest import TINY, read_json, run_cli, run_dirs
+from conftest import TINY, run_cli
 
 
 def test_no_command_prints_usage_and_fails(tmp_path):
@@ -53,22 +53,6 @@ def test_quickstart_composes_64px_small_unet(tmp_path):
 
 
 @pytest.mark.slow
-def test_multirun_makes_one_complete_run_dir_per_job(tmp_path):
-    run_cli("train", "-m", "optimizer=adam,sgd", *TINY, "trainer.max_epochs=1",
-            "hydra.sweep.dir=sweep", cwd=tmp_path)
-    dirs = run_dirs(tmp_path / "sweep")
-    assert len(dirs) == 2
-    optimizers = set()
-    for d in dirs:
-        for name in ("config.yaml", "train.log", "history.csv", "metrics.json", "per_case.csv",
-                     "split.json", "curves.png", "predictions.png", "checkpoints/best.pt",
-                     "checkpoints/last.pt"):
-            assert (d / name).is_file(), f"{d}/{name} missing"
-        optimizers.add(yaml.safe_load((d / "config.yaml").read_text())["optimizer"]["name"])
-        assert read_json(d / "metrics.json")["test"]["n_images"] == 8
-    assert optimizers == {"adam", "sgd"}
-
-
 def test_resolution_a_model_cannot_take_is_named_with_valid_sizes(tmp_path):
     proc = run_cli("train", *TINY, "resolution=576x720", "model.pad_to_multiple=false",
                    "model.encoder_depth=5", "model.decoder_channels=[64,32,16,8,8]",

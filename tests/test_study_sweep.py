@@ -30,6 +30,7 @@ def _wait_for(predicate, proc, timeout: float = 240):
     raise AssertionError("timed out waiting for the sweep")
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sweep_is_interrupted_resumed_and_reported(tmp_path):
     outputs = tmp_path / "outputs"

@@ -135,6 +135,7 @@ def uninterrupted(tmp_path_factory) -> Path:
     return cwd / "run"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_and_resumed_run_has_the_same_history(uninterrupted, tmp_path, sig):
     run = tmp_path / "run"

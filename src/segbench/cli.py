@@ -56,6 +56,10 @@ def _main(argv: list[str]) -> None:
     if argv[0] in ("--version", "-V", "version"):
         print(f"segbench {__version__}")
         raise SystemExit(0)
+    if any(a.startswith("install=") or a.startswith("uninstall=") for a in argv) and \
+            has_flag(argv, "--shell-completion", "-sc"):
+        print(completion_script(commands.NAMES, uninstall=any(a.startswith("uninstall=") for a in argv)))
+        raise SystemExit(0)
     name, rest = argv[0], argv[1:]
     if name not in commands.NAMES:
         print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
@@ -66,6 +70,10 @@ def _main(argv: list[str]) -> None:
               file=sys.stderr)
         raise SystemExit(2)
     module = commands.load(name)
+    if has_flag(rest, "--shell-completion", "-sc") and "COMP_LINE" in os.environ:
+        # Hydra completes the overrides of one app: hand it the line without the command word.
+        words = os.environ["COMP_LINE"].split(" ")
+        os.environ["COMP_LINE"] = " ".join(w for i, w in enumerate(words) if i != 1)
     try:
         rest = quote_numeric_choices(rest)
         if hasattr(module, "prepare"):
@@ -78,3 +86,28 @@ def _main(argv: list[str]) -> None:
     except KeyboardInterrupt:
         print(f"\nsegbench {name}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def completion_script(names, uninstall: bool = False) -> str:
+    """Bash (and zsh with bashcompinit) completion for `segbench`: command names first, then
+    each command's config groups, options and values from Hydra's own completion.
+    `eval "$(segbench --shell-completion install=bash)"`"""
+    if uninstall:
+        return "complete -r segbench 2> /dev/null"
+    return f"""_segbench_completion()
+{{
+    local words=($COMP_LINE)
+    local cword=${{#words[@]}}
+    [[ "$COMP_LINE" == *" " ]] && cword=$((cword + 1))
+    local word=""
+    [[ "$COMP_LINE" != *" " ]] && word=${{words[$((cword - 1))]}}
+    if (( cword <= 2 )); then
+        COMPREPLY=($(compgen -W "{' '.join(names)} --help --version" -- "$word"))
+        return
+    fi
+    local choices
+    choices=$(COMP_POINT=$COMP_POINT COMP_LINE=$COMP_LINE segbench ${{words[1]}} -sc query=bash 2> /dev/null)
+    COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "$word"))
+}}
+COMP_WORDBREAKS=${{COMP_WORDBREAKS//=}}
+complete -o nospace -o default -F _segbench_completion segbench"""
