@@ -83,7 +83,8 @@ class Train:
 
 # Sections whose keys are all declared: an extra key there is a typo.
 STRICT = (EarlyStopping, Trainer, Eval)
-# Dataset keys every dataset shares, checked when present.
+# Keys that options of a group share, checked when present (the rest of a group's options are
+# checked against its factory's signature when it is built).
 DATASET_RULES = {
     "val_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "test_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
@@ -91,6 +92,11 @@ DATASET_RULES = {
     "split_seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "channels": (int, lambda v: v in (1, 3), "1 or 3"),
 }
+OPTIMIZER_RULES = {
+    "lr": (float, lambda v: v > 0, "a learning rate > 0, e.g. optimizer.lr=1e-3"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+}
+GROUP_RULES = {"dataset": DATASET_RULES, "optimizer": OPTIMIZER_RULES}
 
 
 def typed(cls, node, prefix: str = "", strict: bool | None = None):
@@ -196,12 +202,13 @@ def _as(value, option) -> tuple[bool, Any]:
 def check_train(cfg) -> Train:
     """The typed settings of a training config, or a one-line SegbenchError."""
     settings = typed(Train, cfg, strict=False)
-    dataset = cfg.get("dataset") or {}
-    for key, (kind, predicate, allowed) in DATASET_RULES.items():
-        if key in dataset:
-            value = convert(dataset[key], kind, f"dataset.{key}")
-            if not predicate(value):
-                raise SegbenchError(f"dataset.{key}={_show(dataset[key])}: use {allowed}")
+    for group, rules in GROUP_RULES.items():
+        node = cfg.get(group) or {}
+        for key, (kind, predicate, allowed) in rules.items():
+            if key in node:
+                value = convert(node[key], kind, f"{group}.{key}")
+                if not predicate(value):
+                    raise SegbenchError(f"{group}.{key}={_show(node[key])}: use {allowed}")
     return settings
 
 
