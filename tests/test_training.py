@@ -210,3 +210,29 @@ def test_config_yaml_is_the_resolved_config(tiny_run):
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
     assert "${" not in (tiny_run / "config.yaml").read_text()
     assert cfg["model"]["in_channels"] == 3 and cfg["resolution"] == {"height": 64, "width": 64}
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("refused", [
+    ["optimizer.lr=1e-4"],            # a resume with another setting
+    ["model=fpn", "HYDRA_RUN_DIR"],   # another configuration pointed at the run's directory
+])
+def test_a_refused_command_changes_nothing_and_the_resume_still_works(tmp_path, refused):
+    run = tmp_path / "run"
+    run_cli("train", *TINY, "trainer.max_epochs=3", f"hydra.run.dir={run}", cwd=tmp_path)
+    (run / "metrics.json").unlink()  # as if interrupted after its last epoch
+    (run / "status.json").write_text('{"state": "interrupted", "epoch": 3}')
+    before = _snapshot(run)
+    args = [f"hydra.run.dir={run}" if a == "HYDRA_RUN_DIR" else a for a in refused]
+    if "HYDRA_RUN_DIR" in refused:
+        proc = run_cli("train", *TINY, "trainer.resume=true", *args, cwd=tmp_path, check=False)
+    else:
+        proc = run_cli("train", f"trainer.resume={run}", *args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "differs from the run being resumed" in proc.stdout
+    assert _snapshot(run) == before  # not one byte of the run changed
+    run_cli("train", f"trainer.resume={run}", cwd=tmp_path)
+    assert read_json(run / "status.json")["state"] == "finished"

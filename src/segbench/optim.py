@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules from the `optimizer` and `scheduler` config groups.
 
 Schedules step per epoch except where `interval = "step"` (warm-up cosine, onecycle, poly), and
-the plateau schedule reads validation IoU. Every schedule's state_dict holds plain values only,
-so it lives in last.pt and loads with torch.load(weights_only=True).
+the plateau schedule reads the run's monitored validation metric (trainer.monitor). Every
+schedule's state_dict holds plain values only, so it lives in last.pt and loads with
+torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -96,12 +97,14 @@ def list_schedulers() -> list[str]:
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, *, max_epochs: int,
-                    steps_per_epoch: int) -> Schedule:
-    """The configured schedule. Each factory takes the optimizer, the run's length and its
-    config's options; its defaults live in configs/scheduler/<name>.yaml only."""
+                    steps_per_epoch: int, monitor: str = "val_iou", mode: str = "max") -> Schedule:
+    """The configured schedule. Each factory takes the optimizer, the run's length, the metric
+    the run monitors (a history column; the plateau schedule reads it) and its config's options;
+    its defaults live in configs/scheduler/<name>.yaml only."""
     spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     return SCHEDULERS.build(spec, optimizer=optimizer,
-                            context={"max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch})
+                            context={"max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch,
+                                     "monitor": monitor, "mode": mode})
 
 
 @SCHEDULERS.register("none")
@@ -110,10 +113,11 @@ def constant(optimizer) -> Schedule:
 
 
 @SCHEDULERS.register("plateau")
-def plateau(optimizer, factor: float, patience: int, min_lr: float) -> Schedule:
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=factor,
+def plateau(optimizer, factor: float, patience: int, min_lr: float, monitor: str,
+            mode: str) -> Schedule:
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor,
                                                        patience=patience, min_lr=min_lr)
-    return Schedule(sched, monitor="val_iou")
+    return Schedule(sched, monitor=monitor)
 
 
 @SCHEDULERS.register("cosine")

@@ -7,7 +7,7 @@
       train.log        the log of every attempt
       split.json       the image ids of each split
       history.csv      one row per epoch
-      checkpoints/     last.pt (every epoch), best.pt (best validation IoU)
+      checkpoints/     last.pt (every epoch), best.pt (best value of the monitored metric)
       metrics.json     the test metrics of best.pt, model facts, timings, environment
       per_case.csv  per_volume.csv  curves.png  predictions.png  predictions.npz
       confusion_matrix.png  tb/
@@ -123,6 +123,17 @@ class RunDir:
         from omegaconf import OmegaConf
 
         write_atomic(self.path / CONFIG, OmegaConf.to_yaml(config))
+
+    def write_hydra(self, cfg, hydra_cfg) -> None:
+        """.hydra/config.yaml, hydra.yaml and overrides.yaml as Hydra writes them: segbench writes
+        them itself (train sets hydra.output_subdir=null) once a run is accepted."""
+        from omegaconf import OmegaConf
+
+        folder = self.path / HYDRA
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+        write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+        write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
     def status(self) -> dict:
         """The recorded status ({} when there is none or it cannot be read)."""

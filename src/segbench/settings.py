@@ -46,6 +46,8 @@ class Trainer:
     eval_batch_size: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
     num_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 0, "auto or an integer >= 0")
     grad_clip: float | None = _rule(lambda v: v is None or v > 0, "null or a number > 0")
+    monitor: str                          # auto | a validation metric (engine.early_stopping.MONITORS)
+    monitor_mode: Literal["auto", "max", "min"]
     early_stopping: EarlyStopping
     resume: bool | str | None  # auto | true | false | a run directory
     deterministic: bool

@@ -12,8 +12,10 @@ argument errors answer at once. `run_command()` is the one way in, for the CLI a
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
+from pathlib import Path
 from types import ModuleType
 
 from segbench import SegbenchError, config_dir
@@ -45,13 +47,35 @@ class HydraTask:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        module = load(self.name)
+        hydra_cfg = HydraConfig.get()
         try:
-            return load(self.name).run(cfg)
+            if getattr(module, "OWN_LOG_FILE", False):  # the command opens its log when ready
+                return module.run(cfg)
+            with log_file(Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"):
+                return module.run(cfg)
         except SegbenchError as err:
             log.error("%s", err)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 return None  # this job failed (its run dir says why); the sweep goes on
             raise SystemExit(2) from None
+
+
+@contextlib.contextmanager
+def log_file(path: Path):
+    """Log to `path` too (appending, in the console's format) while the block runs."""
+    root = logging.getLogger()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    console = next((h for h in root.handlers if h.formatter is not None), None)
+    handler.setFormatter(console.formatter if console else
+                         logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _restore_task(name: str) -> HydraTask:

@@ -16,6 +16,7 @@ from segbench.cli_args import has_flag, merge_overrides, override_key, quote
 
 CONFIG = "train"
 HELP = "train, validate and test one configuration (a sweep with -m)"
+OWN_LOG_FILE = True  # train.log opens once the run is accepted (a refusal changes no file)
 
 log = logging.getLogger("segbench.train")
 
@@ -55,7 +56,8 @@ def run(cfg) -> dict | None:
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
-    from segbench.rundir import RunDir
+    from segbench.commands import log_file
+    from segbench.rundir import LOG, RunDir
     from segbench.settings import check_train
 
     hydra_cfg = HydraConfig.get()
@@ -64,7 +66,7 @@ def run(cfg) -> dict | None:
         settings = check_train(cfg)  # a wrong type or value stops here, before training
     except SegbenchError as err:
         if not run_dir.holds_run():  # a new job of a sweep: the report lists it as failed
-            run_dir.path.mkdir(parents=True, exist_ok=True)
+            run_dir.write_hydra(cfg, hydra_cfg)
             run_dir.set_status("failed", error=str(err))
         raise
     resume = settings.trainer.resume
@@ -79,10 +81,12 @@ def run(cfg) -> dict | None:
         return run_dir.read_metrics()
     if resume and plan == "start":
         log.info("starting %s (no earlier attempt to resume there)", run_dir.path)
-    run_dir.path.mkdir(parents=True, exist_ok=True)
+    # Accepted: from here on the run directory is this process's.
+    run_dir.write_hydra(cfg, hydra_cfg)
     run_dir.write_config(config)
     run_dir.set_status("running", pid=os.getpid())
-    return _train(cfg, settings, run_dir, resuming=plan == "resume")
+    with log_file(run_dir / LOG):
+        return _train(cfg, settings, run_dir, resuming=plan == "resume")
 
 
 def _train(cfg, settings, run_dir, resuming: bool) -> dict:

@@ -1,22 +1,81 @@
-"""Early stopping on a validation metric that should rise (validation IoU)."""
+"""What the loop watches on the validation split: the monitor, and early stopping on it.
+
+One `Monitor` (a history column and a mode, `trainer.monitor` / `trainer.monitor_mode`) is read by
+best-checkpoint selection, early stopping and the plateau schedule alike, so that a study selects
+and stops on the quantity it reports.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from segbench import SegbenchError
+
+# The validation metrics a run can monitor (history.csv columns) and the direction of "better".
+MONITORS = {
+    "val_iou": "max", "val_dice": "max", "val_iou_micro": "max", "val_dice_micro": "max",
+    "val_volume_dice": "max", "val_loss": "min",
+}
+VOLUMETRIC = ("val_volume_dice",)
+
+
+@dataclass(frozen=True)
+class Monitor:
+    metric: str
+    mode: str  # max | min
+
+    def better(self, value: float, than: float | None, min_delta: float = 0.0) -> bool:
+        return improves(value, than, self.mode, min_delta)
+
+
+def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` in direction `mode` (None: anything
+    that is a number does; NaN never does)."""
+    if math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value > best + min_delta if mode == "max" else value < best - min_delta
+
+
+def resolve_monitor(metric: str, mode: str, dataset_default: str, volumetric: bool,
+                    dataset_name: str) -> Monitor:
+    """The run's monitor: `trainer.monitor` (auto: the dataset's `monitor`; auto there: per-volume
+    Dice for volumetric data, else per-image IoU), checked against what the data can give."""
+    if metric == "auto":
+        metric = dataset_default or "auto"
+    if metric == "auto":
+        metric = "val_volume_dice" if volumetric else "val_iou"
+    if metric not in MONITORS:
+        raise SegbenchError(f"trainer.monitor={metric}: not a validation metric; use auto or one of "
+                            f"{', '.join(MONITORS)}")
+    if metric in VOLUMETRIC and not volumetric:
+        raise SegbenchError(f"trainer.monitor={metric} needs volumetric data (images grouped by "
+                            f"patient/volume) and dataset {dataset_name} has none; use val_iou, "
+                            "val_dice or their _micro forms (for dataset=folder, set "
+                            "dataset.group_pattern to group images into volumes)")
+    if mode == "auto":
+        mode = MONITORS[metric]
+    if mode not in ("max", "min"):
+        raise SegbenchError(f"trainer.monitor_mode={mode}; use auto, max or min")
+    return Monitor(metric, mode)
 
 
 class EarlyStopping:
-    def __init__(self, patience: int, min_delta: float = 0.0):
+    """Stop after `patience` epochs without an improvement of the monitor by more than min_delta."""
+
+    def __init__(self, patience: int, min_delta: float = 0.0, mode: str = "max"):
         if patience < 1:
             raise ValueError("early stopping patience must be >= 1")
-        self.patience, self.min_delta = patience, min_delta
-        self.best = -math.inf
+        self.patience, self.min_delta, self.mode = patience, min_delta, mode
+        self.best: float | None = None
         self.best_epoch = 0
         self.bad_epochs = 0
 
     def step(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is a new best (by more than min_delta)."""
-        if value > self.best + self.min_delta:
+        if improves(value, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
             return True
         self.bad_epochs += 1

@@ -32,9 +32,14 @@ class EvalResult:
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # index -> probability map
     scores: torch.Tensor | None = None  # metrics.score_histogram summed over the split
     predictions: list[np.ndarray] | None = None  # per image: bool predicted mask (H, W)
+    volume_counts: torch.Tensor | None = None  # (V, 4) counts pooled per volume, on the CPU
 
     def summary(self) -> dict[str, float]:
         out = metrics.summarize(self.counts)
+        if self.volume_counts is not None:
+            dice = metrics.per_image(self.volume_counts)["dice"]
+            out["volume_dice"] = float(dice.mean())
+            out["volume_dice_median"] = float(np.median(dice))
         if self.scores is not None:
             out.update(metrics.auroc_ap(self.scores))
         if self.loss is not None:
@@ -60,11 +65,16 @@ def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False
 def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: float = 0.5,
              loss_fn=None, amp_dtype=None, tta: bool = False, keep: tuple[int, ...] = (),
              channels_last: bool = False, scores: bool = False,
-             keep_predictions: bool = False) -> EvalResult:
+             keep_predictions: bool = False, volumes: torch.Tensor | None = None) -> EvalResult:
     """scores: accumulate the pixel-score histogram (AUROC, AP); keep_predictions: return the
-    thresholded masks (for surface distances)."""
+    thresholded masks (for surface distances); volumes: each dataset item's volume number, to pool
+    the confusion counts per volume on the device (per-volume Dice, one sync per split)."""
     model.eval()
     counts, loss_sum, seen = [], torch.zeros((), device=device), 0
+    volume_counts = None
+    if volumes is not None:
+        volumes = volumes.to(device)
+        volume_counts = torch.zeros(int(volumes.max()) + 1, 4, dtype=torch.long, device=device)
     histogram = torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device) if scores else None
     predictions = []
     kept: dict[int, np.ndarray] = {}
@@ -87,6 +97,8 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
             probs = torch.nn.functional.interpolate(probs, size=masks.shape[-2:], mode="bilinear",
                                                     align_corners=False)
         counts.append(metrics.confusion(probs, masks, threshold))
+        if volume_counts is not None:
+            volume_counts.index_add_(0, volumes[index.to(device)], counts[-1].long())
         if histogram is not None:
             histogram += metrics.score_histogram(probs, masks)
         if keep_predictions:
@@ -103,6 +115,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         kept=kept,
         scores=histogram.cpu() if histogram is not None else None,
         predictions=[p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None,
+        volume_counts=volume_counts.cpu() if volume_counts is not None else None,
     )
 
 

@@ -2,7 +2,8 @@
 
 Read top to bottom like torchvision's reference scripts: `build()` makes the parts of a run from
 its config, `train_one_epoch()` and `validate()` are one epoch each, and `fit()` loops over
-epochs (schedule, early stopping, checkpoints), then tests best.pt once.
+epochs (schedule, early stopping, checkpoints: all three read one monitored validation metric,
+`trainer.monitor`), then tests best.pt once.
 
 Every epoch's batch order, augmentation and dropout are seeded from (seed, epoch) alone, and
 last.pt holds everything else (weights, optimizer, schedule, scaler, early stopping and the
@@ -41,7 +42,7 @@ from segbench.engine.device import (
     seed_everything,
     set_determinism,
 )
-from segbench.engine.early_stopping import EarlyStopping
+from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
 from segbench.engine.evaluate import (
     eval_loader,
     evaluate,
@@ -105,7 +106,7 @@ class TrainState:
     """Where a run is: what last.pt holds besides the components' own state dicts."""
 
     epoch: int = 0                       # the last finished epoch
-    best_iou: float = -math.inf          # best validation IoU so far, and its epoch
+    best_value: float | None = None      # best value of the monitored metric so far, its epoch
     best_epoch: int = 0
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
@@ -118,6 +119,8 @@ class TrainState:
         for f in dataclasses.fields(self):
             if f.name in state:
                 setattr(self, f.name, state[f.name])
+        if "best_value" not in state and "best_iou" in state:  # checkpoints before trainer.monitor
+            self.best_value = state["best_iou"]
         self.history = list(self.history)
 
 
@@ -135,6 +138,8 @@ class Parts:
     sampler: SeededShuffleSampler
     train_loader: DataLoader
     val_loader: DataLoader
+    val_volumes: torch.Tensor | None     # each validation item's volume number (volumetric data)
+    monitor: Monitor
     eval_batch: int
     workers: int
     loss_fn: torch.nn.Module
@@ -198,19 +203,29 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
                               drop_last=len(data["train"]) > t.batch_size)
     eval_batch = t.eval_batch_size or 2 * t.batch_size
     val_loader = eval_loader(data["val"], eval_batch, device, workers)
+    val_groups = [x.group for x in splits["val"]]
+    val_volumes = None
+    if all(g is not None for g in val_groups):
+        number = {g: i for i, g in enumerate(dict.fromkeys(val_groups))}
+        val_volumes = torch.tensor([number[g] for g in val_groups])
+    monitor = resolve_monitor(t.monitor, t.monitor_mode, str(cfg.dataset.get("monitor", "auto")),
+                              val_volumes is not None, cfg.dataset.name)
 
     loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=t.max_epochs,
-                               steps_per_epoch=len(train_loader))
+                               steps_per_epoch=len(train_loader), monitor=monitor.metric,
+                               mode=monitor.mode)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta)
+    early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta, monitor.mode)
     log.info("model: %s (%s, %s)  %s parameters  device %s%s", cfg.model.name,
              cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
              f"  autocast {amp_dtype}" if amp_dtype else "")
+    log.info("monitor: %s (%s) picks best.pt, stops early and drives the plateau schedule",
+             monitor.metric, monitor.mode)
     return Parts(device, amp_dtype, channels_last, model, facts, splits, data, sampler,
-                 train_loader, val_loader, eval_batch, workers, loss_fn, optimizer, schedule,
-                 scaler, early)
+                 train_loader, val_loader, val_volumes, monitor, eval_batch, workers, loss_fn,
+                 optimizer, schedule, scaler, early)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, device, amp_dtype,
@@ -258,7 +273,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
 def validate(parts: Parts, threshold: float, epoch: int) -> dict:
     val = evaluate(parts.model, parts.val_loader, parts.device, threshold=threshold,
                    loss_fn=parts.loss_fn, amp_dtype=parts.amp_dtype,
-                   channels_last=parts.channels_last).summary()
+                   channels_last=parts.channels_last, volumes=parts.val_volumes).summary()
     if not math.isfinite(val["loss"]):
         raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
                                "lower optimizer.lr or set trainer.grad_clip=1.0")
@@ -313,11 +328,16 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                        "val_iou": val["iou"], "val_dice_micro": val["dice_micro"],
                        "val_iou_micro": val["iou_micro"], "val_precision": val["precision"],
                        "val_recall": val["recall"]}
+                if "volume_dice" in val:
+                    row["val_volume_dice"] = val["volume_dice"]
+                    row["val_volume_dice_median"] = val["volume_dice_median"]
+                # One value, read alike by the schedule, early stopping and the best checkpoint.
+                value = row[parts.monitor.metric]
                 parts.schedule.step_epoch(row)
-                parts.early.step(val["iou"], epoch)
-                improved = val["iou"] > state.best_iou
+                parts.early.step(value, epoch)
+                improved = parts.monitor.better(value, state.best_value)
                 if improved:
-                    state.best_iou, state.best_epoch = val["iou"], epoch
+                    state.best_value, state.best_epoch = value, epoch
                 state.train_seconds += time.time() - epoch_start
                 row["seconds"] = round(time.time() - epoch_start, 3)
                 state.history.append(row)
@@ -330,13 +350,16 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                                              "rng": rng_state(), "config": config})
                 run.write_history(state.history)
                 loggers.log_epoch(row)
-                log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_iou %.4f  "
+                shown = "" if parts.monitor.metric in ("val_loss", "val_dice", "val_iou") else \
+                    f"  {parts.monitor.metric} {value:.4f}"
+                log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_iou %.4f%s  "
                          "lr %.2e  %.1fs%s", epoch, t.max_epochs, train["loss"], val["loss"],
-                         val["dice"], val["iou"], lr, row["seconds"], "  *best*" if improved else "")
+                         val["dice"], val["iou"], shown, lr, row["seconds"],
+                         "  *best*" if improved else "")
                 if state.stopped_early:
-                    log.info("early stopping: validation IoU has not improved by %g for %d epochs "
-                             "(best %.4f at epoch %d)", parts.early.min_delta, parts.early.patience,
-                             parts.early.best, parts.early.best_epoch)
+                    log.info("early stopping: %s has not improved by %g for %d epochs "
+                             "(best %.4f at epoch %d)", parts.monitor.metric, parts.early.min_delta,
+                             parts.early.patience, parts.early.best, parts.early.best_epoch)
                 if stop.requested:
                     raise Interrupted(epoch)
     finally:
@@ -372,6 +395,8 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
         "test": test,
         "val_best": best["val"],
         "best_epoch": state.best_epoch,
+        "monitor": {"metric": parts.monitor.metric, "mode": parts.monitor.mode,
+                    "best": state.best_value},
         "epochs_run": len(state.history),
         "stopped_early": state.stopped_early,
         **evaluation_record(e.threshold, e.tta, e.surface_metrics, spacing, e.native_resolution),
