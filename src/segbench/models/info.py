@@ -83,6 +83,26 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
+def inference_latency(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device,
+                      amp_dtype=None, warmup: int = 5, repeats: int = 20) -> float:
+    """Median milliseconds of one forward pass of one image (eval mode, the run's autocast), the
+    latency a run's metrics.json records for the report's cost columns."""
+    was_training = model.training
+    model.eval()
+    x = torch.rand((1, *input_shape), device=device)
+    times = []
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for i in range(warmup + max(1, repeats)):
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return round(1000 * statistics.median(times), 3)
+
+
+@torch.no_grad()
 def measure(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int, device: torch.device,
             warmup: int = 2, repeats: int = 10) -> dict:
     """Median latency and peak memory of forward passes of a batch on `device` (eval mode)."""
