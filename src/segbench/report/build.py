@@ -54,7 +54,8 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
     axis_title = parts[0] if len(parts) == 1 else "configuration"
     figures_made = {"metrics.png": figures.plot_metrics(
         g.configs, base, list(metrics), cis, out_dir / "metrics.png", axis, axis_title)}
-    if figures.plot_curves(g.configs, out_dir / "curves.png"):
+    if figures.plot_curves(g.configs, out_dir / "curves.png",
+                           axis_title if axis_title != "configuration" else None):
         figures_made["curves.png"] = "learning curves of every configuration"
     if figures.plot_prediction_grid(g.configs, out_dir / "predictions.png", max_predictions):
         figures_made["predictions.png"] = "the same test images across configurations"
@@ -133,12 +134,13 @@ def results_table(g: Grouping, base, columns) -> Table:
         rows.append(row)
         csv_rows.append(raw)
     costs = [col.name for col in columns if col.cost]
+    meaning = {"params_M": "millions of parameters", "GFLOPs": "one image at the run's resolution",
+               "latency_ms": "one image's forward pass on the run's device",
+               "train_min": "training time (an ensemble: its members' total)"}
     note = ("Test split; mean ± sample standard deviation over finished runs (n = seeds x folds); "
-            "best per column in bold (higher is better except hd95 and the cost columns"
-            + (": " + ", ".join(costs) if costs else "") + "; epochs not ranked). params_M: "
-            "millions of parameters; GFLOPs: one image at the run's resolution; latency_ms: one "
-            "image's forward pass on the run's device; train_min: training time (an ensemble: "
-            "its members' total). dice/iou average per-image values, _micro pool the split's pixels.")
+            "best per column in bold (higher is better except hd95 and the cost columns; epochs "
+            "not ranked). " + "; ".join(f"{c}: {meaning[c]}" for c in costs)
+            + ". dice/iou average per-image values, _micro pool the split's pixels.")
     csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
     return t
@@ -212,6 +214,9 @@ def comparison_table(metric, results, level, alpha, n_resamples, seed) -> Table:
         parts.append(f"several runs on both sides: difference of the grand means, "
                      f"{100 * (1 - alpha):g}% interval and two-sided p from a two-level bootstrap "
                      f"({n_resamples} resamples of runs and {unit}, seed {seed})")
+        if any(min(r["runs"]) == 2 for r in results.values()):
+            parts.append("two runs a side show little of the seed-to-seed variance: three or "
+                         "more seeds give a fairer interval")
     if "Wilcoxon over cases (one run)" in methods:
         parts.append(f"one run on a side: Wilcoxon signed-rank p and a {n_resamples}-resample "
                      f"bootstrap over {unit} of the per-case means; seed-to-seed variance is not "

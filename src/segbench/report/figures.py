@@ -120,7 +120,7 @@ def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
             f"mean, band = 95% interval over {_runs_word(cis, metrics[0])}, circles = each run")
 
 
-def plot_curves(configs, path: Path) -> bool:
+def plot_curves(configs, path: Path, legend_title: str | None = None) -> bool:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -150,7 +150,8 @@ def plot_curves(configs, path: Path) -> bool:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
+                       title=legend_title, title_fontsize=8)
     fig.suptitle("mean over runs (band: min to max)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

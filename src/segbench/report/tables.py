@@ -55,8 +55,7 @@ class Table:
         return "\n".join(lines)
 
     def latex(self) -> str:
-        align = "l" * _text_columns(self.rows, len(self.header))
-        align += "r" * (len(self.header) - len(align))
+        align = "".join("r" if _numeric(self.rows, j) else "l" for j in range(len(self.header)))
         body = []
         for i, row in enumerate(self.rows):
             cells = [latex_escape(str(c)) for c in row]
@@ -87,15 +86,13 @@ class Table:
         write_atomic(folder / f"{self.name}.csv", text.getvalue())
 
 
-def _text_columns(rows: list[list[str]], n: int) -> int:
-    """How many leading columns hold text (left-aligned in LaTeX)."""
-    count = 0
-    for j in range(n):
-        values = [str(r[j]) for r in rows if j < len(r)]
-        if values and all(re.match(r"^[-+]?[\d.<]+", v.strip("* ")) or v == "-" for v in values):
-            break
-        count += 1
-    return max(1, count)
+_NUMBER = re.compile(r"^(-|[<>]?[-+]?\d[\d.,]*( ± [\d.]+)?|\[[-\d., ]+\]|\d+ vs \d+)$")
+
+
+def _numeric(rows: list[list[str]], j: int) -> bool:
+    """Whether column j holds numbers only (right-aligned in LaTeX)."""
+    values = [str(r[j]) for r in rows if j < len(r)]
+    return bool(values) and all(_NUMBER.match(v) for v in values)
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
