@@ -73,6 +73,10 @@ def test_train_refuses_a_fold_outside_the_folds(tmp_path):
                    check=False)
     assert proc.returncode == 2
     assert "dataset.fold=5: with dataset.folds=3 use a fold in 0..2" in proc.stdout + proc.stderr
+    proc = run_cli("train", "dataset.folds=3", "hydra.run.dir=run2", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "dataset.fold=null: with dataset.folds=3" in proc.stdout + proc.stderr
+    proc = run_cli("train", "dataset.fold=1", "hydra.run.dir=run3", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "dataset.fold=1 without dataset.folds" in proc.stdout + proc.stderr
 
 
 # --- three folds on the LGG stand-in, their report and their ensemble ----------------------------

@@ -19,6 +19,7 @@ from segbench.report import build_report
 from segbench.stats import hierarchical_comparison
 
 IDS = [f"img_{i:02d}" for i in range(10)]
+DELETE = object()  # fake_run(edit={key: DELETE}): a config from before that key existed
 
 
 @functools.lru_cache(maxsize=64)
@@ -47,7 +48,10 @@ def fake_run(path: Path, overrides: list[str], dice: dict[str, float] | None, *,
         *parents, last = key.split(".")
         for part in parents:
             node = node[part]
-        node[last] = value
+        if value is DELETE:
+            del node[last]
+        else:
+            node[last] = value
     (path / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(
         {"hydra": {"runtime": {"choices": choices}, "job": {"num": num}}}))
     (path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -350,3 +354,27 @@ def test_folds_of_one_configuration_are_pooled_into_cross_validation(tmp_path):
     assert float(row["val_dice_std"]) == pytest.approx(values.std(ddof=1))
     md = (root / "report" / "report.md").read_text()
     assert "| all runs | 3 of 3 | 0.620 ± 0.075 |" in md
+
+
+def test_resolution_and_learning_rate_are_numeric_axes_with_short_labels(tmp_path):
+    root = tmp_path / "res"
+    for i, size in enumerate((64, 128)):
+        fake_run(root / f"r{size}", [f"resolution='{size}'"], per_image(i, 0.05 * i), num=i)
+    result = build_report(root, root / "report", n_resamples=200)
+    assert result["labels"] == ["resolution=64", "resolution=128"]
+    assert result["axis"] == "resolution.height"
+    assert "against resolution (px)" in (root / "report" / "report.md").read_text()
+    root = tmp_path / "lr"
+    for i, lr in enumerate(("1e-4", "1e-3", "1e-2")):
+        fake_run(root / f"lr{lr}", [f"optimizer.lr={lr}"], per_image(i, 0.01 * i), num=i)
+    result = build_report(root, root / "report", n_resamples=200)
+    assert result["labels"] == ["lr=0.0001", "lr=0.001", "lr=0.01"] and result["axis"] == "optimizer.lr"
+
+
+def test_a_run_from_before_a_key_existed_pools_with_runs_where_it_is_null(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root / "old", ["seed=0"], per_image(0, 0.0), num=0,
+             edit={"dataset.folds": DELETE, "dataset.fold": DELETE, "eval.latency": DELETE})
+    fake_run(root / "new", ["seed=1"], per_image(1, 0.0), num=1)
+    result = build_report(root, root / "report", n_resamples=200)
+    assert result["configurations"] == 1 and result["finished"] == 2

@@ -71,10 +71,11 @@ def _differences(members: list[RunDir], table: list[dict[str, str]]) -> list[str
     keys = sorted({k for t in table for k in t})
     out = []
     for k in keys:
-        values = [t.get(k, "-") for t in table]
-        if len(set(values)) > 1:
-            shown = ", ".join(f"{v} ({m.name()})" for v, m in list(zip(values, members))[:4])
-            out.append(f"{k}: {shown}")
+        first: dict[str, str] = {}  # each value, with the first run that has it
+        for t, m in zip(table, members):
+            first.setdefault(t.get(k, "-"), m.name())
+        if len(first) > 1:
+            out.append(f"{k}: " + ", ".join(f"{v} ({name})" for v, name in list(first.items())[:4]))
     return out
 
 

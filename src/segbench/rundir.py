@@ -48,14 +48,14 @@ CHECKPOINT_NAMES = ("best", "last")
 # the keys that tell repeats of one configuration apart (`segbench report` pools those runs).
 BOOKKEEPING = ("trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress_bar",
                "trainer.log_every_steps", "paths.", "dataset.root", "eval.num_predictions",
-               "eval.surface_workers", "logger.")
+               "eval.surface_workers", "eval.latency", "logger.")
 REPLICATE_KEYS = ("seed", "dataset.fold")
 ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` output
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
                      "trainer.progress_bar", "trainer.log_every_steps", "paths.",
-                     "eval.surface_", "eval.native_resolution")
+                     "eval.surface_", "eval.native_resolution", "eval.latency")
 
 
 def write_json(path: Path, doc: dict) -> None:

@@ -214,6 +214,9 @@ def check_train(cfg) -> Train:
                     raise SegbenchError(f"{group}.{key}={_show(node[key])}: use {allowed}")
     dataset = cfg.get("dataset") or {}
     folds, fold = dataset.get("folds"), dataset.get("fold")
+    if folds is None and fold is not None:
+        raise SegbenchError(f"dataset.fold={fold} without dataset.folds: set the number of folds "
+                            f"too, e.g. dataset.folds=5 dataset.fold={fold}")
     if folds is not None and (fold is None or not 0 <= int(fold) < int(folds)):
         raise SegbenchError(f"dataset.fold={_show(fold)}: with dataset.folds={folds} use a fold "
                             f"in 0..{int(folds) - 1}, e.g. -m dataset.fold="

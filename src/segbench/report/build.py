@@ -92,6 +92,12 @@ def _parts(g: Grouping):
 # --------------------------------------------------------------------------- tables
 
 def _replicates(c) -> str:
+    if c.is_ensemble:
+        members = [m for r in c.finished for m in (r.metrics or {}).get("members", [])]
+        seeds = sorted({str(m.get("seed")) for m in members})
+        folds = sorted({str(m.get("fold")) for m in members if m.get("fold") is not None})
+        return (f"ensemble of {len(members)} runs (seed{'s' if len(seeds) > 1 else ''} "
+                f"{','.join(seeds)}" + (f" x folds {','.join(folds)}" if folds else "") + ")")
     seeds = sorted({r.seed for r in c.finished}, key=lambda s: int(s) if s.isdigit() else 0)
     folds = sorted({r.fold for r in c.finished if r.fold is not None}, key=int)
     text = f"seed{'s' if len(seeds) > 1 else ''} {','.join(seeds)}" if seeds else "none finished"

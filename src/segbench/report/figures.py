@@ -98,7 +98,11 @@ def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
             mean = [cis[metric][c.label].mean for c in members]
             low = [cis[metric][c.label].low for c in members]
             high = [cis[metric][c.label].high for c in members]
-            ax.fill_between(xs, low, high, color=_colour(i), alpha=0.2, lw=0)
+            if len(xs) > 1:
+                ax.fill_between(xs, low, high, color=_colour(i), alpha=0.2, lw=0)
+            else:  # one point: its interval as an error bar
+                ax.errorbar(xs, mean, yerr=[[mean[0] - low[0]], [high[0] - mean[0]]],
+                            color=_colour(i), capsize=3, lw=1.2)
             ax.plot(xs, mean, "-o", color=_colour(i), ms=4, lw=1.6, label=name or None)
             for c in members:
                 values = cis[metric][c.label].per_run

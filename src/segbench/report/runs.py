@@ -69,7 +69,10 @@ class Run:
 
     @property
     def identity(self) -> tuple:
-        return tuple(sorted((k, v) for k, v in self.settings.items() if k not in REPLICATE_KEYS))
+        """The configuration: settings without seed and fold; a null key counts as absent (a
+        run from before a key existed ran as if it were null)."""
+        return tuple(sorted((k, v) for k, v in self.settings.items()
+                            if k not in REPLICATE_KEYS and v != "null"))
 
     def replicate(self) -> str:
         return f"fold {self.fold}, seed {self.seed}" if self.fold is not None else f"seed {self.seed}"
@@ -262,9 +265,9 @@ def group_runs(runs: list[Run]) -> Grouping:
         c.runs.append(r)
     configs = list(groups.values())
     keys = list(dict.fromkeys(k for c in configs for k in c.settings))
-    varying = [k for k in keys if len({c.settings.get(k, ABSENT) for c in configs}) > 1]
+    varying = [k for k in keys if len({c.settings.get(k, "null") for c in configs}) > 1]
     varying.sort(key=lambda k: (_command_line_rank(k, identified), keys.index(k)))
-    shared = {k: configs[0].settings[k] for k in keys if k not in varying} if configs else {}
+    shared = {k: configs[0].settings.get(k, "null") for k in keys if k not in varying}
     label_keys = choose_label_keys(configs, varying)
     for c in configs:
         c.label = make_label(c.settings, label_keys)
