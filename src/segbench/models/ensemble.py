@@ -8,6 +8,8 @@ forward() returns the logit of that average, for code that expects logits.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -23,7 +25,9 @@ class Ensemble(nn.ModuleList):
         """The mean of the members' sigmoid probabilities (float32)."""
         total = None
         for member, dtype in zip(self, self.amp_dtypes, strict=True):
-            with torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+            cast = (contextlib.nullcontext() if dtype is None
+                    else torch.autocast(images.device.type, dtype=dtype))
+            with cast:
                 p = torch.sigmoid(member(images).float())
             total = p if total is None else total + p
         return total / len(self)

@@ -13,6 +13,7 @@ every run's metrics.json; `measure()` times real forward passes for `segbench in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -91,7 +92,8 @@ def inference_latency(model: nn.Module, input_shape: tuple[int, int, int], devic
     model.eval()
     x = torch.rand((1, *input_shape), device=device)
     times = []
-    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+    cast = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+    with cast:
         for i in range(warmup + max(1, repeats)):
             start = time.perf_counter()
             model(x)

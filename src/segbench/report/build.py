@@ -295,7 +295,9 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
                                  f"{fmt(mean)} ± {fmt(std)}", str(n),
                                  fmt(comp["mean_diff"]) if comp else "-",
                                  fmt_p(comp["p_value"]) if comp else "-"])
-            t = Table("axis", a, [a or "model", primary, "n", "Δ vs baseline", "p"], rows)
+            t = Table("axis", a, [a or "model", primary, "n", "Δ vs baseline", "p"], rows,
+                      f"Mean ± std over runs; Δ and p from the {primary} comparison above "
+                      "(p unadjusted there; see its Holm column).")
             out.append(f"**{a or 'model'}**\n\n" + t.markdown() + "\n")
     elif len(axes) == 2:
         a, b = axes
@@ -303,7 +305,8 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
         vb = list(dict.fromkeys(parts[c.label][b] for c in done))
         cell = {(parts[c.label][a], parts[c.label][b]): column_stats(c, column)[0] for c in done}
         if len(cell) == len(va) * len(vb):
-            t = Table("grid", "grid", [f"{a} \\ {b}", *vb], [[x, *(fmt(cell[(x, y)]) for y in vb)] for x in va])
+            t = Table("grid", "grid", [f"{a} \\ {b}", *vb], [[x, *(fmt(cell[(x, y)]) for y in vb)] for x in va],
+                      f"Test {primary}, mean over each configuration's runs.")
             out.append(f"Test {primary} (mean over runs), {a} down, {b} across:\n\n" + t.markdown() + "\n")
     return "\n".join(out)
 
