@@ -176,7 +176,8 @@ def _aligned(tables: CaseTables, a: Configuration, b: Configuration, metric: str
     ids_a, ta = tables.table(a, metric, level)
     ids_b, tb = tables.table(b, metric, level)
     common = sorted(set(ids_a) & set(ids_b))
-    ia, ib = [ids_a.index(i) for i in common], [ids_b.index(i) for i in common]
+    pos_a, pos_b = {i: k for k, i in enumerate(ids_a)}, {i: k for k, i in enumerate(ids_b)}
+    ia, ib = [pos_a[i] for i in common], [pos_b[i] for i in common]
     return level, ids_a, ids_b, common, ta[:, ia], tb[:, ib]
 
 
