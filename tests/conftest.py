@@ -41,6 +41,7 @@ TINY = [
     "trainer.batch_size=8",
     "augmentation=none",
     "logger=none",
+    "eval.latency=false",
 ]
 
 
@@ -130,7 +131,7 @@ def read_json(path: Path) -> dict:
 def tiny_run(tmp_path_factory) -> Path:
     """One finished tiny training run, shared by tests that only read its artifacts."""
     cwd = tmp_path_factory.mktemp("tiny-run")
-    run_cli("train", *TINY, "logger=tensorboard", "hydra.run.dir=run", cwd=cwd)
+    run_cli("train", *TINY, "logger=tensorboard", "eval.latency=true", "hydra.run.dir=run", cwd=cwd)
     return cwd / "run"
 
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import read_json, run_cli
 
 TINY_DATA = ["dataset.num_train=24", "dataset.num_test=8", "dataset.image_size=64", "resolution=64",
-             "trainer.max_epochs=1", "trainer.batch_size=8", "augmentation=none", "logger=none"]
+             "trainer.max_epochs=1", "trainer.batch_size=8", "augmentation=none", "logger=none",
+             "eval.latency=false"]
 
 
 @pytest.mark.slow

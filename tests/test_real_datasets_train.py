@@ -18,6 +18,7 @@ TINY_REAL = [
     "trainer.max_epochs=1",
     "trainer.batch_size=8",
     "logger=none",
+    "eval.latency=false",
     "hydra.run.dir=run",
 ]
 

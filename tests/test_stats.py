@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from segbench.stats import bootstrap_mean_ci, holm, min_wilcoxon_p, paired_comparison
+from segbench.stats import (
+    bootstrap_mean_ci,
+    hierarchical_comparison,
+    hierarchical_mean_ci,
+    hierarchical_resamples,
+    holm,
+    min_wilcoxon_p,
+    paired_comparison,
+    single_run_verdict,
+)
 
 
 def test_bootstrap_matches_a_hand_computation_with_the_same_seed():
@@ -101,3 +110,68 @@ def test_holm_by_hand():
     assert adjusted[4] == pytest.approx(0.2)
     assert math.isnan(adjusted[3])
     assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+# --- several runs per configuration: the two-level bootstrap --------------------------------------
+
+def test_runs_and_cases_are_each_resampled_with_replacement():
+    # Two runs that differ and identical cases: only the runs vary, so the resampled grand means
+    # are 0, 0.5 and 1 with probabilities 1/4, 1/2, 1/4.
+    runs = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    means = hierarchical_resamples([runs], n_resamples=20_000, seed=0)[:, 0]
+    values, counts = np.unique(np.round(means, 9), return_counts=True)
+    assert values.tolist() == [0.0, 0.5, 1.0]
+    assert counts / counts.sum() == pytest.approx([0.25, 0.5, 0.25], abs=0.015)
+    # One run and two cases that differ: the same distribution over the cases.
+    cases = np.array([[0.0, 1.0]])
+    means = hierarchical_resamples([cases], n_resamples=20_000, seed=1)[:, 0]
+    values, counts = np.unique(np.round(means, 9), return_counts=True)
+    assert values.tolist() == [0.0, 0.5, 1.0]
+    assert counts / counts.sum() == pytest.approx([0.25, 0.5, 0.25], abs=0.015)
+
+
+def test_the_case_draw_is_shared_so_the_comparison_stays_paired():
+    rng = np.random.default_rng(2)
+    base = rng.uniform(0.3, 0.9, (1, 40))
+    cand = base + 0.01  # better on every case by the same amount, image difficulty shared
+    out = hierarchical_comparison(cand, base, n_resamples=2000)
+    assert out["mean_diff"] == pytest.approx(0.01)
+    assert out["ci_low"] == pytest.approx(0.01) and out["ci_high"] == pytest.approx(0.01)
+    assert out["p_value"] < 0.001 and out["verdict"] == "significantly better at 0.05"
+
+
+def test_seed_variance_is_carried_where_a_per_image_test_misses_it():
+    """Three seeds per configuration whose run-to-run offsets (sd 0.04) dwarf the per-image
+    noise: both configurations are the same, yet a Wilcoxon over per-image means of the seeds
+    calls it significant; the bootstrap over runs and images does not."""
+    rng = np.random.default_rng(7)
+    difficulty = rng.uniform(0.4, 0.9, 60)
+    a = difficulty + rng.normal(0, 0.04, (3, 1)) + rng.normal(0, 0.005, (3, 60))
+    b = difficulty + rng.normal(0, 0.04, (3, 1)) + rng.normal(0, 0.005, (3, 60))
+    naive = paired_comparison(a.mean(0), b.mean(0), n_resamples=2000)
+    assert naive["p_value"] < 1e-6  # every image moves with the seeds' offsets
+    out = hierarchical_comparison(a, b, n_resamples=5000, seed=0)
+    assert out["p_value"] > 0.05 and out["ci_low"] < 0 < out["ci_high"]
+    assert out["verdict"] == "no significant difference at 0.05"
+    assert out["n_runs"] == (3, 3) and out["n_pairs"] == 60
+    assert out["mean_diff"] == pytest.approx(a.mean() - b.mean())
+
+
+def test_hierarchical_edge_cases():
+    same = np.tile(np.linspace(0.2, 0.9, 8), (2, 1))
+    out = hierarchical_comparison(same, same.copy(), n_resamples=300)
+    assert out["p_value"] == 1.0 and out["verdict"] == "identical on every test case"
+    nan = np.array([[0.5, math.nan, 0.7], [0.6, 0.5, 0.8]])
+    assert hierarchical_comparison(nan, nan + 0.1, n_resamples=200)["n_pairs"] == 2
+    low, high = hierarchical_mean_ci(np.array([[0.5, 0.6, 0.7]]), n_resamples=500)
+    assert low < 0.6 < high
+    with pytest.raises(ValueError):
+        hierarchical_comparison(np.ones((2, 3)), np.ones((2, 4)))
+
+
+def test_single_run_verdicts_never_claim_a_configuration_is_better():
+    assert single_run_verdict(0.001, -0.05, 30, 30, "images") == (
+        "worse on these 30 images at 0.05; one run, so seed-to-seed variance is not captured")
+    assert single_run_verdict(0.4, 0.01, 30, 30, "volumes").startswith("no difference on these 30 volumes")
+    assert single_run_verdict(0.06, 0.1, 4, 5, "volumes").startswith("too few differing volumes (4)")
+    assert single_run_verdict(1.0, 0.0, 0, 5, "images") == "identical on every test image"

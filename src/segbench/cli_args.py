@@ -52,35 +52,56 @@ def quote_numeric_choices(argv: list[str]) -> list[str]:
     return out
 
 
-REQUIRED_HELP = {"run_dir": "a training run directory", "dir": "a sweep or a folder of runs",
+REQUIRED_HELP = {"run_dir": "a training run directory", "runs": "a folder of runs, or run directories", "dir": "a sweep or a folder of runs",
                  "input": "an image file or a folder of images", "output": "a folder for the masks"}
 
 
+def quote_list(key: str, values: list[str]) -> str:
+    """`key=['a','b']`: a list of paths, each quoted (paths of sweep jobs hold `=` and `,`)."""
+    return f"{key}=[" + ",".join("'" + v.replace("'", "\\'") + "'" for v in values) + "]"
+
+
 def path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tuple[str, ...] = (),
-                   must_exist: tuple[str, ...] = ()) -> Callable[[list[str]], list[str]]:
+                   must_exist: tuple[str, ...] = (), many: bool = False
+                   ) -> Callable[[list[str]], list[str]]:
     """A `prepare()` that accepts `segbench <command> <dir>` as well as `<positional>=<dir>`,
     quotes the values of `quoted` keys, names a missing required key before Hydra does, and
-    refuses a path of `must_exist` that is not there before Hydra creates any folder."""
+    refuses a path of `must_exist` that is not there before Hydra creates any folder. With
+    `many`, several positional paths (or `<positional>=[a,b]`) make a list."""
     keys = (positional, *quoted)
 
     def prepare(argv: list[str]) -> list[str]:
-        out = []
+        out, paths = [], []
         for arg in argv:
             key, sep, value = arg.partition("=")
-            if sep and key in keys:
+            if sep and key == positional and many and value.startswith("["):
+                pass  # a list written by the user: Hydra parses it
+            elif sep and key == positional and many:
+                paths.append(value.strip("'\""))
+                continue
+            elif sep and key in keys:
                 arg = quote(key, value)
             elif not arg.startswith("-") and Path(arg).exists():
+                if many:
+                    paths.append(arg)
+                    continue
                 arg = quote(positional, arg)
             out.append(arg)
+        if paths:
+            out.insert(0, quote_list(positional, paths) if len(paths) > 1 else quote(positional, paths[0]))
         if asks_for_help(out):
             return out
         for key in (positional, *required):
             if not any(a.startswith(f"{key}=") for a in out):
                 raise SegbenchError(f"missing {key}: pass {key}=<{REQUIRED_HELP.get(key, key)}>")
         for key in must_exist:
-            value = next(a.split("=", 1)[1].strip("'\"") for a in out if a.startswith(f"{key}="))
-            if not Path(value).expanduser().exists():
-                raise SegbenchError(f"{key}={value}: no such file or directory")
+            value = next(a.split("=", 1)[1] for a in out if a.startswith(f"{key}="))
+            values = paths if key == positional and len(paths) > 1 else [value.strip("'\"")]
+            if value.startswith("["):
+                continue  # checked by the command
+            for v in values:
+                if not Path(v).expanduser().exists():
+                    raise SegbenchError(f"{key}={v}: no such file or directory")
         return out
 
     return prepare

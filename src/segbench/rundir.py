@@ -44,10 +44,18 @@ TENSORBOARD = "tb"
 HYDRA = ".hydra"
 CHECKPOINT_NAMES = ("best", "last")
 
+# Config keys that never make two runs different configurations (paths, devices, logging); and
+# the keys that tell repeats of one configuration apart (`segbench report` pools those runs).
+BOOKKEEPING = ("trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress_bar",
+               "trainer.log_every_steps", "paths.", "dataset.root", "eval.num_predictions",
+               "eval.surface_workers", "eval.latency", "logger.")
+REPLICATE_KEYS = ("seed", "dataset.fold")
+ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` output
+
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
                      "trainer.progress_bar", "trainer.log_every_steps", "paths.",
-                     "eval.surface_", "eval.native_resolution")
+                     "eval.surface_", "eval.native_resolution", "eval.latency")
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -61,6 +69,23 @@ def read_json(path: Path) -> dict:
         raise SegbenchError(f"{path} is missing") from None
     except (OSError, ValueError) as err:
         raise SegbenchError(f"{path} is unreadable ({err}); it is truncated or corrupt") from None
+
+
+def is_bookkeeping(key: str) -> bool:
+    return key.startswith(BOOKKEEPING)
+
+
+def value_text(value) -> str:
+    """One spelling per value, for comparing and labelling settings (`0.003`, `true`, `null`)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(value_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {value_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -118,6 +143,19 @@ class RunDir:
             raise SegbenchError(f"{self.path} has no {CONFIG}") from None
         except Exception as err:  # a YAML parser error
             raise SegbenchError(f"{self.path / CONFIG} is unreadable: {err}") from None
+
+    def settings(self) -> dict[str, str]:
+        """The resolved config as `dotted.key -> value text`, bookkeeping left out (seed and
+        fold kept: they tell repeats apart)."""
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.to_container(self.read_config(), resolve=False)
+        return {k: value_text(v) for k, v in flatten(config).items() if not is_bookkeeping(k)}
+
+    def name(self) -> str:
+        """A short name: the folder, with its parent when the folder is a sweep's seed=N."""
+        parts = self.path.resolve().parts
+        return "/".join(parts[-2:]) if parts[-1].startswith("seed=") and len(parts) > 1 else parts[-1]
 
     def write_config(self, config: dict) -> None:
         from omegaconf import OmegaConf

@@ -64,6 +64,7 @@ class Eval:
     surface_metrics: bool
     surface_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
     native_resolution: bool
+    latency: bool
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,8 @@ DATASET_RULES = {
     "train_fraction": (float, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
     "split_seed": (int, lambda v: v >= 0, "an integer >= 0"),
     "channels": (int, lambda v: v in (1, 3), "1 or 3"),
+    "folds": (int | None, lambda v: v is None or v >= 2, "null or a number of folds >= 2"),
+    "fold": (int | None, lambda v: v is None or v >= 0, "a fold index 0..folds-1"),
 }
 OPTIMIZER_RULES = {
     "lr": (float, lambda v: v > 0, "a learning rate > 0, e.g. optimizer.lr=1e-3"),
@@ -211,6 +214,15 @@ def check_train(cfg) -> Train:
                 value = convert(node[key], kind, f"{group}.{key}")
                 if not predicate(value):
                     raise SegbenchError(f"{group}.{key}={_show(node[key])}: use {allowed}")
+    dataset = cfg.get("dataset") or {}
+    folds, fold = dataset.get("folds"), dataset.get("fold")
+    if folds is None and fold is not None:
+        raise SegbenchError(f"dataset.fold={fold} without dataset.folds: set the number of folds "
+                            f"too, e.g. dataset.folds=5 dataset.fold={fold}")
+    if folds is not None and (fold is None or not 0 <= int(fold) < int(folds)):
+        raise SegbenchError(f"dataset.fold={_show(fold)}: with dataset.folds={folds} use a fold "
+                            f"in 0..{int(folds) - 1}, e.g. -m dataset.fold="
+                            + ",".join(str(k) for k in range(int(folds))))
     return settings
 
 

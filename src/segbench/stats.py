@@ -9,6 +9,14 @@
   With m non-zero differences the smallest two-sided p the test can give is 2 / 2**m, so with
   m < 6 it can never reach 0.05; the verdict says so instead of "no difference".
 - Holm's step-down adjustment for the several comparisons of one report.
+- With several runs (seeds, folds) per configuration, a two-level bootstrap
+  (`hierarchical_comparison`): each resample draws the test cases with replacement (the same
+  draw for both configurations: the comparison stays paired) and, independently for each
+  configuration, its runs with replacement; the statistic is the difference of the grand means.
+  Its percentile interval and two-sided bootstrap p-value carry both sources of variance: which
+  images were tested and which seed (or fold) trained the model. With one run per
+  configuration it reduces to the paired bootstrap over cases, which cannot see seed-to-seed
+  variance (the report says so).
 """
 
 from __future__ import annotations
@@ -94,3 +102,97 @@ def holm(p_values) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p[i]))
         out[i] = running
     return out.tolist()
+
+
+def _grand_means(rng, table: np.ndarray, case_weights: np.ndarray) -> np.ndarray:
+    """Resampled grand means of a (runs, cases) table: runs drawn with replacement per
+    resample, cases weighted by `case_weights` (resamples, cases) of the shared case draw."""
+    runs = table.shape[0]
+    run_weights = rng.multinomial(runs, np.full(runs, 1 / runs), size=len(case_weights)) / runs
+    return np.einsum("kr,rn,kn->k", run_weights, table, case_weights)
+
+
+def _clean(tables: list[np.ndarray]) -> list[np.ndarray]:
+    """Tables (runs, cases) with the cases that are NaN in any run of any table dropped."""
+    tables = [np.atleast_2d(np.asarray(t, np.float64)) for t in tables]
+    if len({t.shape[1] for t in tables}) != 1:
+        raise ValueError(f"tables need the same cases, got {[t.shape for t in tables]}")
+    keep = ~np.any([np.isnan(t).any(axis=0) for t in tables], axis=0)
+    return [t[:, keep] for t in tables]
+
+
+def hierarchical_resamples(tables, *, n_resamples: int = 10_000, seed: int = 0) -> np.ndarray:
+    """(n_resamples, len(tables)) bootstrap grand means of tables of shape (runs, cases) over
+    the same cases: one case draw per resample shared by all tables, runs drawn per table."""
+    tables = _clean(tables)
+    cases = tables[0].shape[1]
+    out = np.empty((n_resamples, len(tables)))
+    if cases == 0:
+        out[:] = np.nan
+        return out
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_resamples, CHUNK):
+        stop = min(start + CHUNK, n_resamples)
+        case_weights = rng.multinomial(cases, np.full(cases, 1 / cases), size=stop - start) / cases
+        for j, t in enumerate(tables):
+            out[start:stop, j] = _grand_means(rng, t, case_weights)
+    return out
+
+
+def hierarchical_mean_ci(table, *, confidence: float = 0.95, n_resamples: int = 10_000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Percentile interval of the grand mean of a (runs, cases) table, resampling runs and
+    cases (cases only when there is one run)."""
+    (t,) = _clean([table])
+    if t.size == 0:
+        return math.nan, math.nan
+    means = hierarchical_resamples([t], n_resamples=n_resamples, seed=seed)[:, 0]
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def hierarchical_comparison(candidate, baseline, *, alpha: float = 0.05,
+                            n_resamples: int = 10_000, seed: int = 0,
+                            higher_is_better: bool = True) -> dict:
+    """candidate - baseline on (runs, cases) tables over the same cases: difference of grand
+    means, its two-level bootstrap interval and two-sided bootstrap p-value."""
+    a, b = _clean([candidate, baseline])
+    out = {"n_pairs": int(a.shape[1]), "n_runs": (int(a.shape[0]), int(b.shape[0])),
+           "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
+           "verdict": ""}
+    if a.shape[1] == 0:
+        out["verdict"] = "no common test cases: not compared"
+        return out
+    out["mean_diff"] = float(a.mean() - b.mean())
+    draws = hierarchical_resamples([a, b], n_resamples=n_resamples, seed=seed)
+    d = draws[:, 0] - draws[:, 1]
+    tail = alpha / 2 * 100
+    low, high = np.percentile(d, [tail, 100 - tail])
+    out["ci_low"], out["ci_high"] = float(low), float(high)
+    if np.array_equal(a, b) or (np.ptp(d) == 0 and d[0] == 0):
+        out["p_value"], out["verdict"] = 1.0, "identical on every test case"
+        return out
+    below, above = np.count_nonzero(d <= 0), np.count_nonzero(d >= 0)
+    out["p_value"] = float(min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1)))
+    if not out["p_value"] < alpha:
+        out["verdict"] = f"no significant difference at {alpha:g}"
+    else:
+        better = (out["mean_diff"] > 0) == higher_is_better
+        out["verdict"] = f"significantly {'better' if better else 'worse'} at {alpha:g}"
+    return out
+
+
+def single_run_verdict(p: float, mean_diff: float, nonzero: int, n: int, unit: str,
+                       alpha: float = 0.05, higher_is_better: bool = True) -> str:
+    """The verdict of a paired test over cases when a configuration has one run: a difference
+    on these test cases, never a claim about the configuration (seeds were not repeated)."""
+    if nonzero == 0:
+        return f"identical on every test {unit[:-1]}"
+    if min_wilcoxon_p(nonzero) > alpha:
+        return f"too few differing {unit} ({nonzero}) for the test to reach {alpha:g}: inconclusive"
+    if not p < alpha:
+        return f"no difference on these {n} {unit} at {alpha:g} (one run: seed variance not captured)"
+    better = (mean_diff > 0) == higher_is_better
+    return (f"{'better' if better else 'worse'} on these {n} {unit} at {alpha:g}; one run, so "
+            "seed-to-seed variance is not captured")

@@ -22,7 +22,7 @@ from segbench import SegbenchError, config_dir
 
 log = logging.getLogger("segbench")
 
-NAMES = ("train", "eval", "report", "predict", "download", "verify", "info", "export")
+NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export")
 
 
 def load(name: str) -> ModuleType:

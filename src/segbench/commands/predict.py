@@ -16,9 +16,10 @@ from segbench import SegbenchError
 from segbench.cli_args import path_arguments
 
 CONFIG = "predict"
-HELP = "segment new images with a run: predict run_dir=<dir> input=<path> output=<dir>"
+HELP = "segment new images with a run (or an ensemble of runs): predict <run_dir...> input=<path> output=<dir>"
 
-prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",))
+prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",),
+                         many=True)
 
 log = logging.getLogger("segbench.predict")
 
@@ -34,7 +35,17 @@ def run(cfg) -> dict:
     from segbench.settings import check_threshold
     from segbench.viz import overlay
 
-    run_dir = RunDir.open(cfg.run_dir)
+    runs = list(cfg.run_dir) if OmegaConf.is_list(cfg.run_dir) else [cfg.run_dir]
+    one = Path(str(runs[0])).expanduser()
+    if len(runs) == 1 and (RunDir(one).is_run() or not one.is_dir()
+                           or not any(one.rglob("config.yaml"))):
+        members = [RunDir.open(one)]
+    else:  # several runs, or a folder of runs: their mean probability
+        from segbench.ensemble import check_members, find_members
+
+        members, searched = find_members(runs)
+        check_members(members, same_test=False, one_configuration=searched)
+    run_dir = members[0]
     run_dir.checkpoint_path(cfg.checkpoint)  # best | last
     if int(cfg.batch_size) < 1:
         raise SegbenchError(f"batch_size={cfg.batch_size}; use 1 or more")
@@ -44,18 +55,28 @@ def run(cfg) -> dict:
         raise SegbenchError("output is the input folder: masks would mix with the images; "
                             "choose another output folder")
     train_cfg = run_dir.read_config()
-    threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
-                                else train_cfg.eval.threshold)
-    tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, train_cfg.trainer.get("precision", "auto"))
-    model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+    if len(members) == 1:
+        threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
+                                    else train_cfg.eval.threshold)
+        tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
+        model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+    else:
+        from segbench.ensemble import load_ensemble, shared_setting
+
+        threshold = check_threshold(shared_setting(members, "threshold", cfg.eval.threshold))
+        tta = bool(shared_setting(members, "tta", cfg.eval.tta))
+        model, states = load_ensemble(members, cfg.checkpoint, device)
+        state = {"epoch": ", ".join(str(st.get("epoch")) for st in states)}
     model.eval()
     height, width = int(train_cfg.resolution.height), int(train_cfg.resolution.width)
     read_image = image_reader(train_cfg)  # the run's own decoding (e.g. its CT window)
     out_dir.mkdir(parents=True, exist_ok=True)
+    using = (str(run_dir.path) if len(members) == 1 else
+             f"an ensemble of {len(members)} runs ({', '.join(m.name() for m in members)})")
     log.info("predicting %d image(s) with %s (%s checkpoint, epoch %s) at %dx%d%s", len(files),
-             run_dir.path, cfg.checkpoint, state.get("epoch"), height, width, ", flip TTA" if tta else "")
+             using, cfg.checkpoint, state.get("epoch"), height, width, ", flip TTA" if tta else "")
 
     rows, skipped = [], []
     stems = dict(zip(files, output_stems(files)))
@@ -97,5 +118,5 @@ def run(cfg) -> dict:
         raise SegbenchError(f"none of the {len(files)} input file(s) could be read; see the "
                             "warnings above (each names the file and the problem)")
     log.info("wrote %d mask(s), overlays and areas.csv to %s", predicted, out_dir)
-    return {"predicted": predicted, "skipped": [str(f) for f, _ in skipped],
+    return {"predicted": predicted, "skipped": [str(f) for f, _ in skipped], "members": len(members),
             "config": OmegaConf.to_container(cfg.eval)}

@@ -22,7 +22,7 @@ from segbench.data.cache import cached_arrays
 from segbench.data.dataset import SegmentationDataset
 from segbench.data.io import read_image, read_mask
 from segbench.data.source import Sample
-from segbench.data.splits import make_splits
+from segbench.data.splits import make_splits, split_settings
 from segbench.data.transforms import build_augmentation
 from segbench.registry import Registry
 
@@ -84,14 +84,12 @@ def native_masks(cfg: DictConfig, samples: list[Sample]) -> list:
         return list(pool.map(lambda s: read(s, cfg.dataset)[1], samples))
 
 
-def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
-    """train/val/test samples for the config's dataset (validation carved from training)."""
+def list_splits(cfg: DictConfig, record: dict | None = None) -> dict[str, list[Sample]]:
+    """train/val/test samples for the config's dataset (validation carved from training, or
+    a cross-validation fold); `record` gets the fold assignment for split.json."""
     module = dataset_module(cfg.dataset)
     pools = module.list_splits(cfg.dataset)
-    d = cfg.dataset
-    return make_splits(pools, val_fraction=float(d.get("val_fraction", 0.2)),
-                       train_fraction=float(d.get("train_fraction", 1.0)),
-                       seed=int(d.get("split_seed", 0)))
+    return make_splits(pools, **split_settings(cfg.dataset), record=record)
 
 
 def select_splits(cfg: DictConfig, recorded: dict[str, list[str]], names: list[str]):

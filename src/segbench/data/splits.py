@@ -1,5 +1,12 @@
 """Seeded, group-aware splits. The test split is the dataset's own; validation is carved from the
-training pool; `train_fraction` keeps a seeded subset of what remains for training."""
+training pool (a seeded `val_fraction`, or fold k of a K-fold partition with `folds`/`fold`);
+`train_fraction` keeps a seeded subset of what remains for training.
+
+Cross-validation (`dataset.folds=K dataset.fold=k`): the training pool's groups (patients, or
+images where a sample has no group) are shuffled with `split_seed` and dealt one by one to the
+fold holding the fewest images so far, so folds are patient-disjoint and about equal in images.
+Fold k is the validation split, the other K-1 folds train; the test split is the dataset's own
+and the same for every fold."""
 
 from __future__ import annotations
 
@@ -52,12 +59,67 @@ def carve_test(samples: list[Sample], fraction: float, seed: int,
     return split_groups(samples, fraction, seed + TEST_SEED_OFFSET)
 
 
+def split_settings(dataset) -> dict:
+    """make_splits()'s keyword arguments from a dataset config (older configs lack `folds`)."""
+    folds = dataset.get("folds")
+    fold = dataset.get("fold")
+    return {"val_fraction": float(dataset.get("val_fraction", 0.2)),
+            "train_fraction": float(dataset.get("train_fraction", 1.0)),
+            "seed": int(dataset.get("split_seed", 0)),
+            "folds": None if folds is None else int(folds),
+            "fold": None if fold is None else int(fold)}
+
+
+def fold_assignment(samples: list[Sample], folds: int, seed: int) -> list[list[str]]:
+    """The groups (patients, or image ids) of each of `folds` folds: a seeded shuffle of the
+    groups, each dealt to the fold with the fewest images so far (ties: the lowest fold)."""
+    groups = _groups(samples)
+    if folds < 2:
+        raise SegbenchError(f"dataset.folds={folds}: cross-validation needs at least 2 folds "
+                            "(or dataset.folds=null for one validation split)")
+    if folds > len(groups):
+        unit = "patients" if any(s.group is not None for s in samples) else "images"
+        raise SegbenchError(f"dataset.folds={folds} but the training pool has {len(groups)} "
+                            f"{unit}: use at most {len(groups)} folds")
+    size = {}
+    for s in samples:
+        key = s.group if s.group is not None else s.id
+        size[key] = size.get(key, 0) + 1
+    assignment: list[list[str]] = [[] for _ in range(folds)]
+    filled = [0] * folds
+    for i in np.random.default_rng(seed).permutation(len(groups)):
+        k = min(range(folds), key=lambda f: (filled[f], f))
+        assignment[k].append(groups[i])
+        filled[k] += size[groups[i]]
+    return [sorted(a) for a in assignment]
+
+
 def make_splits(pools: dict[str, list[Sample]], *, val_fraction: float, train_fraction: float,
-                seed: int) -> dict[str, list[Sample]]:
-    """train/val/test from a dataset's pools ('train', 'test' and optionally its own 'val')."""
+                seed: int, folds: int | None = None, fold: int | None = None,
+                record: dict | None = None) -> dict[str, list[Sample]]:
+    """train/val/test from a dataset's pools ('train', 'test' and optionally its own 'val');
+    with `folds`, validation is fold `fold` of the training pool's K-fold partition (and
+    `record`, when given, gets its description for split.json under "cv")."""
     if not 0.0 < train_fraction <= 1.0:
         raise SegbenchError(f"dataset.train_fraction must be in (0, 1], got {train_fraction}")
-    if "val" in pools:
+    if folds is not None:
+        if "val" in pools:
+            raise SegbenchError(
+                "dataset.folds is set but the dataset has its own validation list (val.txt): "
+                "cross-validation would ignore it. Remove val.txt or set dataset.folds=null")
+        if fold is None or not 0 <= fold < folds:
+            raise SegbenchError(f"dataset.fold={fold}: with dataset.folds={folds} use a fold in "
+                                f"0..{folds - 1}, e.g. `-m dataset.fold="
+                                f"{','.join(str(k) for k in range(folds))}`")
+        assignment = fold_assignment(pools["train"], folds, seed)
+        val = _take(pools["train"], set(assignment[fold]))
+        held = {s.id for s in val}
+        train = [s for s in pools["train"] if s.id not in held]
+        if record is not None:
+            grouped = any(s.group is not None for s in pools["train"])
+            record["cv"] = {"folds": folds, "fold": fold, "seed": seed,
+                            "unit": "groups" if grouped else "images", "assignment": assignment}
+    elif "val" in pools:
         train, val = pools["train"], pools["val"]
     else:
         if not 0.0 < val_fraction < 1.0:

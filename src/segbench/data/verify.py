@@ -22,7 +22,7 @@ from segbench import SegbenchError
 from segbench.data import EXPECTED_MASK_VALUES, dataset_module, default_read
 from segbench.data.files import UnpairedFiles, listing
 from segbench.data.source import Sample
-from segbench.data.splits import make_splits
+from segbench.data.splits import make_splits, split_settings
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,7 @@ def verify_dataset(cfg: DictConfig) -> dict:
     warnings += [m for m in collect.messages if "on_unpaired=skip" not in m]
     report["pools"] = {k: len(v) for k, v in pools.items()}
     try:
-        splits = make_splits(pools, val_fraction=float(d.get("val_fraction", 0.2)),
-                             train_fraction=float(d.get("train_fraction", 1.0)),
-                             seed=int(d.get("split_seed", 0)))
+        splits = make_splits(pools, **split_settings(d))
         report["splits"] = {k: len(v) for k, v in splits.items()}
     except SegbenchError as err:
         problems.append(str(err))

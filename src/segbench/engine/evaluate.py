@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, metrics, rundir, surface
 from segbench.engine.device import autocast
+from segbench.models.ensemble import Ensemble
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,15 @@ class EvalResult:
 def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False,
                   logits: torch.Tensor | None = None) -> torch.Tensor:
     """Foreground probabilities; with tta the mean over identity, h-flip and v-flip. `logits`:
-    the identity pass when the caller already ran it."""
+    the identity pass when the caller already ran it. An `Ensemble` averages its members'
+    probabilities (each member with its own autocast dtype)."""
+    if isinstance(model, Ensemble):
+        probs = model.probabilities(images)
+        if tta:
+            for dim in (3, 2):
+                probs += model.probabilities(images.flip(dim)).flip(dim)
+            probs /= 3
+        return probs
     device = images.device
     with autocast(device, amp_dtype):
         probs = torch.sigmoid((model(images) if logits is None else logits).float())

@@ -54,7 +54,7 @@ from segbench.engine.evaluate import (
 from segbench.loggers import build_loggers
 from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
-from segbench.models.info import model_facts
+from segbench.models.info import inference_latency, model_facts
 from segbench.optim import build_optimizer, build_scheduler
 from segbench.rundir import RunDir
 from segbench.settings import Train
@@ -186,11 +186,11 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
     facts = model_facts(model, (int(cfg.model.get("in_channels", 3)), s.resolution.height,
                                 s.resolution.width))
 
-    splits = list_splits(cfg)
+    record = {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))}
+    splits = list_splits(cfg, record)
     quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
     if not resuming:
-        run.write_split(split_document(splits, {"dataset": cfg.dataset.name,
-                                                "split_seed": int(cfg.dataset.get("split_seed", 0))}))
+        run.write_split(split_document(splits, record))
     data = build_datasets(cfg, splits, Path(cfg.paths.cache))
     log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
              len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
@@ -378,7 +378,9 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
     """Test once, with the checkpoint chosen on validation; the metrics.json record."""
     from segbench.viz import plot_curves
 
-    plot_curves(state.history, run / "curves.png", state.best_epoch)
+    plot_curves(state.history, run / "curves.png", state.best_epoch,
+                title=f"{run.name()}: {cfg.model.name} ({cfg.model.get('encoder', '-')}), "
+                      f"seed {s.seed}, best epoch {state.best_epoch}")
     best = run.load_checkpoint("best", map_location=parts.device)
     parts.model.load_state_dict(best["model"])
     e = s.eval
@@ -391,6 +393,8 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
                       num_workers=parts.workers, surface_metrics=e.surface_metrics,
                       pixel_spacing=spacing, surface_workers=e.surface_workers,
                       native_masks=native_masks(cfg, test_samples) if e.native_resolution else None)
+    shape = (int(cfg.model.get("in_channels", 3)), s.resolution.height, s.resolution.width)
+    latency = inference_latency(parts.model, shape, parts.device, parts.amp_dtype) if e.latency else None
     return {
         "test": test,
         "val_best": best["val"],
@@ -400,7 +404,7 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
         "epochs_run": len(state.history),
         "stopped_early": state.stopped_early,
         **evaluation_record(e.threshold, e.tta, e.surface_metrics, spacing, e.native_resolution),
-        "model": {"name": cfg.model.name, **parts.facts},
+        "model": {"name": cfg.model.name, **parts.facts, "latency_ms": latency},
         "seed": s.seed,
         "split_sizes": {k: len(v) for k, v in parts.splits.items()},
         "train_seconds": round(state.train_seconds, 2),

@@ -13,6 +13,7 @@ every run's metrics.json; `measure()` times real forward passes for `segbench in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import statistics
@@ -80,6 +81,27 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+@torch.no_grad()
+def inference_latency(model: nn.Module, input_shape: tuple[int, int, int], device: torch.device,
+                      amp_dtype=None, warmup: int = 5, repeats: int = 20) -> float:
+    """Median milliseconds of one forward pass of one image (eval mode, the run's autocast), the
+    latency a run's metrics.json records for the report's cost columns."""
+    was_training = model.training
+    model.eval()
+    x = torch.rand((1, *input_shape), device=device)
+    times = []
+    cast = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+    with cast:
+        for i in range(warmup + max(1, repeats)):
+            start = time.perf_counter()
+            model(x)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return round(1000 * statistics.median(times), 3)
 
 
 @torch.no_grad()

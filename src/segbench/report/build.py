@@ -1,0 +1,370 @@
+"""build_report(): read the runs, group them, compute, and write report.md, report.csv,
+tables/ (CSV and LaTeX of every table) and the figures."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from segbench import SegbenchError
+from segbench.atomic import write_atomic
+from segbench.report import analysis, figures
+from segbench.report.analysis import CaseTables, column_named, column_stats, mean_std
+from segbench.report.runs import ABSENT, Grouping, group_runs, load_run, pick_baseline
+from segbench.report.tables import Table, best_value, fmt, fmt_p, num
+
+log = logging.getLogger(__name__)
+
+
+def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
+                 metrics: tuple[str, ...] = ("dice", "iou"), alpha: float = 0.05,
+                 n_resamples: int = 10_000, seed: int = 0, max_predictions: int = 6) -> dict:
+    root, out_dir = Path(root), Path(out_dir)
+    if not root.is_dir():
+        raise SegbenchError(f"{root} is not a folder; pass a sweep directory or a parent of run directories")
+    from segbench.report.runs import find_run_dirs
+
+    run_paths = find_run_dirs(root, exclude=out_dir)
+    if not run_paths:
+        raise SegbenchError(f"no segbench run directories below {root} (a run directory holds "
+                            "config.yaml and train.log); pass a sweep or training output folder")
+    if not metrics:
+        raise SegbenchError("report.metrics is empty; name per-case metrics to compare, e.g. [dice, iou]")
+    metrics = tuple(metrics)
+    runs = [load_run(p) for p in run_paths]
+    g = group_runs(runs)
+    if not g.configs:
+        raise SegbenchError(f"none of the {len(runs)} run directories below {root} has a readable "
+                            "config.yaml; nothing to compare")
+    base = pick_baseline(g.configs, baseline)
+    notes: list[str] = list(g.notes)
+    tables = CaseTables(analysis.case_level(g.configs))
+    comparisons = analysis.compare(g.configs, base, list(metrics), alpha=alpha,
+                                   n_resamples=n_resamples, seed=seed, tables=tables, notes=notes)
+    cis = analysis.intervals(g.configs, list(metrics), alpha=alpha, n_resamples=n_resamples,
+                             seed=seed, tables=tables)
+    columns = analysis.shown_columns(g.configs)
+    axis = analysis.numeric_axis(g.configs, g.label_keys)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = [k or "model" for k, _ in _parts(g)] if g.label_keys else []
+    axis_title = parts[0] if len(parts) == 1 else "configuration"
+    figures_made = {"metrics.png": figures.plot_metrics(
+        g.configs, base, list(metrics), cis, out_dir / "metrics.png", axis, axis_title)}
+    if figures.plot_curves(g.configs, out_dir / "curves.png",
+                           axis_title if axis_title != "configuration" else None):
+        figures_made["curves.png"] = "learning curves of every configuration"
+    if figures.plot_prediction_grid(g.configs, out_dir / "predictions.png", max_predictions):
+        figures_made["predictions.png"] = "the same test images across configurations"
+    else:
+        notes.append("no run holds predictions.npz: no prediction grid")
+    notes += tables.notes
+    notes[:] = list(dict.fromkeys(notes))  # each metric compared meets the same mismatch
+
+    made = [configurations_table(g, base), results_table(g, base, columns)]
+    made += cv_tables(g)
+    made += [comparison_table(metric, results, tables.level, alpha, n_resamples, seed)
+             for metric, results in comparisons.items()]
+    for t in made:
+        t.write(out_dir / "tables")
+    write_report_csv(out_dir / "report.csv", g, base, columns, comparisons)
+    text = markdown(root, runs, g, base, baseline, made, comparisons, metrics, figures_made,
+                    notes, axis)
+    write_atomic(out_dir / "report.md", text)
+    for n in notes:
+        log.warning("%s", n)
+    return {"runs": len(runs), "configurations": len(g.configs), "baseline": base.label,
+            "finished": sum(len(c.finished) for c in g.configs), "comparisons": comparisons,
+            "warnings": notes, "level": tables.level, "axis": axis.key if axis else None,
+            "labels": [c.label for c in g.configs], "tables": [t.name for t in made],
+            "figures": list(figures_made)}
+
+
+def _parts(g: Grouping):
+    from segbench.report.runs import label_parts
+
+    return label_parts(g.configs[0].settings, g.label_keys)
+
+
+# --------------------------------------------------------------------------- tables
+
+def _replicates(c) -> str:
+    if c.is_ensemble:
+        members = [m for r in c.finished for m in (r.metrics or {}).get("members", [])]
+        seeds = sorted({str(m.get("seed")) for m in members})
+        folds = sorted({str(m.get("fold")) for m in members if m.get("fold") is not None})
+        return (f"ensemble of {len(members)} runs (seed{'s' if len(seeds) > 1 else ''} "
+                f"{','.join(seeds)}" + (f" x folds {','.join(folds)}" if folds else "") + ")")
+    seeds = sorted({r.seed for r in c.finished}, key=lambda s: int(s) if s.isdigit() else 0)
+    folds = sorted({r.fold for r in c.finished if r.fold is not None}, key=int)
+    text = f"seed{'s' if len(seeds) > 1 else ''} {','.join(seeds)}" if seeds else "none finished"
+    return text + (f" x folds {','.join(folds)}" if folds else "")
+
+
+def configurations_table(g: Grouping, base) -> Table:
+    keys = list(dict.fromkeys(g.varying + g.preset_keys))
+    header = ["configuration", "finished runs", *keys]
+    rows = [[c.label + (" (baseline)" if c is base and len(g.configs) > 1 else ""), _replicates(c),
+             *(c.settings.get(k, g.shared.get(k, ABSENT)) for k in keys)] for c in g.configs]
+    note = ("Every resolved config.yaml key that differs between configurations"
+            + (", and the swept groups' keys a preset set (see the note below)" if g.preset_keys else "")
+            + "; runs that differ only in seed or fold are one configuration.")
+    return Table("configurations", "Configurations: what each one ran", header, rows, note)
+
+
+def results_table(g: Grouping, base, columns) -> Table:
+    from segbench.report.runs import label_parts
+
+    done = [c for c in g.configs if c.finished]
+    names = [k for k, _ in label_parts(done[0].settings, g.label_keys)] if g.label_keys else []
+    names = [n or "model" for n in names] or ["configuration"]
+    stats = {c.label: [column_stats(c, col) for col in columns] for c in done}
+    best = [best_value([s[i][0] for s in stats.values()], col.higher_is_better)
+            for i, col in enumerate(columns)]
+    header = [*names, "n", *(col.name for col in columns)]
+    rows, bold, csv_rows = [], set(), []
+    for i, c in enumerate(done):
+        cells = [v for _, v in label_parts(c.settings, g.label_keys)] if g.label_keys else [c.label]
+        cells[0] += " (baseline)" if c is base and len(done) > 1 else ""
+        row, raw = [*cells, str(len(c.finished))], [c.label, len(c.finished)]
+        for j, col in enumerate(columns):
+            mean, std, _ = stats[c.label][j]
+            spread = not math.isnan(std) and std > 0  # params and FLOPs do not vary over seeds
+            row.append(fmt(mean, col.digits) + (f" ± {fmt(std, col.digits)}" if spread else ""))
+            raw += [num(mean), num(std)]
+            if best[j] is not None and not math.isnan(mean) and mean == best[j]:
+                bold.add((i, len(cells) + 1 + j))
+        rows.append(row)
+        csv_rows.append(raw)
+    costs = [col.name for col in columns if col.cost]
+    meaning = {"params_M": "millions of parameters", "GFLOPs": "one image at the run's resolution",
+               "latency_ms": "one image's forward pass on the run's device",
+               "train_min": "training time (an ensemble: its members' total)"}
+    note = ("Test split; mean ± sample standard deviation over finished runs (n = seeds x folds); "
+            "best per column in bold (higher is better except hd95 and the cost columns; epochs "
+            "not ranked). " + "; ".join(f"{c}: {meaning[c]}" for c in costs)
+            + ". dice/iou average per-image values, _micro pool the split's pixels.")
+    csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
+    t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
+    return t
+
+
+def cv_tables(g: Grouping) -> list[Table]:
+    cv = [c for c in g.configs if c.folds and c.finished and not c.is_ensemble]
+    if not cv:
+        return []
+    rows, csv_rows, fold_rows = [], [], []
+    for c in cv:
+        per_fold = analysis.fold_summary(c)
+        cells, raw = [c.label, f"{len(per_fold)} of {c.folds}"], [c.label, c.folds, len(per_fold)]
+        for name, _ in analysis.CV_COLUMNS:
+            mean, std, _ = mean_std([f[name] for f in per_fold])
+            cells.append(f"{fmt(mean)} ± {fmt(std)}")
+            raw += [num(mean), num(std)]
+        for name in ("test_dice", "test_iou"):
+            mean, std, _ = mean_std([f[name] for f in per_fold])
+            cells.append(f"{fmt(mean)} ± {fmt(std)}")
+            raw += [num(mean), num(std)]
+        rows.append(cells)
+        csv_rows.append(raw)
+        for f in per_fold:
+            fold_rows.append([c.label, f["fold"], ",".join(f["seeds"]), fmt(f["val_dice"]),
+                              fmt(f["test_dice"]), fmt(f["test_iou"]), fmt(f["test_volume_dice"])])
+    header = ["configuration", "folds", "val dice (CV)", "val iou (CV)", "test dice", "test iou"]
+    units = {"groups": "patients", "images": "images"}
+    note = ("Cross-validation: the validation metrics of each fold's best checkpoint "
+            "(metrics.json val_best), mean ± sample std over folds (a fold with several seeds "
+            "counts as their mean); test: each fold's model on the shared test split, mean ± std "
+            "over folds. Folds partition the training pool by " + units.get(_cv_unit(cv), "images")
+            + "; the test split is the same for every fold.")
+    csv_header = ["configuration", "folds", "folds_finished", "val_dice_mean", "val_dice_std",
+                  "val_iou_mean", "val_iou_std", "test_dice_mean", "test_dice_std", "test_iou_mean",
+                  "test_iou_std"]
+    summary = Table("cv", "Cross-validation", header, rows, note, set(), csv_header, csv_rows)
+    has_volume = any(r[-1] != "-" for r in fold_rows)
+    fold_header = ["configuration", "fold", "seeds", "val dice", "test dice", "test iou",
+                   *(["test volume dice"] if has_volume else [])]
+    per_fold = Table("folds", "Test metrics per fold", fold_header,
+                     [r if has_volume else r[:-1] for r in fold_rows],
+                     "Each fold's model (mean over its seeds) on the shared test split; val dice: "
+                     "its validation fold.")
+    return [summary, per_fold]
+
+
+def _cv_unit(configs) -> str:
+    import json
+
+    for c in configs:
+        for r in c.finished:
+            try:
+                doc = json.loads((r.path / "split.json").read_text())
+                return doc.get("cv", {}).get("unit", "images")
+            except (OSError, ValueError):
+                continue
+    return "images"
+
+
+def comparison_table(metric, results, level, alpha, n_resamples, seed) -> Table:
+    rows = [[label, f"{r['runs'][0]} vs {r['runs'][1]}", str(r["n_pairs"]), fmt(r["mean_diff"], 4),
+             f"[{fmt(r['ci_low'], 4)}, {fmt(r['ci_high'], 4)}]", fmt_p(r["p_value"]),
+             fmt_p(r["p_holm"]), r["verdict"]] for label, r in results.items()]
+    levels = {r["level"] for r in results.values()} or {level}
+    unit = " and ".join(sorted(levels))
+    methods = {r["method"] for r in results.values()}
+    parts = [f"Paired over the same test {unit} (per_volume.csv: patients are the unit)"
+             if "volumes" in levels else f"Paired over the same test {unit}"]
+    if "bootstrap over runs and cases" in methods:
+        parts.append(f"several runs on both sides: difference of the grand means, "
+                     f"{100 * (1 - alpha):g}% interval and two-sided p from a two-level bootstrap "
+                     f"({n_resamples} resamples of runs and {unit}, seed {seed})")
+        if any(min(r["runs"]) == 2 for r in results.values()):
+            parts.append("two runs a side show little of the seed-to-seed variance: three or "
+                         "more seeds give a fairer interval")
+    if "Wilcoxon over cases (one run)" in methods:
+        parts.append(f"one run on a side: Wilcoxon signed-rank p and a {n_resamples}-resample "
+                     f"bootstrap over {unit} of the per-case means; seed-to-seed variance is not "
+                     "captured")
+    parts.append(f"Holm correction over the {len(results)} comparisons of this table")
+    header = ["configuration", "runs", unit, f"Δ {metric}", f"{100 * (1 - alpha):g}% CI", "p",
+              "p (Holm)", "verdict"]
+    csv_header = ["configuration", "runs", "baseline_runs", "cases", "level", "method", "diff",
+                  "ci_low", "ci_high", "p", "p_holm", "verdict"]
+    csv_rows = [[label, r["runs"][0], r["runs"][1], r["n_pairs"], r["level"], r["method"],
+                 num(r["mean_diff"]), num(r["ci_low"]), num(r["ci_high"]), num(r["p_value"]),
+                 num(r["p_holm"]), r["verdict"]] for label, r in results.items()]
+    return Table(f"comparison_{metric}", f"Test {metric} against the baseline", header, rows,
+                 "; ".join(parts) + ".", set(), csv_header, csv_rows)
+
+
+def write_report_csv(path, g: Grouping, base, columns, comparisons) -> None:
+    keys = g.label_keys
+    header = ["configuration", *keys, "baseline", "n_runs", "n_finished"]
+    for col in columns:
+        header += [f"{col.name}_mean", f"{col.name}_std", f"{col.name}_n"]
+    for m in comparisons:
+        header += [f"{m}_diff", f"{m}_ci_low", f"{m}_ci_high", f"{m}_p", f"{m}_p_holm",
+                   f"{m}_pairs", f"{m}_method", f"{m}_verdict"]
+    import io
+
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(header)
+    for c in g.configs:
+        row = [c.label, *(c.settings.get(k, ABSENT) for k in keys), c is base, len(c.runs),
+               len(c.finished)]
+        for col in columns:
+            mean, std, n = column_stats(c, col)
+            row += [num(mean), num(std), n]
+        for comp in comparisons.values():
+            r = comp.get(c.label)
+            row += ([num(r["mean_diff"]), num(r["ci_low"]), num(r["ci_high"]), num(r["p_value"]),
+                     num(r["p_holm"]), r["n_pairs"], r["method"], r["verdict"]] if r else
+                    ["", "", "", "", "", "", "", "baseline" if c is base else "no finished run"])
+        w.writerow(row)
+    write_atomic(path, text.getvalue())
+
+
+# --------------------------------------------------------------------------- report.md
+
+def axis_tables(g: Grouping, base, primary, comparisons) -> str:
+    """One table per axis when every configuration differs from the baseline in one setting;
+    a grid of means when two axes are fully crossed."""
+    from segbench.report.runs import label_parts
+
+    done = [c for c in g.configs if c.finished]
+    parts = {c.label: dict(label_parts(c.settings, g.label_keys)) for c in done}
+    axes = list(parts[base.label]) if base.label in parts else []
+    if len(axes) < 2 or len(done) < 2:
+        return ""
+    column = column_named(primary)
+    diffs = {c.label: [a for a in axes if parts[c.label][a] != parts[base.label][a]] for c in done}
+    out = []
+    if all(len(d) <= 1 for d in diffs.values()):
+        out.append(f"Every configuration changes one setting of the baseline ({base.label}); "
+                   f"test {primary} per axis:\n")
+        for a in axes:
+            rows = []
+            for c in done:
+                if c is base or diffs[c.label] == [a]:
+                    mean, std, n = column_stats(c, column)
+                    comp = comparisons.get(primary, {}).get(c.label)
+                    rows.append([parts[c.label][a] + (" (baseline)" if c is base else ""),
+                                 f"{fmt(mean)} ± {fmt(std)}", str(n),
+                                 fmt(comp["mean_diff"]) if comp else "-",
+                                 fmt_p(comp["p_value"]) if comp else "-"])
+            t = Table("axis", a, [a or "model", primary, "n", "Δ vs baseline", "p"], rows,
+                      f"Mean ± std over runs; Δ and p from the {primary} comparison above "
+                      "(p unadjusted there; see its Holm column).")
+            out.append(f"**{a or 'model'}**\n\n" + t.markdown() + "\n")
+    elif len(axes) == 2:
+        a, b = axes
+        va = list(dict.fromkeys(parts[c.label][a] for c in done))
+        vb = list(dict.fromkeys(parts[c.label][b] for c in done))
+        cell = {(parts[c.label][a], parts[c.label][b]): column_stats(c, column)[0] for c in done}
+        if len(cell) == len(va) * len(vb):
+            t = Table("grid", "grid", [f"{a} \\ {b}", *vb], [[x, *(fmt(cell[(x, y)]) for y in vb)] for x in va],
+                      f"Test {primary}, mean over each configuration's runs.")
+            out.append(f"Test {primary} (mean over runs), {a} down, {b} across:\n\n" + t.markdown() + "\n")
+    return "\n".join(out)
+
+
+def _shared_lines(shared: dict[str, str]) -> list[str]:
+    by_group = defaultdict(list)
+    for k, v in shared.items():
+        group, _, rest = k.partition(".")
+        by_group[group if rest else "(top level)"].append(f"`{rest or k}={v}`")
+    return ["| group | settings |", "|---|---|",
+            *(f"| {grp} | {', '.join(items)} |" for grp, items in by_group.items())]
+
+
+def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], comparisons,
+             metrics, figures_made, notes, axis) -> str:
+    states = defaultdict(int)
+    for r in runs:
+        states[r.state] += 1
+    by_name = {t.name: t for t in made}
+    lines = [f"# segbench report: {root.resolve().name}", "",
+             f"{len(runs)} runs in {len(g.configs)} configurations under `{root}`: "
+             + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".", ""]
+    lines += ["## What ran", "",
+              "Read from each run's resolved `config.yaml` (not from its command line).", ""]
+    lines += [by_name["configurations"].markdown(), ""]
+    preset = [n for n in notes if n.startswith("`")]
+    if preset:
+        lines += ["**Preset values.** " + preset[0], *(f"\n**Preset values.** {n}" for n in preset[1:]), ""]
+    if g.shared:
+        lines += [f"### Shared settings ({len(g.shared)} keys every configuration has)", "",
+                  *_shared_lines(g.shared), ""]
+    lines += ["## Results", "", by_name["results"].markdown(), ""]
+    if "cv" in by_name:
+        lines += ["## Cross-validation", "", by_name["cv"].markdown(), "", by_name["folds"].markdown(), ""]
+    lines += ["## Comparison with the baseline", "",
+              f"Baseline: **{base.label}**"
+              + (" (chosen with `report.baseline`)." if baseline_spec else
+                 " (the first configuration; choose another with `report.baseline=<setting=value>`)."),
+              ""]
+    for metric in comparisons:
+        t = by_name[f"comparison_{metric}"]
+        lines += [f"### {metric}", "", t.markdown() if t.rows else "Only the baseline has finished runs.", ""]
+    axis_text = axis_tables(g, base, metrics[0], comparisons)
+    if axis_text:
+        lines += ["## Per axis", "", axis_text, ""]
+    lines += ["## Figures", ""]
+    for name, caption in figures_made.items():
+        lines += [f"![{caption}]({name})", "", f"*{name}: {caption}.*", ""]
+    lines += ["Every table is also in `tables/` as CSV and LaTeX (booktabs).", ""]
+    problems = [r for r in runs if r.state != "finished"]
+    if problems:
+        rows = [[f"`{r.path.relative_to(root) if root in r.path.parents else r.path}`", r.state,
+                 str(r.epochs), (r.error or "").replace("\n", " ")[:300]] for r in problems]
+        t = Table("incomplete", "Incomplete and failed runs", ["run", "state", "epochs done", "error"], rows)
+        lines += ["## Incomplete and failed runs", "",
+                  "Not in the tables above. Re-run the sweep command to resume interrupted runs.", "",
+                  t.markdown(), ""]
+    other = [n for n in notes if not n.startswith("`")]
+    if other:
+        lines += ["## Notes", "", *(f"- {n}" for n in other), ""]
+    return "\n".join(lines)
