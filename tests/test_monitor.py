@@ -162,3 +162,14 @@ def test_history_records_volume_dice_for_volumetric_data(tmp_path, lgg_stand_in)
     row = RunDir(tmp_path / "run").read_history()[0]
     assert 0 <= float(row["val_volume_dice"]) <= 1
     assert read_json(tmp_path / "run" / "metrics.json")["monitor"]["metric"] == "val_volume_dice"
+
+
+def test_the_report_shows_each_monitor_and_warns_when_they_differ(tmp_path, lgg_stand_in,
+                                                                   scripted_validation):
+    _train(tmp_path, lgg_stand_in, name="runs/volume")
+    _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou", name="runs/slice")
+    proc = run_cli("report", str(tmp_path / "runs"), "report.bootstrap=200", cwd=tmp_path)
+    text = (tmp_path / "runs" / "report" / "report.md").read_text()
+    assert "val_volume_dice (max)" in text and "val_iou (max)" in text
+    assert "chose best.pt on different validation metrics" in text
+    assert "chose best.pt on different validation metrics" in proc.stdout

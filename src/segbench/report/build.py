@@ -41,6 +41,12 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
                             "config.yaml; nothing to compare")
     base = pick_baseline(g.configs, baseline)
     notes: list[str] = list(g.notes)
+    monitors = {c.label: monitor_of(c) for c in g.configs if c.finished and not c.is_ensemble}
+    if len(set(monitors.values())) > 1:
+        notes.append("the configurations chose best.pt on different validation metrics ("
+                     + "; ".join(f"{k}: {v}" for k, v in monitors.items()) + "): their test "
+                     "figures come from checkpoints selected on different quantities; set "
+                     "trainer.monitor alike to compare like with like")
     tables = CaseTables(analysis.case_level(g.configs))
     comparisons = analysis.compare(g.configs, base, list(metrics), alpha=alpha,
                                    n_resamples=n_resamples, seed=seed, tables=tables, notes=notes)
@@ -104,11 +110,24 @@ def _replicates(c) -> str:
     return text + (f" x folds {','.join(folds)}" if folds else "")
 
 
+def monitor_of(c) -> str:
+    """The validation metric that chose best.pt in a configuration's runs (metrics.json), e.g.
+    `val_volume_dice (max)`; runs from before trainer.monitor chose on validation IoU."""
+    seen = []
+    for r in c.finished:
+        m = (r.metrics or {}).get("monitor") or ({"metric": "val_iou", "mode": "max"}
+                                                  if "best_epoch" in (r.metrics or {}) else None)
+        if m:
+            seen.append(f"{m['metric']} ({m['mode']})")
+    return ", ".join(dict.fromkeys(seen)) or ABSENT
+
+
 def configurations_table(g: Grouping, base) -> Table:
     keys = list(dict.fromkeys(g.varying + g.preset_keys))
-    header = ["configuration", "finished runs", *keys]
+    header = ["configuration", "finished runs", "best.pt chosen on", *keys]
     rows = [[c.label + (" (baseline)" if c is base and len(g.configs) > 1 else ""), _replicates(c),
-             *(c.settings.get(k, g.shared.get(k, ABSENT)) for k in keys)] for c in g.configs]
+             monitor_of(c), *(c.settings.get(k, g.shared.get(k, ABSENT)) for k in keys)]
+            for c in g.configs]
     note = ("Every resolved config.yaml key that differs between configurations"
             + (", and the swept groups' keys a preset set (see the note below)" if g.preset_keys else "")
             + "; runs that differ only in seed or fold are one configuration.")
