@@ -34,8 +34,8 @@ from segbench.stats import bootstrap_mean_ci, holm, paired_comparison
 log = logging.getLogger(__name__)
 
 # Settings that never make two runs different configurations.
-IGNORED = ("seed", "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress_bar",
-           "trainer.log_every_steps", "paths.", "eval.num_predictions", "hydra")
+IGNORED = ("seed", "trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress",
+           "trainer.log_every_steps", "paths.", "eval.num_predictions", "hydra", "logger")
 
 
 @dataclass(frozen=True)

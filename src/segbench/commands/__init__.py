@@ -35,35 +35,45 @@ class HydraTask:
     unpickling registers segbench's config resolvers there, before Hydra resolves the job's
     directory, so that no module has to register them as a side effect of being imported."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, raise_errors: bool = False):
         self.name = name
+        self.raise_errors = raise_errors
+        self.results: list[tuple[str, object]] = []  # (job output dir, run()'s value), this process
 
     def __reduce__(self):
-        return _restore_task, (self.name,)
+        return _restore_task, (self.name, self.raise_errors)
 
     def __call__(self, cfg):
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        output_dir = HydraConfig.get().runtime.output_dir
         try:
-            return load(self.name).run(cfg)
+            result = load(self.name).run(cfg)
         except SegbenchError as err:
             log.error("%s", err)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
+                self.results.append((output_dir, None))
                 return None  # this job failed (its run dir says why); the sweep goes on
+            if self.raise_errors:
+                raise
             raise SystemExit(2) from None
+        self.results.append((output_dir, result))
+        return result
 
 
-def _restore_task(name: str) -> HydraTask:
+def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
     from segbench.sweeps import register_resolvers
 
     register_resolvers()
-    return HydraTask(name)
+    return HydraTask(name, raise_errors)
 
 
-def run_command(name: str, argv: list[str]):
+def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> list[tuple[str, object]]:
     """Run command `name` with a Hydra command line (overrides, -m, --cfg, --help), in this
-    process. Raises SystemExit as a CLI does (2 for a refused command)."""
+    process; returns (output dir, result) of each job that ran in this process. Raises
+    SystemExit as a CLI does (2 for a refused command); with `raise_errors` (the Python API),
+    a refused single run raises its SegbenchError instead."""
     import sys
 
     import hydra
@@ -72,7 +82,7 @@ def run_command(name: str, argv: list[str]):
 
     module = load(name)
     register_resolvers()
-    task = HydraTask(name)
+    task = HydraTask(name, raise_errors)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=module.CONFIG)
     def entry(cfg):
@@ -81,6 +91,7 @@ def run_command(name: str, argv: list[str]):
     saved = sys.argv
     sys.argv = [f"segbench-{name}", *argv]
     try:
-        return entry()
+        entry()
     finally:
         sys.argv = saved
+    return task.results

@@ -29,7 +29,7 @@ def run(cfg) -> dict:
 
     from segbench.data import image_reader
     from segbench.engine.device import autocast_dtype, resolve_device
-    from segbench.predict import list_inputs, output_stems, predict_images, write_png
+    from segbench.prediction import list_inputs, output_stems, predict_images, write_png
     from segbench.rundir import RunDir
     from segbench.settings import check_threshold
     from segbench.viz import overlay
