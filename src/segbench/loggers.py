@@ -528,14 +528,20 @@ def selected(node) -> list[str]:
     return names
 
 
-def build_loggers(cfg, run: RunDir, start_epoch: int) -> Loggers:
-    """The configured trackers of a run that starts (or resumes) at `start_epoch`."""
-    names = selected(cfg.get("logger"))
-    if not names:
-        return Loggers([], run)
-    for name in names:  # a missing extra fails before any tracker starts a run
+def check_loggers(node) -> list[str]:
+    """The selected trackers, each importable; a one-line SegbenchError otherwise."""
+    names = selected(node)
+    for name in names:
         if name in PACKAGES:
             require(name)
+    return names
+
+
+def build_loggers(cfg, run: RunDir, start_epoch: int) -> Loggers:
+    """The configured trackers of a run that starts (or resumes) at `start_epoch`."""
+    names = check_loggers(cfg.get("logger"))  # a missing extra fails before any tracker starts
+    if not names:
+        return Loggers([], run)
     info = run_info(cfg, run, start_epoch)
     records = run.read_trackers()
     trackers = []
