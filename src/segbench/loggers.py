@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -360,7 +361,9 @@ class WandB:
             raise SegbenchError(f"logger.wandb.mode={mode}; use auto, online or offline")
         if mode == "auto":
             mode = "online" if wandb_api_key() else "offline"
-        run_id = record.get("run_id") or wandb.util.generate_id()
+        if mode == "offline":  # W&B's own usage telemetry would still go out: offline is offline
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        run_id = record.get("run_id") or uuid.uuid4().hex[:12]
         kwargs = dict(project=opts.get("project") or "segbench", entity=opts.get("entity"),
                       group=opts.get("group") or info.experiment, name=info.name, id=run_id,
                       resume="allow", dir=str(info.run.path), config=info.config,
@@ -374,6 +377,7 @@ class WandB:
             log.warning("wandb: cannot reach W&B (%s); logging offline to %s/wandb, upload later "
                         "with `wandb sync`", _first_line(err), info.run.path)
             mode = "offline"
+            os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
             self.run = wandb.init(**kwargs, mode=mode, settings=self._settings(wandb, opts))
         self.run.config.update({"segbench.run_dir": info.tags["segbench.run_dir"]}, allow_val_change=True)
         self.run.define_metric("epoch")
