@@ -159,7 +159,7 @@ class RunProgress:
             epochs = max(0, max_epochs - first_epoch + 1)
             self.bar = tqdm(total=epochs * (train_steps + val_steps) + test_steps, leave=False,
                             dynamic_ncols=True, unit="step",
-                            bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}")
+                            bar_format="{desc} {percentage:3.0f}%|{bar}|{postfix}")
             self._redirect = logging_redirect_tqdm()  # log lines print above the bar
             self._redirect.__enter__()
 

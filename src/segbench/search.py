@@ -1,6 +1,6 @@
 """Hyperparameter search with Optuna (`segbench train -m hparams_search=<preset>`).
 
-The sweeper (hydra_plugins/segbench_optuna_sweeper, on top of hydra-optuna-sweeper) runs each
+The sweeper (hydra_plugins/segbench_optuna_sweeper, hydra-optuna-sweeper's syntax) runs each
 trial as one job of the sweep: a run directory named after the trial's overrides, like any
 sweep job. Its objective is a validation number of the run's metrics.json record (by default
 `val_best.iou`, the best validation IoU; never a test metric). The study lives in
@@ -55,9 +55,8 @@ def objective_value(record, path: str) -> float | None:
 def require_optuna():
     try:
         import optuna
-        from hydra_plugins.hydra_optuna_sweeper import _impl  # noqa: F401
     except ImportError:
-        raise SegbenchError(f"hparams_search needs Optuna and hydra-optuna-sweeper: {EXTRA}") from None
+        raise SegbenchError(f"hparams_search needs Optuna: {EXTRA}") from None
     return optuna
 
 
