@@ -62,7 +62,11 @@ def search_section(root: Path, out_dir: Path) -> dict | None:
     written to <dir>/report/search.md, with the command that re-runs the best with 3 seeds."""
     from segbench.search import summary
 
-    found = summary(root)
+    try:
+        found = summary(root)
+    except SegbenchError as err:  # e.g. the optuna extra is missing: the report itself stands
+        log.warning("search section left out: %s", err)
+        return None
     if found is None:
         return None
     text, facts = found
