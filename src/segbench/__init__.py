@@ -1,4 +1,9 @@
-"""segbench: a Hydra-driven experiment runner for 2D medical image segmentation studies."""
+"""segbench: a Hydra-driven experiment runner for 2D medical image segmentation studies.
+
+From Python: `segbench.train([...])`, `segbench.evaluate(run_dir)`, `segbench.predict(run_dir,
+images)`, `segbench.load_run(run_dir)` (see segbench.api). They are loaded on first use, so that
+`import segbench` (and `segbench --help`) stays light.
+"""
 
 from __future__ import annotations
 
@@ -25,3 +30,18 @@ def config_dir() -> Path:
     raise SegbenchError(
         f"segbench's config tree is missing (looked in {packaged} and {checkout}); reinstall segbench"
     )
+
+
+_API = ("train", "evaluate", "predict", "load_run", "Run")
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from segbench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'segbench' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_API])

@@ -19,6 +19,8 @@ EXAMPLES = """examples:
   segbench train -m optimizer=adam,sgd seed=0,1,2
   segbench train -m experiment=study/optimizers seed=0,1,2
   segbench report outputs/studies/optimizers/default
+  segbench train experiment=quickstart logger=mlflow
+  segbench train -m hparams_search=lr_adam hydra.sweeper.n_trials=20
   segbench predict run_dir=<run> input=images/ output=masks/
   segbench info -m model=unet,fpn,mcnet resolution=256
   segbench train --cfg job          # print the composed config

@@ -11,6 +11,7 @@
       metrics.json     the test metrics of best.pt, model facts, timings, environment
       per_case.csv  per_volume.csv  curves.png  predictions.png  predictions.npz
       confusion_matrix.png  tb/
+      trackers.json    the experiment trackers' run ids (a resumed run continues the same runs)
 
 Every record is written atomically (a temporary file in the same folder, flushed to disk and
 renamed over the old one), so a crash leaves either the old or the new version, never half of one.
@@ -41,21 +42,22 @@ PREDICTION_SAMPLES = "predictions.npz"
 CONFUSION = "confusion_matrix.png"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"
+TRACKERS = "trackers.json"
 HYDRA = ".hydra"
 CHECKPOINT_NAMES = ("best", "last")
 
 # Config keys that never make two runs different configurations (paths, devices, logging); and
 # the keys that tell repeats of one configuration apart (`segbench report` pools those runs).
-BOOKKEEPING = ("trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress_bar",
+BOOKKEEPING = ("trainer.resume", "trainer.device", "trainer.num_workers", "trainer.progress",
                "trainer.log_every_steps", "paths.", "dataset.root", "eval.num_predictions",
-               "eval.surface_workers", "eval.latency", "logger.")
+               "eval.surface_workers", "eval.latency", "logger")
 REPLICATE_KEYS = ("seed", "dataset.fold")
 ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` output
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
-                     "trainer.progress_bar", "trainer.log_every_steps", "paths.",
-                     "eval.surface_", "eval.native_resolution", "eval.latency")
+                     "trainer.progress", "trainer.log_every_steps", "paths.",
+                     "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -215,6 +217,16 @@ class RunDir:
         writer.writeheader()
         writer.writerows(rows)
         write_atomic(self.path / HISTORY, text.getvalue())
+
+    def read_trackers(self) -> dict:
+        """trackers.json: per tracker, its run id and the last epoch it was sent ({} if none)."""
+        try:
+            return json.loads((self.path / TRACKERS).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_trackers(self, records: dict) -> None:
+        write_json(self.path / TRACKERS, records)
 
     # ------------------------------------------------------------------ checkpoints
 

@@ -53,6 +53,8 @@ class Trainer:
     deterministic: bool
     channels_last: Literal["auto"] | bool
     progress_bar: Literal["auto"] | bool
+    progress_interval_s: float = _rule(lambda v: v > 0, "seconds > 0, e.g. 30")
+    progress_every_steps: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
     log_every_steps: int = _positive()
 
 

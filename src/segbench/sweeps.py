@@ -20,6 +20,12 @@ from omegaconf import OmegaConf
 
 MAX_NAME = 120  # characters of one directory name before it is shortened with a hash
 IGNORED_KEYS = ("seed", "trainer.resume")  # neither names a sweep nor a configuration
+# Nor do these, as prefixes: the trackers a sweep reports to.
+IGNORED_PREFIXES = ("logger",)
+
+
+def _ignored(key: str) -> bool:
+    return key in IGNORED_KEYS or key.split(".")[0] in IGNORED_PREFIXES
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=,+@-]")
 
 
@@ -71,7 +77,7 @@ def prepare_sweep(argv: list[str]) -> list[str]:
         excluded = sorted({o.key_or_group for o in constant} | set(IGNORED_KEYS))
         extra.append(f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]")
     if "hydra.sweep.dir" not in keys:
-        named = [o for o in overrides if o.key_or_group not in IGNORED_KEYS]
+        named = [o for o in overrides if not _ignored(o.key_or_group)]
         study = next((str(o.value()) for o in constant if o.key_or_group == "experiment"
                       and str(o.value()).startswith("study/")), None)
         if study:

@@ -37,11 +37,13 @@ class HydraTask:
     unpickling registers segbench's config resolvers there, before Hydra resolves the job's
     directory, so that no module has to register them as a side effect of being imported."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, raise_errors: bool = False):
         self.name = name
+        self.raise_errors = raise_errors
+        self.results: list[tuple[str, object]] = []  # (job output dir, run()'s value), this process
 
     def __reduce__(self):
-        return _restore_task, (self.name,)
+        return _restore_task, (self.name, self.raise_errors)
 
     def __call__(self, cfg):
         from hydra.core.hydra_config import HydraConfig
@@ -49,16 +51,23 @@ class HydraTask:
 
         module = load(self.name)
         hydra_cfg = HydraConfig.get()
+        output_dir = hydra_cfg.runtime.output_dir
         try:
             if getattr(module, "OWN_LOG_FILE", False):  # the command opens its log when ready
-                return module.run(cfg)
-            with log_file(Path(hydra_cfg.runtime.output_dir) / f"{hydra_cfg.job.name}.log"):
-                return module.run(cfg)
+                result = module.run(cfg)
+            else:
+                with log_file(Path(output_dir) / f"{hydra_cfg.job.name}.log"):
+                    result = module.run(cfg)
         except SegbenchError as err:
             log.error("%s", err)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
+                self.results.append((output_dir, None))
                 return None  # this job failed (its run dir says why); the sweep goes on
+            if self.raise_errors:
+                raise
             raise SystemExit(2) from None
+        self.results.append((output_dir, result))
+        return result
 
 
 @contextlib.contextmanager
@@ -70,6 +79,8 @@ def log_file(path: Path):
     console = next((h for h in root.handlers if h.formatter is not None), None)
     handler.setFormatter(console.formatter if console else
                          logging.Formatter("[%(asctime)s] %(levelname)s %(message)s", "%H:%M:%S"))
+    for f in console.filters if console else []:
+        handler.addFilter(f)
     root.addHandler(handler)
     try:
         yield
@@ -78,16 +89,18 @@ def log_file(path: Path):
         handler.close()
 
 
-def _restore_task(name: str) -> HydraTask:
+def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
     from segbench.sweeps import register_resolvers
 
     register_resolvers()
-    return HydraTask(name)
+    return HydraTask(name, raise_errors)
 
 
-def run_command(name: str, argv: list[str]):
+def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> list[tuple[str, object]]:
     """Run command `name` with a Hydra command line (overrides, -m, --cfg, --help), in this
-    process. Raises SystemExit as a CLI does (2 for a refused command)."""
+    process; returns (output dir, result) of each job that ran in this process. Raises
+    SystemExit as a CLI does (2 for a refused command); with `raise_errors` (the Python API),
+    a refused single run raises its SegbenchError instead."""
     import sys
 
     import hydra
@@ -96,7 +109,7 @@ def run_command(name: str, argv: list[str]):
 
     module = load(name)
     register_resolvers()
-    task = HydraTask(name)
+    task = HydraTask(name, raise_errors)
 
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=module.CONFIG)
     def entry(cfg):
@@ -105,6 +118,7 @@ def run_command(name: str, argv: list[str]):
     saved = sys.argv
     sys.argv = [f"segbench-{name}", *argv]
     try:
-        return entry()
+        entry()
     finally:
         sys.argv = saved
+    return task.results

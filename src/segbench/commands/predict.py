@@ -1,7 +1,7 @@
 """`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
 
 Each image goes through the run's own preprocessing and best checkpoint and comes back at its
-original size (see segbench.predict). Writes <stem>_mask.png (0/255), <stem>_overlay.png and
+original size (see segbench.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png and
 areas.csv; unreadable files are skipped with a warning and listed in areas.csv with their error;
 the command fails only when no image could be read.
 """
@@ -30,7 +30,7 @@ def run(cfg) -> dict:
 
     from segbench.data import image_reader
     from segbench.engine.device import autocast_dtype, resolve_device
-    from segbench.predict import list_inputs, output_stems, predict_images, write_png
+    from segbench.prediction import list_inputs, output_stems, predict_images, write_png
     from segbench.rundir import RunDir
     from segbench.settings import check_threshold
     from segbench.viz import overlay

@@ -35,5 +35,42 @@ def run(cfg) -> dict:
                           max_predictions=int(r.predictions))
     log.info("%d runs, %d configurations (%d finished runs); baseline: %s", result["runs"],
              result["configurations"], result["finished"], result["baseline"])
+    table = results_table((out_dir / "report.md").read_text())
+    if table:
+        print(table, flush=True)
+    searched = search_section(Path(cfg.dir).expanduser(), out_dir)
+    if searched is not None:
+        result["search"] = searched
     log.info("wrote %s", os.path.relpath(out_dir / "report.md"))
     return result
+
+
+def results_table(markdown: str) -> str:
+    """The main table of report.md (its `## Results` section), for the terminal."""
+    lines, inside = [], False
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            inside = line.strip() == "## Results"
+            continue
+        if inside and line.startswith("|"):
+            lines.append(line.replace("**", ""))
+    return "\n".join(lines)
+
+
+def search_section(root: Path, out_dir: Path) -> dict | None:
+    """An Optuna search folder (search.json): its trials and best configuration, printed and
+    written to <dir>/report/search.md, with the command that re-runs the best with 3 seeds."""
+    from segbench.search import summary
+
+    try:
+        found = summary(root)
+    except SegbenchError as err:  # e.g. the optuna extra is missing: the report itself stands
+        log.warning("search section left out: %s", err)
+        return None
+    if found is None:
+        return None
+    text, facts = found
+    (out_dir / "search.md").write_text(f"# segbench search: {root.resolve().name}\n\n{text}")
+    print(text, flush=True)
+    log.info("wrote %s", os.path.relpath(out_dir / "search.md"))
+    return {k: v for k, v in facts.items() if k != "best"} | {"best": facts["best"]}

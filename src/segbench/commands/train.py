@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from segbench import SegbenchError
-from segbench.cli_args import has_flag, merge_overrides, override_key, quote
+from segbench.cli_args import asks_for_help, has_flag, merge_overrides, override_key, quote
 
 CONFIG = "train"
 HELP = "train, validate and test one configuration (a sweep with -m)"
@@ -26,6 +26,14 @@ def prepare(argv: list[str]) -> list[str]:
     overrides; a multirun command line gets its deterministic sweep directory."""
     from segbench.sweeps import prepare_sweep
 
+    if any(override_key(a) == "hparams_search" and not a.endswith(("=null", "=none")) for a in argv
+           if "=" in a) and not asks_for_help(argv):
+        if not has_flag(argv, "-m", "--multirun"):
+            raise SegbenchError("hparams_search runs a search, one job per trial: add -m "
+                                "(segbench train -m hparams_search=<preset>)")
+        from segbench.search import require_optuna
+
+        require_optuna()  # a missing extra is one line here, not a plugin traceback later
     for i, arg in enumerate(argv):
         if not arg.startswith("trainer.resume="):
             continue
@@ -57,6 +65,7 @@ def run(cfg) -> dict | None:
     from omegaconf import OmegaConf
 
     from segbench.commands import log_file
+    from segbench.loggers import check_loggers
     from segbench.rundir import LOG, RunDir
     from segbench.settings import check_train
 
@@ -64,6 +73,7 @@ def run(cfg) -> dict | None:
     run_dir = RunDir(hydra_cfg.runtime.output_dir)
     try:
         settings = check_train(cfg)  # a wrong type or value stops here, before training
+        check_loggers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
     except SegbenchError as err:
         if not run_dir.holds_run():  # a new job of a sweep: the report lists it as failed
             run_dir.write_hydra(cfg, hydra_cfg)

@@ -168,11 +168,12 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
                batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
                channels_last: bool = False, num_workers: int = 0, surface_metrics: bool = False,
-               pixel_spacing=None, surface_workers="auto", native_masks=None) -> dict:
+               pixel_spacing=None, surface_workers="auto", native_masks=None, progress=None) -> dict:
     """Evaluate a split once and write per_case.csv, predictions.png, confusion_matrix.png (and
     per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
     when surface_metrics, in mm when pixel_spacing is set). With `native_masks` (the masks at
-    their size on disk) every metric is computed at that size, probabilities resized to it."""
+    their size on disk) every metric is computed at that size, probabilities resized to it.
+    `progress`: wraps the loader (the training run's progress bar or lines)."""
     from segbench.data.dataset import NativeMaskDataset
     from segbench.viz import plot_confusion, plot_predictions
 
@@ -180,7 +181,8 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     scored, truths = dataset, dataset.masks
     if native_masks is not None:
         scored, truths, batch_size = NativeMaskDataset(dataset.images, native_masks, dataset.ids), native_masks, 1
-    result = evaluate(model, eval_loader(scored, batch_size, device, num_workers), device,
+    loader = eval_loader(scored, batch_size, device, num_workers)
+    result = evaluate(model, progress(loader) if progress is not None else loader, device,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
                       channels_last=channels_last, scores=True, keep_predictions=surface_metrics)
     summary = result.summary()

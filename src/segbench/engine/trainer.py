@@ -26,7 +26,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from segbench import SegbenchError, __version__, metrics
 from segbench.data import build_datasets, list_splits, native_masks
@@ -56,6 +55,7 @@ from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
 from segbench.models.info import inference_latency, model_facts
 from segbench.optim import build_optimizer, build_scheduler
+from segbench.progress import RunProgress
 from segbench.rundir import RunDir
 from segbench.settings import Train
 
@@ -234,8 +234,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
     loss_sum = torch.zeros((), device=device)
     seen = 0
     counts = []
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not progress, dynamic_ncols=True)
-    for step, (images, masks, _) in enumerate(bar, 1):
+    for step, (images, masks, _) in enumerate(progress.train(loader, epoch), 1):
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -263,15 +262,18 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
                     "Lower optimizer.lr, set trainer.grad_clip=1.0, or use trainer.precision=fp32; "
                     "checkpoints/last.pt holds the last good epoch"
                 )
-            bar.set_postfix(loss=f"{running:.4f}")
+            progress.running_loss(running)
         if stop.requested:
             raise Interrupted(epoch - 1)
     summary = metrics.summarize(torch.cat(counts))
     return {"loss": loss_sum.item() / seen, "dice": summary["dice"], "iou": summary["iou"]}
 
 
-def validate(parts: Parts, threshold: float, epoch: int) -> dict:
-    val = evaluate(parts.model, parts.val_loader, parts.device, threshold=threshold,
+def validate(parts: Parts, threshold: float, epoch: int, progress: RunProgress | None = None) -> dict:
+    loader = parts.val_loader
+    if progress is not None:
+        loader = progress.evaluation("validation", len(loader))(loader)
+    val = evaluate(parts.model, loader, parts.device, threshold=threshold,
                    loss_fn=parts.loss_fn, amp_dtype=parts.amp_dtype,
                    channels_last=parts.channels_last, volumes=parts.val_volumes).summary()
     if not math.isfinite(val["loss"]):
@@ -303,7 +305,11 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                                      "config": config})
 
     loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1)
-    progress = sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar)
+    progress = RunProgress(
+        first_epoch=state.epoch + 1, max_epochs=t.max_epochs, train_steps=len(parts.train_loader),
+        val_steps=len(parts.val_loader), test_steps=test_steps(parts, native),
+        bar=sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar),
+        interval_s=t.progress_interval_s, every_steps=t.progress_every_steps)
     try:
         with StopSignal() as stop:
             for epoch in range(state.epoch + 1, t.max_epochs + 1):
@@ -322,7 +328,7 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                     parts.scaler, device=parts.device, amp_dtype=parts.amp_dtype,
                     grad_clip=t.grad_clip, channels_last=parts.channels_last, epoch=epoch,
                     progress=progress, log_every=t.log_every_steps, stop=stop)
-                val = validate(parts, threshold, epoch)
+                val = validate(parts, threshold, epoch, progress)
                 row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_dice": train["dice"],
                        "train_iou": train["iou"], "val_loss": val["loss"], "val_dice": val["dice"],
                        "val_iou": val["iou"], "val_dice_micro": val["dice_micro"],
@@ -362,10 +368,13 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                              parts.early.patience, parts.early.best, parts.early.best_epoch)
                 if stop.requested:
                     raise Interrupted(epoch)
-    finally:
         loggers.flush()
-
-    result = test_best(cfg, s, run, parts, state, spacing)
+        result = test_best(cfg, s, run, parts, state, spacing, progress)
+    except BaseException as err:
+        progress.close()
+        loggers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed")
+        raise
+    progress.close()
     result["wall_seconds"] = round(time.time() - started, 2)
     run.write_metrics(result)
     loggers.log_test(result["test"], state.best_epoch)
@@ -374,7 +383,14 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
     return result
 
 
-def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: TrainState, spacing) -> dict:
+def test_steps(parts: Parts, native: bool) -> int:
+    """Batches of the final test (one image per batch when scored at native resolution)."""
+    n = len(parts.data["test"])
+    return n if native else math.ceil(n / parts.eval_batch)
+
+
+def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: TrainState, spacing,
+              progress: RunProgress | None = None) -> dict:
     """Test once, with the checkpoint chosen on validation; the metrics.json record."""
     from segbench.viz import plot_curves
 
@@ -392,7 +408,9 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
                       groups=groups if any(groups) else None, channels_last=parts.channels_last,
                       num_workers=parts.workers, surface_metrics=e.surface_metrics,
                       pixel_spacing=spacing, surface_workers=e.surface_workers,
-                      native_masks=native_masks(cfg, test_samples) if e.native_resolution else None)
+                      native_masks=native_masks(cfg, test_samples) if e.native_resolution else None,
+                      progress=progress.evaluation("test", test_steps(parts, e.native_resolution))
+                      if progress is not None else None)
     shape = (int(cfg.model.get("in_channels", 3)), s.resolution.height, s.resolution.width)
     latency = inference_latency(parts.model, shape, parts.device, parts.amp_dtype) if e.latency else None
     return {

@@ -1,0 +1,1 @@
+"""segbench's Optuna sweeper plugin for Hydra (configs/hydra/sweeper/segbench_optuna.yaml)."""

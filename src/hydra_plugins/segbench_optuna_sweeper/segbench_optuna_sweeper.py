@@ -1,0 +1,229 @@
+"""A resumable Optuna search as a Hydra sweeper (configs/hydra/sweeper/segbench_optuna.yaml).
+
+It reads the search space as hydra-optuna-sweeper does (`hydra.sweeper.params` in Hydra's sweep
+syntax: `interval(a,b)`, `tag(log, interval(a,b))`, `choice(...)`, `range(a,b,step)`; other
+values are fixed) and turns each trial into the overrides of one job of the sweep. What segbench
+adds (see segbench.search):
+
+- the objective is read from each job's return value, the run's metrics.json record
+  (`objective: val_best.iou`), never from the test split;
+- the study is stored in <sweep_dir>/optuna.db (SQLite) with search.json beside it, and
+  `n_trials` is the study's total: a re-run of the same command asks only for the missing
+  trials, re-runs an interrupted trial with its own parameters (its run directory resumes), and
+  seeds the sampler with seed + trials so far (a resumed search does not repeat a trial);
+- the best trial's re-run command (several seeds) is logged at the end.
+
+Why not hydra-optuna-sweeper itself: its newest release (1.3.0) accepts only optuna 2.x, whose
+SQLite storage needs SQLAlchemy 1.4, and current MLflow's server (`mlflow ui`) needs SQLAlchemy
+2: the two extras could not live in one environment. This sweeper needs optuna >= 3.4 only.
+
+Trials are whole jobs and report only their final value, so Optuna's pruners cannot stop one
+early; trainer.early_stopping still ends a run that stops improving.
+
+Nothing beyond Hydra is imported at module level: Hydra imports every plugin module on start-up,
+and segbench without its optuna extra must not warn about a missing one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+
+log = logging.getLogger("segbench.search")
+# optuna < 4 calls multivariate TPE experimental; the presets use it on purpose.
+warnings.filterwarnings("ignore", message=".*multivariate.* option is an experimental feature")
+
+
+def distribution(override) -> Any:
+    """An Optuna distribution for a sweep override, or the fixed value of a plain one."""
+    from hydra.core.override_parser.types import Transformer
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return override.get_value_element_as_str()
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    if override.is_range_sweep():  # Hydra's range: stop excluded
+        items = list(override.sweep_iterator(transformer=Transformer.identity))
+        if all(isinstance(x, int) for x in items):
+            return IntDistribution(items[0], items[-1], step=int(value.step))
+        return FloatDistribution(float(items[0]), float(items[-1]), step=float(value.step))
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
+    raise ValueError(f"{override.input_line}: not a sweep the Optuna search understands; use "
+                     "interval(a,b), tag(log, interval(a,b)), choice(...) or range(a,b,step)")
+
+
+def suggest(trial, name: str, dist) -> Any:
+    """The trial's value for `name` (an interrupted trial's own value when it has one)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if isinstance(dist, CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
+    raise TypeError(f"unsupported distribution {dist!r}")
+
+
+class SegbenchOptunaSweeper(Sweeper):
+    def __init__(self, objective: str, direction: str, n_trials: int, n_jobs: int, sampler: Any,
+                 storage: str | None = None, study_name: str | None = None,
+                 max_failure_rate: float = 1.0, params: Any = None) -> None:
+        from segbench.search import check_objective, require_optuna
+
+        require_optuna()
+        self.objective = check_objective(objective)
+        if direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction={direction}; use maximize or minimize")
+        if int(n_trials) < 1 or int(n_jobs) < 1:
+            raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
+        self.direction, self.n_trials, self.n_jobs = direction, int(n_trials), int(n_jobs)
+        self.storage, self.study_name = storage, study_name or "segbench"
+        self.max_failure_rate = float(max_failure_rate)
+        self.sampler = sampler  # a partial (the presets' `_partial_: true`) or a sampler
+        self.params = dict(params or {})
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
+
+    def _sampler(self, n_before: int):
+        """The sampler, seeded with seed + trials already in the study: a resumed search draws
+        new trials instead of the first ones again, and draws them the same way every time."""
+        if not isinstance(self.sampler, functools.partial):
+            return self.sampler
+        seed = self.sampler.keywords.get("seed")
+        return self.sampler(seed=seed + n_before) if seed is not None else self.sampler()
+
+    def _space(self, arguments: list[str]) -> tuple[dict, dict]:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        lines = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        space, fixed = {}, {}
+        for override in OverridesParser.create().parse_overrides(lines):
+            found = distribution(override)
+            name = override.get_key_element()
+            if isinstance(found, str):
+                fixed[name] = found
+                space.pop(name, None)  # the command line fixes what a preset searches
+            else:
+                space[name] = found
+                fixed.pop(name, None)
+        return space, fixed
+
+    def _value(self, ret) -> float | None:
+        from segbench.search import objective_value
+
+        try:
+            record = ret.return_value
+        except Exception as err:  # the job raised: its run directory says why
+            log.warning("trial failed: %s", err)
+            return None
+        return objective_value(record, self.objective)
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+        from optuna.trial import Trial, TrialState
+
+        from segbench import search
+        from segbench.progress import SWEEP
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        space, fixed = self._space(arguments)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        storage = self.storage or f"sqlite:///{(sweep_dir / search.STUDY_FILE).as_posix()}"
+        study = optuna.create_study(study_name=self.study_name, storage=storage,
+                                    direction=self.direction, load_if_exists=True)
+        recorded = study.get_trials(deepcopy=False)
+        study.sampler = self._sampler(len(recorded))
+        search.write_record(sweep_dir, {
+            "study_name": self.study_name, "storage": storage, "objective": self.objective,
+            "direction": self.direction, "n_trials": self.n_trials,
+            "sampler": type(study.sampler).__name__ + (
+                f" (seed {self.sampler.keywords['seed']})" if isinstance(self.sampler, functools.partial)
+                and self.sampler.keywords.get("seed") is not None else ""),
+            "space": {k: repr(v) for k, v in space.items()},
+            "fixed": [f"{k}={v}" for k, v in fixed.items()]})
+
+        finished = [t for t in recorded if t.state.is_finished()]
+        interrupted = [t for t in recorded if t.state == TrialState.RUNNING]
+        to_go = self.n_trials - len(finished)
+        log.info("search: %s (%s) over %s; study %s in %s: %d of %d trials done%s",
+                 self.objective, self.direction, ", ".join(space) or "nothing", self.study_name,
+                 storage, len(finished), self.n_trials,
+                 f", {len(interrupted)} interrupted trial(s) to run again" if interrupted and to_go > 0 else "")
+        pending = [Trial(study, t._trial_id) for t in interrupted]
+        SWEEP.total, SWEEP.offset = self.n_trials, len(finished)
+
+        job_idx, failures = 0, 0
+        while to_go > 0:
+            batch = min(self.n_jobs, to_go)
+            trials = pending[:batch]
+            pending = pending[batch:]
+            trials += [study.ask() for _ in range(batch - len(trials))]
+            jobs = []
+            for trial in trials:
+                values = {name: suggest(trial, name, dist) for name, dist in space.items()}
+                jobs.append(tuple(f"{k}={v}" for k, v in {**values, **fixed}.items()))
+            returns = self.launcher.launch(jobs, initial_job_idx=job_idx)
+            job_idx += len(returns)
+            for trial, ret, job in zip(trials, returns, jobs):
+                trial.set_user_attr("overrides", list(ret.overrides or job))
+                if ret.hydra_cfg is not None:
+                    out_dir = Path(str(ret.hydra_cfg.hydra.runtime.output_dir))
+                    trial.set_user_attr("run_dir", _relative(out_dir, sweep_dir))
+                value = self._value(ret)
+                if value is None:
+                    failures += 1
+                    study.tell(trial, state=TrialState.FAIL)
+                    log.warning("trial %d failed or has no %s; it counts as failed", trial.number,
+                                self.objective)
+                else:
+                    study.tell(trial, value)
+                    log.info("trial %d: %s %.4f (best so far %.4f, trial %d)", trial.number,
+                             self.objective, value, study.best_value, study.best_trial.number)
+            to_go -= batch
+            if failures / job_idx > self.max_failure_rate:
+                raise RuntimeError(f"{failures} of {job_idx} trials failed (max_failure_rate="
+                                   f"{self.max_failure_rate}); see their run directories")
+        self._finish(study, sweep_dir)
+
+    def _finish(self, study, sweep_dir: Path) -> None:
+        from omegaconf import OmegaConf
+
+        from segbench import search
+
+        rows = search.trials(study)
+        top = search.best(rows, self.direction)
+        if top is None:
+            log.warning("search: no trial completed; see the failed run directories in %s", sweep_dir)
+            return
+        OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": top["params"],
+                                         "best_value": top["value"]}),
+                       sweep_dir / "optimization_results.yaml")
+        log.info("search: best trial %d, %s %.4f: %s", top["number"], self.objective, top["value"],
+                 " ".join(f"{k}={v}" for k, v in top["params"].items()))
+        log.info("re-run the best configuration with three seeds:\n  %s",
+                 search.rerun_command(top["overrides"]))
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
