@@ -54,6 +54,9 @@ class Trainer:
     channels_last: Literal["auto"] | bool
     progress_bar: Literal["auto"] | bool
     log_every_steps: int = _positive()
+    devices: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
+    sync_batchnorm: bool
+    accumulate_grad_batches: int = _positive()
 
 
 @dataclass(frozen=True)
