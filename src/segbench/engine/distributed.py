@@ -81,6 +81,14 @@ def current() -> Context:
 
 def launcher_environment() -> Context | None:
     """The rank and world a launcher gave this process, or None for a lone process."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job (SLURM or local) with several tasks
+        import submitit
+
+        if submitit.JobEnvironment().num_tasks > 1:
+            env = submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True)  # RANK, WORLD_SIZE, MASTER_*
+            return Context(rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
+                           local_world_size=env.local_world_size, launcher="submitit")
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:  # torchrun (and anything like it)
         world = int(os.environ["WORLD_SIZE"])
         if world <= 1:
@@ -89,16 +97,6 @@ def launcher_environment() -> Context | None:
                        world_size=world,
                        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
                        launcher="torchrun")
-    if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job (SLURM or local) with several tasks
-        import submitit
-
-        job = submitit.JobEnvironment()
-        if job.num_tasks <= 1:
-            return None
-        env = submitit.helpers.TorchDistributedEnvironment().export(
-            set_cuda_visible_devices=False, overwrite=True)
-        return Context(rank=env.rank, local_rank=env.local_rank, world_size=env.world_size,
-                       local_world_size=env.local_world_size, launcher="submitit")
     return None
 
 
