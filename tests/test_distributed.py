@@ -286,3 +286,11 @@ def test_precision_choices_and_the_scaler_they_imply():
     with autocast(cpu, torch.bfloat16):
         y = torch.nn.Conv2d(3, 1, 1)(torch.rand(1, 3, 4, 4))
     assert y.dtype == torch.bfloat16
+
+
+def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_starts(tmp_path):
+    proc = run_cli("train", *TINY, "trainer.devices=2", "trainer.device=cpu",
+                   "trainer.sync_batchnorm=true", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and "trainer.sync_batchnorm=true needs CUDA GPUs" in proc.stdout
+    assert "starting 2 training processes" not in proc.stdout
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())

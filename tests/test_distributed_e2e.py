@@ -140,12 +140,14 @@ def _pids_naming(text: str) -> list[int]:
     return pids
 
 
-def test_a_killed_two_process_run_resumes_to_the_same_history(plain, two_processes):
-    """`trainer.devices=2` (segbench starts the processes), every process killed (-9) after an
-    epoch, then `segbench train trainer.resume=<dir>`: the history of the uninterrupted
-    torchrun run, bit for bit, and the same test metrics."""
+@pytest.mark.parametrize("how", ["sigkill", "sigint"])
+def test_a_stopped_two_process_run_resumes_to_the_same_history(plain, two_processes, how):
+    """`trainer.devices=2` (segbench starts the processes), stopped after an epoch, then
+    `segbench train trainer.resume=<dir>`: the history of the uninterrupted torchrun run, bit
+    for bit, and the same test metrics. sigkill: every process killed (-9), as by a crash;
+    sigint: Ctrl-C to segbench, which stops both processes at the same step (exit 130)."""
     folder, args, env = plain
-    run = folder / "killed"
+    run = folder / f"stopped-{how}"
     parent = subprocess.Popen([sys.executable, "-m", "segbench", "train", *args,
                                "trainer.batch_size=4", "trainer.devices=2", f"hydra.run.dir={run}"],
                               cwd=folder, env={**os.environ, **env}, stdout=subprocess.PIPE,
@@ -155,13 +157,21 @@ def test_a_killed_two_process_run_resumes_to_the_same_history(plain, two_process
         while not ((run / "history.csv").is_file() and RunDir(run).read_history()):
             assert parent.poll() is None and time.time() < deadline, parent.communicate()[0][-3000:]
             time.sleep(0.02)
-        for pid in _pids_naming(str(run)):
-            os.kill(pid, signal.SIGKILL)
+        if how == "sigkill":
+            for pid in _pids_naming(str(run)):
+                os.kill(pid, signal.SIGKILL)
+        else:
+            parent.send_signal(signal.SIGINT)
+            parent.wait(timeout=120)
     finally:
         if parent.poll() is None:
             parent.kill()
-        parent.communicate()
-    assert not (run / "metrics.json").exists(), "the run finished before it was killed"
+        output = parent.communicate()[0]
+    assert not (run / "metrics.json").exists(), "the run finished before it was stopped"
+    if how == "sigint":
+        assert parent.returncode == 130, output[-3000:]
+        assert read_json(run / "status.json")["state"] == "interrupted"
+        assert (run / "train.log").read_text().count("interrupted; checkpoints/last.pt holds epoch") == 1
     time.sleep(0.5)
     assert not _pids_naming(str(run))
 

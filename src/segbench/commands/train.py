@@ -153,6 +153,9 @@ def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     if device.type not in ("cuda", "cpu"):
         raise SegbenchError(f"trainer.devices={n}: several processes run on CUDA GPUs or CPUs, "
                             f"not on {device.type}; use trainer.device=cuda or cpu")
+    if settings.trainer.sync_batchnorm and device.type != "cuda":
+        raise SegbenchError("trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm "
+                            "runs on GPUs only); set it to false on CPUs")
     resume = _resume(settings, hydra_cfg)
     if run_dir.plan(resume, OmegaConf.to_container(cfg, resolve=True)) == "skip":
         log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
