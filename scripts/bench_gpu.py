@@ -249,4 +249,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from segbench import SegbenchError
+
+    try:
+        main()
+    except SegbenchError as err:
+        raise SystemExit(f"bench_gpu.py: {err}") from None

@@ -28,7 +28,8 @@ T0=$(date +%s)
 step() {
     local name=$1 limit=$2
     shift 2
-    echo "=== [$(( $(date +%s) - T0 ))s] $name (limit ${limit}s): $*" | tee -a "$OUT/gpu_check.log"
+    local cmd="$*"
+    echo "=== [$(( $(date +%s) - T0 ))s] $name (limit ${limit}s): ${cmd:0:300}" | tee -a "$OUT/gpu_check.log"
     local start rc
     start=$(date +%s)
     timeout --kill-after=15 "$limit" "$@" > "$OUT/$name.txt" 2>&1

@@ -93,9 +93,11 @@ def test_a_short_gpu_training_resumes_where_it_stopped(tmp_path):
     assert "resuming" in proc.stdout
     full, part = (RunDir(tmp_path / n).read_history() for n in ("full", "part"))
     assert [r["epoch"] for r in part] == ["1", "2", "3"]
+    # Deterministic kernels make this equal on most GPUs; the tolerance allows kernels without a
+    # deterministic version (a flipped pixel moves the IoU of 5 small images by ~2e-3).
     for a, b in zip(full, part, strict=True):
-        for key in ("train_loss", "val_loss", "val_iou"):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-3, abs=1e-4), (a["epoch"], key)
+        for key, tol in (("train_loss", 1e-3), ("val_loss", 1e-3), ("val_iou", 5e-3)):
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=tol, abs=tol), (a["epoch"], key)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

@@ -294,3 +294,26 @@ def test_sync_batchnorm_on_cpu_processes_is_refused_before_any_starts(tmp_path):
     assert proc.returncode == 2 and "trainer.sync_batchnorm=true needs CUDA GPUs" in proc.stdout
     assert "starting 2 training processes" not in proc.stdout
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
+
+
+class _SignalsItself(torch.utils.data.Dataset):
+    """Each item sends Ctrl-C, then SIGTERM, to the process that loads it (as a terminal or
+    torchrun signals every process of a group, DataLoader workers included)."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGINT if i % 2 else signal.SIGTERM)
+        return torch.tensor(i)
+
+
+def test_data_loader_workers_leave_stop_signals_to_the_main_process():
+    from segbench.data.dataset import ignore_stop_signals
+
+    loader = torch.utils.data.DataLoader(_SignalsItself(), num_workers=1,
+                                         worker_init_fn=ignore_stop_signals)
+    assert [int(x) for x in loader] == [0, 1, 2, 3]  # the worker survived its signals

@@ -71,6 +71,18 @@ class SeededShuffleSampler(torch.utils.data.Sampler):
         return itertools.islice(pairs, self.rank, None, self.world_size)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: workers leave Ctrl-C and SIGTERM to the main process. A
+    terminal, torchrun and SLURM signal every process of the group, workers included; a worker
+    that died of the signal would make the main process fail with "DataLoader worker killed"
+    instead of stopping at the next step (and saying how to resume). The main process ends its
+    workers itself when it stops."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class NativeMaskDataset(Dataset):
     """Test images at the model's resolution paired with their masks at the size on disk: the
     evaluation then resizes each probability map to its mask (eval.native_resolution), so that

@@ -148,10 +148,12 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
 def eval_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0,
                 shard: bool = False) -> DataLoader:
     """Batches of a split in order; with `shard`, this process's share of it (several processes)."""
+    from segbench.data.dataset import ignore_stop_signals
+
     sampler = distributed.ShardSampler(len(dataset)) if shard else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+                      persistent_workers=False, worker_init_fn=ignore_stop_signals)
 
 
 def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: list | None = None,

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from segbench import SegbenchError, __version__, metrics
 from segbench.data import build_datasets, list_splits, native_masks
-from segbench.data.dataset import SeededShuffleSampler
+from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine import distributed
@@ -210,7 +210,7 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
     sampler = SeededShuffleSampler(len(data["train"]), ctx.rank, ctx.world_size)
     train_loader = DataLoader(data["train"], batch_size=t.batch_size, sampler=sampler,
                               num_workers=workers, pin_memory=device.type == "cuda",
-                              persistent_workers=workers > 0,
+                              persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
                               drop_last=len(sampler) > t.batch_size)
     eval_batch = t.eval_batch_size or 2 * t.batch_size
     val_loader = eval_loader(data["val"], eval_batch, device, workers, shard=ctx.enabled)
