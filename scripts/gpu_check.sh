@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 10 in one call (about 4-6 minutes on one H100): the CUDA-only tests,
-# scripts/bench_gpu.py and one real 20-epoch training on synthetic data at 256 px. Everything it
-# makes goes to "$OUT" (logs, the benchmark's JSON, the training's records and figures; no
-# checkpoints: they are large); the console gets each step's command, exit code, time and tail.
+# The GPU checks of issue 10 in one call (about 4 minutes on one H100; the steps' time limits add
+# up to 6): the CUDA-only tests, scripts/bench_gpu.py and one real 20-epoch training on synthetic
+# data at 256 px. Everything it makes goes to "$OUT" (logs, the benchmark's JSON, the training's
+# records and figures; no checkpoints: they are large); the console gets each step's command,
+# exit code, time and the tail of its output.
 #
 #   OUT=/path/to/results bash scripts/gpu_check.sh        # from anywhere; runs in the repo root
 #
@@ -42,7 +43,7 @@ step() {
 }
 
 # 0. What runs where: the GPU, torch, and whether segbench's dependencies import (no install).
-step environment 60 bash -c "nvidia-smi; $PY - <<'EOF'
+step environment 30 bash -c "nvidia-smi; $PY - <<'EOF'
 import importlib, platform, sys
 import torch
 print('python', platform.python_version(), 'torch', torch.__version__, 'cuda', torch.version.cuda,
@@ -62,16 +63,16 @@ EOF"
 
 # 1. The CUDA-only tests: AMP bf16 and fp16 + GradScaler, channels-last, pinned memory and
 #    persistent workers, a short training resumed on the GPU, DDP with NCCL (skipped on 1 GPU).
-step cuda_tests 110 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q -rA \
+step cuda_tests 90 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q -rA \
     --durations=10
 
 # 2. The benchmark: segbench's loop vs a plain loop on the same batches (fp32/bf16/fp16,
 #    channels-last, workers), eval and eval+HD95 against inference alone.
-TAIL=15 step bench_gpu 150 "$PY" scripts/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json"
+TAIL=15 step bench_gpu 120 "$PY" scripts/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json"
 
 # 3. One real training: 20 epochs of U-Net/ResNet-34 on 1100 synthetic frames (128 px, cached at
 #    256 px), bf16 autocast, channels-last, 8 workers, flips/affine augmentation; test + HD95.
-step train20 150 "$PY" -m segbench train dataset=synthetic dataset.num_train=1000 \
+step train20 120 "$PY" -m segbench train dataset=synthetic dataset.num_train=1000 \
     dataset.num_test=100 resolution=256 model=unet trainer.max_epochs=20 trainer.batch_size=32 \
     trainer.num_workers=8 trainer.early_stopping.patience=20 scheduler=cosine optimizer.lr=1e-3 \
     logger=none trainer.progress_bar=false "hydra.run.dir=$WORK/train20"
