@@ -235,19 +235,17 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
              cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
              f"  autocast {amp_dtype}" if amp_dtype else "")
     if ctx.enabled or t.accumulate_grad_batches > 1:
-        log.info("global batch %d = batch_size %d x %d process(es) (%s, %s) x %d accumulated; "
-                 "%d optimizer steps per epoch", distributed.global_batch(t.batch_size,
-                 t.accumulate_grad_batches), t.batch_size, ctx.world_size, ctx.launcher or "one",
-                 ctx.backend or "-", t.accumulate_grad_batches, schedule_steps(train_loader, t))
+        log.info("global batch %d = batch_size %d%s%s; %d optimizer steps per epoch",
+                 distributed.global_batch(t.batch_size, t.accumulate_grad_batches), t.batch_size,
+                 f" x {ctx.world_size} process(es) ({ctx.launcher}, {ctx.backend})" if ctx.enabled else "",
+                 f" x {t.accumulate_grad_batches} accumulated" if t.accumulate_grad_batches > 1 else "",
+                 distributed.steps_per_epoch(len(train_loader), t.accumulate_grad_batches))
     log.info("monitor: %s (%s) picks best.pt, stops early and drives the plateau schedule",
              monitor.metric, monitor.mode)
     return Parts(device, amp_dtype, channels_last, model, facts, splits, data, sampler,
                  train_loader, val_loader, val_volumes, monitor, eval_batch, workers, loss_fn,
                  optimizer, schedule, scaler, early, train_model)
 
-
-def schedule_steps(loader, t) -> int:
-    return distributed.steps_per_epoch(len(loader), t.accumulate_grad_batches)
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, device, amp_dtype,
