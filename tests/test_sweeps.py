@@ -61,3 +61,16 @@ def test_paths_with_equals_and_commas_are_quoted_for_hydra(tmp_path):
     predict = commands.load("predict").prepare([f"run_dir={run}", "input=a b", "output=o'k"])
     assert predict == [f"run_dir='{run}'", "input='a b'", "output='o\\'k'"]
     assert commands.load("eval").prepare([str(run)]) == [f"run_dir='{run}'"]
+
+
+def test_a_ray_job_asks_for_a_gpu_only_where_there_is_one():
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from segbench import config_dir
+    from segbench.sweeps import register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=ray_cluster"], return_hydra_config=True)
+    assert cfg.hydra.launcher.ray.remote.num_gpus == (1 if torch.cuda.is_available() else 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,6 +51,34 @@ def quote_numeric_choices(argv: list[str]) -> list[str]:
             arg = f"{key}=" + ",".join(f"'{p}'" for p in parts)
         out.append(arg)
     return out
+
+
+def launched_rank() -> tuple[int, int]:
+    """(rank, world size) that torchrun gave this process; (0, 1) when it was not launched so."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        return 0, 1
+
+
+def worker_argv(argv: list[str]) -> list[str]:
+    """The command line of one of several processes torchrun started for one run. Ranks other
+    than 0 get the working directory as Hydra's output directory (where Hydra, told to keep no
+    .hydra folder, creates nothing): the run directory is rank 0's, which they receive from it
+    (engine/distributed.py), so no rank makes a timestamped directory of its own."""
+    rank, world = launched_rank()
+    if world <= 1 or asks_for_help(argv):
+        return argv
+    if has_flag(argv, "-m", "--multirun"):
+        raise SegbenchError(
+            "a sweep (-m) cannot run under torchrun, whose processes train one run together; "
+            "sweep with trainer.devices=N (segbench starts the N processes of each job) or with "
+            "hydra/launcher=slurm hydra.launcher.tasks_per_node=N")
+    if rank == 0:
+        return argv
+    argv = [a for a in argv if override_key(a) not in ("hydra.run.dir", "hydra.output_subdir")]
+    at = next((i for i, a in enumerate(argv) if "=" in a and not a.startswith("-")), len(argv))
+    return argv[:at] + ["hydra.run.dir=.", "hydra.output_subdir=null"] + argv[at:]
 
 
 REQUIRED_HELP = {"run_dir": "a training run directory", "runs": "a folder of runs, or run directories", "dir": "a sweep or a folder of runs",

@@ -56,6 +56,9 @@ class Trainer:
     progress_interval_s: float = _rule(lambda v: v > 0, "seconds > 0, e.g. 30")
     progress_every_steps: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
     log_every_steps: int = _positive()
+    devices: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
+    sync_batchnorm: bool
+    accumulate_grad_batches: int = _positive()
 
 
 @dataclass(frozen=True)

@@ -49,9 +49,19 @@ def job_dirname(override_dirname: str, seed) -> str:
     return f"{safe_name(','.join(items))}/seed={seed}"
 
 
+def gpus_per_job() -> int:
+    """One GPU for a launcher's job where CUDA is available, none elsewhere (a Ray task asking
+    for a GPU on a machine without one would wait forever)."""
+    import torch
+
+    return 1 if torch.cuda.is_available() else 0
+
+
 def register_resolvers() -> None:
     if not OmegaConf.has_resolver("segbench.jobdir"):
         OmegaConf.register_new_resolver("segbench.jobdir", job_dirname)
+    if not OmegaConf.has_resolver("segbench.gpus_per_job"):
+        OmegaConf.register_new_resolver("segbench.gpus_per_job", gpus_per_job)
 
 
 def _parse(argv: list[str]):

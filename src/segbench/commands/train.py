@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 
 from segbench import SegbenchError
-from segbench.cli_args import asks_for_help, has_flag, merge_overrides, override_key, quote
+from segbench.cli_args import (
+    asks_for_help,
+    has_flag,
+    launched_rank,
+    merge_overrides,
+    override_key,
+    quote,
+    worker_argv,
+)
 
 CONFIG = "train"
 HELP = "train, validate and test one configuration (a sweep with -m)"
@@ -23,7 +31,12 @@ log = logging.getLogger("segbench.train")
 
 def prepare(argv: list[str]) -> list[str]:
     """`trainer.resume=<run_dir>`: continue that run in its own directory with its own
-    overrides; a multirun command line gets its deterministic sweep directory."""
+    overrides; a multirun command line gets its deterministic sweep directory; under torchrun,
+    ranks other than 0 leave the run directory to rank 0."""
+    return worker_argv(_prepare(argv))
+
+
+def _prepare(argv: list[str]) -> list[str]:
     from segbench.sweeps import prepare_sweep
 
     if any(override_key(a) == "hparams_search" and not a.endswith(("=null", "=none")) for a in argv
@@ -53,6 +66,11 @@ def prepare(argv: list[str]) -> list[str]:
 
         old = [o for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
                if override_key(o) not in ("trainer.resume", "hydra.run.dir")]
+        hydra_file = run_dir / ".hydra" / "hydra.yaml"  # the run's own config folders, if any
+        if hydra_file.is_file():
+            old += [o for o in OmegaConf.select(OmegaConf.load(hydra_file), "hydra.overrides.hydra",
+                                                default=[])
+                    if override_key(o) == "hydra.searchpath"]
         new = argv[:i] + argv[i + 1:]
         return merge_overrides(old, new) + ["trainer.resume=true",
                                             quote("hydra.run.dir", str(run_dir.resolve()))]
@@ -61,12 +79,10 @@ def prepare(argv: list[str]) -> list[str]:
 
 def run(cfg) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from omegaconf import OmegaConf
 
-    from segbench.commands import log_file
+    from segbench.engine import distributed
     from segbench.loggers import check_loggers
-    from segbench.rundir import LOG, RunDir
+    from segbench.rundir import RunDir
     from segbench.settings import check_train
 
     hydra_cfg = HydraConfig.get()
@@ -75,28 +91,96 @@ def run(cfg) -> dict | None:
         settings = check_train(cfg)  # a wrong type or value stops here, before training
         check_loggers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
     except SegbenchError as err:
-        if not run_dir.holds_run():  # a new job of a sweep: the report lists it as failed
+        # A new job of a sweep: the report lists it as failed (rank 0 only: the others' output
+        # directory is not the run's).
+        if launched_rank()[0] == 0 and not run_dir.holds_run():
             run_dir.write_hydra(cfg, hydra_cfg)
             run_dir.set_status("failed", error=str(err))
         raise
+    t = settings.trainer
+    if t.devices != "auto" and t.devices > 1 and distributed.launcher_environment() is None:
+        return _launch(cfg, settings, hydra_cfg, run_dir)  # this process starts the N workers
+    distributed.setup(t.device, t.devices)  # several processes: join them (one: nothing to do)
+    try:
+        # One run directory: rank 0's (the others' Hydra output directory is not the run's).
+        return _run(cfg, settings, hydra_cfg, RunDir(distributed.broadcast(str(run_dir.path))))
+    finally:
+        distributed.teardown()
+
+
+def _resume(settings, hydra_cfg) -> bool:
+    from hydra.types import RunMode
+
     resume = settings.trainer.resume
     if resume == "auto":  # a sweep re-run skips its finished jobs and resumes its interrupted ones
         resume = hydra_cfg.mode == RunMode.MULTIRUN
     if resume not in (True, False, None):
         raise SegbenchError(f"trainer.resume={resume!r}; use true, false, auto or a run directory")
+    return bool(resume)
+
+
+def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
+    """Decide (rank 0 for all), record the accepted run, train."""
+    import contextlib
+
+    from omegaconf import OmegaConf
+
+    from segbench.commands import log_file
+    from segbench.engine import distributed
+    from segbench.rundir import LOG
+
+    resume = _resume(settings, hydra_cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
-    plan = run_dir.plan(bool(resume), config)
+    plan = distributed.decide(lambda: run_dir.plan(resume, config))
     if plan == "skip":
         log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
         return run_dir.read_metrics()
     if resume and plan == "start":
         log.info("starting %s (no earlier attempt to resume there)", run_dir.path)
-    # Accepted: from here on the run directory is this process's.
-    run_dir.write_hydra(cfg, hydra_cfg)
-    run_dir.write_config(config)
-    run_dir.set_status("running", pid=os.getpid())
-    with log_file(run_dir / LOG):
-        return _train(cfg, settings, run_dir, resuming=plan == "resume")
+    # Accepted: from here on the run directory is this run's; rank 0 writes it.
+    main = distributed.current().is_main
+    if main:
+        run_dir.write_hydra(cfg, hydra_cfg)
+        run_dir.write_config(config)
+        run_dir.set_status("running", pid=os.getpid())
+    with log_file(run_dir / LOG) if main else contextlib.nullcontext():
+        return _train(cfg, settings, distributed.writer(run_dir), resuming=plan == "resume")
+
+
+def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
+    """`trainer.devices=N` in a lone process: refuse or skip here, once, then start N workers
+    (torchrun's launcher) that train in this job's run directory; their rank 0 logs and writes."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from segbench.engine import distributed
+    from segbench.engine.device import resolve_device
+
+    n = settings.trainer.devices
+    device = resolve_device(settings.trainer.device)
+    if device.type == "cuda" and torch.cuda.device_count() < n:
+        raise SegbenchError(f"trainer.devices={n} but {torch.cuda.device_count()} CUDA GPU(s) are "
+                            "visible; use at most that many (or trainer.device=cpu)")
+    if device.type not in ("cuda", "cpu"):
+        raise SegbenchError(f"trainer.devices={n}: several processes run on CUDA GPUs or CPUs, "
+                            f"not on {device.type}; use trainer.device=cuda or cpu")
+    if settings.trainer.sync_batchnorm and device.type != "cuda":
+        raise SegbenchError("trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's SyncBatchNorm "
+                            "runs on GPUs only); set it to false on CPUs")
+    resume = _resume(settings, hydra_cfg)
+    if run_dir.plan(resume, OmegaConf.to_container(cfg, resolve=True)) == "skip":
+        log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
+        return run_dir.read_metrics()
+    keep_hydra = ("hydra.searchpath", "hydra.job_logging", "hydra/job_logging", "hydra.verbose")
+    argv = ["train",
+            *(o for o in hydra_cfg.overrides.task if override_key(o) != "trainer.resume"),
+            *(o for o in hydra_cfg.overrides.hydra if override_key(o).startswith(keep_hydra)),
+            f"trainer.resume={str(resume).lower()}",
+            quote("hydra.run.dir", str(run_dir.path.resolve()))]
+    log.info("starting %d training processes on %s (torchrun's launcher) for %s", n, device.type,
+             run_dir.path)
+    distributed.launch(n, argv, cpu=device.type == "cpu")
+    return run_dir.read_metrics()
 
 
 def _train(cfg, settings, run_dir, resuming: bool) -> dict:
@@ -117,9 +201,17 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
     except SegbenchError as err:
         run_dir.set_status("failed", epoch=_last_epoch(run_dir), error=str(err))
         raise
+    except SystemExit as exit_:  # asked to exit, e.g. by submitit's requeue on preemption
+        run_dir.set_status("interrupted", epoch=_last_epoch(run_dir), exit_code=exit_.code)
+        log.warning("stopped by a request to exit (code %s); checkpoints/last.pt holds the last "
+                    "finished epoch. A requeued job resumes from it, or resume with:\n"
+                    "  segbench train trainer.resume=%s", exit_.code, run_dir.path)
+        raise
     except BaseException as err:
         run_dir.set_status("failed", epoch=_last_epoch(run_dir), error=f"{type(err).__name__}: {err}")
         raise
+    if not result:  # ranks other than 0 of a run on several processes: rank 0 records it
+        return result
     run_dir.set_status("finished", epoch=result["epochs_run"])
     log.info("run directory: %s", run_dir.path)
     return result

@@ -6,6 +6,8 @@ transfers four times smaller than float32 and makes exported models take plain [
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -41,23 +43,44 @@ class SeededShuffleSampler(torch.utils.data.Sampler):
     """Shuffles per epoch from a seed and pairs every index with a per-item augmentation seed.
 
     `set_seed(s)` before an epoch makes that epoch's order and augmentations a function of s.
+    With `world_size` > 1 (distributed training) every rank draws the same permutation and
+    item seeds and takes every world_size-th of them from `rank` on, so that step k's batches
+    of all ranks together are one process's batch k of batch_size x world_size: the same
+    images with the same augmentation. The remainder of length / world_size is dropped, never
+    padded, so that no image counts twice in an epoch.
     """
 
-    def __init__(self, length: int):
-        self.length = length
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        if length < world_size:
+            raise ValueError(f"{length} training images cannot be shared by {world_size} processes")
+        self.length, self.rank, self.world_size = length, rank, world_size
         self.seed = 0
 
     def set_seed(self, seed: int) -> None:
         self.seed = seed
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.world_size
 
     def __iter__(self):
         rng = np.random.default_rng(self.seed)
         order = rng.permutation(self.length)
         item_seeds = rng.integers(0, 2**31 - 1, self.length)
-        return iter(zip(order.tolist(), item_seeds.tolist(), strict=True))
+        used = len(self) * self.world_size
+        pairs = zip(order[:used].tolist(), item_seeds[:used].tolist(), strict=True)
+        return itertools.islice(pairs, self.rank, None, self.world_size)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: workers leave Ctrl-C and SIGTERM to the main process. A
+    terminal, torchrun and SLURM signal every process of the group, workers included; a worker
+    that died of the signal would make the main process fail with "DataLoader worker killed"
+    instead of stopping at the next step (and saying how to resume). The main process ends its
+    workers itself when it stops."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class NativeMaskDataset(Dataset):

@@ -4,6 +4,11 @@ Per-image confusion counts (and, for a test, the pixel-score histogram of AUROC/
 predicted masks) are accumulated on the device and copied to the host once per split. Surface
 distances (HD95, ASSD) are computed after the loop, in parallel over images, on the test split
 only, when `eval.surface_metrics` is true.
+
+On several processes (engine/distributed.py) a loader with a `ShardSampler` gives each process a
+share of the split; `evaluate()` then gathers the per-image counts by dataset index and sums the
+histogram, per-volume counts and loss over the processes, so every process gets the split's
+result (and rank 0 the kept maps and predicted masks), as one process would compute it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, metrics, rundir, surface
+from segbench.engine import distributed
 from segbench.engine.device import autocast
 from segbench.models.ensemble import Ensemble
 
@@ -74,12 +80,17 @@ def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False
 def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: float = 0.5,
              loss_fn=None, amp_dtype=None, tta: bool = False, keep: tuple[int, ...] = (),
              channels_last: bool = False, scores: bool = False,
-             keep_predictions: bool = False, volumes: torch.Tensor | None = None) -> EvalResult:
-    """scores: accumulate the pixel-score histogram (AUROC, AP); keep_predictions: return the
+             keep_predictions: bool = False, volumes: torch.Tensor | None = None,
+             progress=None) -> EvalResult:
+    """progress: wraps the batches (the run's progress bar or lines);
+    scores: accumulate the pixel-score histogram (AUROC, AP); keep_predictions: return the
     thresholded masks (for surface distances); volumes: each dataset item's volume number, to pool
-    the confusion counts per volume on the device (per-volume Dice, one sync per split)."""
+    the confusion counts per volume on the device (per-volume Dice, one sync per split). A loader
+    whose sampler is a distributed.ShardSampler evaluates this process's share and returns the
+    whole split's result, gathered from every process."""
     model.eval()
     counts, loss_sum, seen = [], torch.zeros((), device=device), 0
+    indices = []
     volume_counts = None
     if volumes is not None:
         volumes = volumes.to(device)
@@ -88,7 +99,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
     predictions = []
     kept: dict[int, np.ndarray] = {}
     keep_set = set(keep)
-    for images, masks, index in loader:
+    for images, masks, index in (progress(loader) if progress is not None else loader):
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -116,21 +127,44 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
             for row, i in enumerate(index.tolist()):
                 if i in keep_set:
                     kept[i] = model_probs[row, 0].float().cpu().numpy()
-    if not counts:
+        indices.append(index)
+    masks_out = [p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None
+    counts = torch.cat(counts) if counts else torch.zeros((0, 4), dtype=torch.long, device=device)
+    if isinstance(loader.sampler, distributed.ShardSampler):  # this process's share: gather the rest
+        index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
+        counts = distributed.gather_rows(counts, index, len(loader.dataset))
+        totals = distributed.all_sum(torch.stack([loss_sum, loss_sum.new_tensor(seen)]))
+        loss_sum, seen = totals[0], int(totals[1].item())
+        histogram = distributed.all_sum(histogram) if histogram is not None else None
+        volume_counts = distributed.all_sum(volume_counts) if volume_counts is not None else None
+        shares = distributed.gather_objects((kept, dict(zip(index.tolist(), masks_out or []))))
+        if shares is not None:  # rank 0: the kept maps and predicted masks of every share
+            kept = {i: p for share, _ in shares for i, p in share.items()}
+            by_index = {i: m for _, share in shares for i, m in share.items()}
+            masks_out = [by_index[i] for i in range(len(loader.dataset))] if keep_predictions else None
+        else:
+            kept, masks_out = {}, None
+    if len(counts) == 0:
         raise SegbenchError("evaluation got an empty split")
     return EvalResult(
-        counts=torch.cat(counts).cpu(),
+        counts=counts.cpu(),
         loss=float(loss_sum.item() / seen) if loss_fn is not None else None,
         kept=kept,
         scores=histogram.cpu() if histogram is not None else None,
-        predictions=[p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None,
+        predictions=masks_out,
         volume_counts=volume_counts.cpu() if volume_counts is not None else None,
     )
 
 
-def eval_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=device.type == "cuda", persistent_workers=False)
+def eval_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0,
+                shard: bool = False) -> DataLoader:
+    """Batches of a split in order; with `shard`, this process's share of it (several processes)."""
+    from segbench.data.dataset import ignore_stop_signals
+
+    sampler = distributed.ShardSampler(len(dataset)) if shard else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
+                      num_workers=num_workers, pin_memory=device.type == "cuda",
+                      persistent_workers=False, worker_init_fn=ignore_stop_signals)
 
 
 def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: list | None = None,
@@ -168,12 +202,14 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
                batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
                channels_last: bool = False, num_workers: int = 0, surface_metrics: bool = False,
-               pixel_spacing=None, surface_workers="auto", native_masks=None, progress=None) -> dict:
+               pixel_spacing=None, surface_workers="auto", native_masks=None, progress=None,
+               shard: bool = False) -> dict:
     """Evaluate a split once and write per_case.csv, predictions.png, confusion_matrix.png (and
     per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
     when surface_metrics, in mm when pixel_spacing is set). With `native_masks` (the masks at
     their size on disk) every metric is computed at that size, probabilities resized to it.
-    `progress`: wraps the loader (the training run's progress bar or lines)."""
+    `progress`: wraps the loader (the training run's progress bar or lines). `shard`: several
+    processes evaluate a share each; rank 0 writes and returns the metrics, the others return {}."""
     from segbench.data.dataset import NativeMaskDataset
     from segbench.viz import plot_confusion, plot_predictions
 
@@ -181,10 +217,12 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     scored, truths = dataset, dataset.masks
     if native_masks is not None:
         scored, truths, batch_size = NativeMaskDataset(dataset.images, native_masks, dataset.ids), native_masks, 1
-    loader = eval_loader(scored, batch_size, device, num_workers)
-    result = evaluate(model, progress(loader) if progress is not None else loader, device,
+    result = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
+                      progress=progress,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
                       channels_last=channels_last, scores=True, keep_predictions=surface_metrics)
+    if not distributed.current().is_main:
+        return {}
     summary = result.summary()
     summary.update(zip(metrics.COUNT_NAMES, (int(v) for v in result.counts.sum(0).tolist()), strict=True))
     per_image_surface = None

@@ -9,6 +9,10 @@ Every epoch's batch order, augmentation and dropout are seeded from (seed, epoch
 last.pt holds everything else (weights, optimizer, schedule, scaler, early stopping and the
 `TrainState`), so a run resumed from last.pt finishes with the same history as one never
 interrupted.
+
+On several processes (DDP, engine/distributed.py) the same loop runs in each; the hooks here are
+few: the model is trained through its DDP wrapper, the ranks agree on stopping and on the running
+loss, evaluation is sharded and gathered, and only rank 0 writes (`distributed.writer`).
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, __version__, metrics
 from segbench.data import build_datasets, list_splits, native_masks
-from segbench.data.dataset import SeededShuffleSampler
+from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
+from segbench.engine import distributed
 from segbench.engine.checkpoint import rng_state, set_rng_state
 from segbench.engine.device import (
     autocast,
@@ -50,7 +55,7 @@ from segbench.engine.evaluate import (
     pixel_spacing,
     test_split,
 )
-from segbench.loggers import build_loggers
+from segbench.loggers import Loggers, build_loggers
 from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
 from segbench.models.info import inference_latency, model_facts
@@ -147,6 +152,7 @@ class Parts:
     schedule: object
     scaler: torch.amp.GradScaler
     early: EarlyStopping
+    train_model: torch.nn.Module         # what batches go through: the model, or its DDP wrapper
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -174,7 +180,8 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
     fails before any data is read. A new run's split is written before any training, so it can
     be audited; a resumed run keeps the split it recorded."""
     t = s.trainer
-    device = resolve_device(t.device)
+    ctx = distributed.current()
+    device = ctx.device or resolve_device(t.device)
     amp_dtype = autocast_dtype(device, t.precision)
     set_determinism(t.deterministic, device)
     seed_everything(s.seed)
@@ -187,22 +194,26 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
                                 s.resolution.width))
 
     record = {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))}
-    splits = list_splits(cfg, record)
-    quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
+    with distributed.rank_zero_first():  # rank 0 generates and caches the data, then the others read it
+        splits = list_splits(cfg, record)
+        quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
+        data = build_datasets(cfg, splits, Path(cfg.paths.cache))
     if not resuming:
         run.write_split(split_document(splits, record))
-    data = build_datasets(cfg, splits, Path(cfg.paths.cache))
     log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
              len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
 
     workers = num_workers(t.num_workers, device)
-    sampler = SeededShuffleSampler(len(data["train"]))
+    if len(data["train"]) < ctx.world_size:
+        raise SegbenchError(f"{len(data['train'])} training images cannot be shared by "
+                            f"{ctx.world_size} processes; use fewer devices")
+    sampler = SeededShuffleSampler(len(data["train"]), ctx.rank, ctx.world_size)
     train_loader = DataLoader(data["train"], batch_size=t.batch_size, sampler=sampler,
                               num_workers=workers, pin_memory=device.type == "cuda",
-                              persistent_workers=workers > 0,
-                              drop_last=len(data["train"]) > t.batch_size)
+                              persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
+                              drop_last=len(sampler) > t.batch_size)
     eval_batch = t.eval_batch_size or 2 * t.batch_size
-    val_loader = eval_loader(data["val"], eval_batch, device, workers)
+    val_loader = eval_loader(data["val"], eval_batch, device, workers, shard=ctx.enabled)
     val_groups = [x.group for x in splits["val"]]
     val_volumes = None
     if all(g is not None for g in val_groups):
@@ -212,70 +223,95 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
                               val_volumes is not None, cfg.dataset.name)
 
     loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
+    model, train_model = distributed.wrap(model, t.sync_batchnorm)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=t.max_epochs,
-                               steps_per_epoch=len(train_loader), monitor=monitor.metric,
-                               mode=monitor.mode)
+                               steps_per_epoch=distributed.steps_per_epoch(
+                                   len(train_loader), t.accumulate_grad_batches),
+                               monitor=monitor.metric, mode=monitor.mode)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta, monitor.mode)
     log.info("model: %s (%s, %s)  %s parameters  device %s%s", cfg.model.name,
              cfg.model.get("encoder", "-"), cfg.activation.name, f"{facts['params']:,}", device,
              f"  autocast {amp_dtype}" if amp_dtype else "")
+    if ctx.enabled or t.accumulate_grad_batches > 1:
+        log.info("global batch %d = batch_size %d%s%s; %d optimizer steps per epoch",
+                 distributed.global_batch(t.batch_size, t.accumulate_grad_batches), t.batch_size,
+                 f" x {ctx.world_size} process(es) ({ctx.launcher}, {ctx.backend})" if ctx.enabled else "",
+                 f" x {t.accumulate_grad_batches} accumulated" if t.accumulate_grad_batches > 1 else "",
+                 distributed.steps_per_epoch(len(train_loader), t.accumulate_grad_batches))
     log.info("monitor: %s (%s) picks best.pt, stops early and drives the plateau schedule",
              monitor.metric, monitor.mode)
     return Parts(device, amp_dtype, channels_last, model, facts, splits, data, sampler,
                  train_loader, val_loader, val_volumes, monitor, eval_batch, workers, loss_fn,
-                 optimizer, schedule, scaler, early)
+                 optimizer, schedule, scaler, early, train_model)
+
 
 
 def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, device, amp_dtype,
-                    grad_clip, channels_last, epoch, progress, log_every, stop) -> dict:
+                    grad_clip, channels_last, epoch, progress, log_every, stop,
+                    accumulate: int = 1) -> dict:
+    """One epoch; the optimizer steps every `accumulate` batches (and after the last), on the
+    mean loss of those batches. `model`: the module to train through (DDP's wrapper on several
+    processes: it all-reduces the gradients of each optimizer step once); `progress`: the run's
+    RunProgress, or None."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     seen = 0
     counts = []
-    for step, (images, masks, _) in enumerate(progress.train(loader, epoch), 1):
+    steps = len(loader)
+    batches = progress.train(loader, epoch) if progress is not None else loader
+    for step, (images, masks, _) in enumerate(batches, 1):
+        first = (step - 1) % accumulate == 0
+        last = step % accumulate == 0 or step == steps
+        group = min(accumulate, steps - (step - 1) // accumulate * accumulate)  # batches of this optimizer step
         images = images.to(device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         target = masks.to(device, non_blocking=True).float()
-        with autocast(device, amp_dtype):
-            logits = model(images)
-        loss = loss_fn(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-        scaler.step(optimizer)
-        scaler.update()
-        schedule.step_batch()
+        if first:
+            optimizer.zero_grad(set_to_none=True)
+        with distributed.no_sync(model, skip=not last):
+            with autocast(device, amp_dtype):
+                logits = model(images)
+            loss = loss_fn(logits.float(), target)
+            scaler.scale(loss / group).backward()
+        if last:
+            if grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            schedule.step_batch()
         loss_sum += loss.detach() * len(images)
         seen += len(images)
         counts.append(metrics.confusion(torch.sigmoid(logits.detach().float()), target))
-        # The one host sync of the loop, every `log_every` steps: running loss and NaN check.
-        if step % log_every == 0 or step == len(loader):
-            running = loss_sum.item() / seen
+        # The one host sync of the loop, every `log_every` steps: running loss and NaN check
+        # (over all processes, so that they stop together).
+        if step % log_every == 0 or step == steps:
+            total = distributed.all_sum(torch.stack([loss_sum, loss_sum.new_tensor(seen)])).tolist()
+            running = total[0] / total[1]
             if not math.isfinite(running):
                 raise TrainingDiverged(
                     f"the training loss became {running} in epoch {epoch} (by step {step}). "
                     "Lower optimizer.lr, set trainer.grad_clip=1.0, or use trainer.precision=fp32; "
                     "checkpoints/last.pt holds the last good epoch"
                 )
-            progress.running_loss(running)
-        if stop.requested:
+            if progress is not None:
+                progress.running_loss(running)
+        if distributed.any_rank(stop.requested):
             raise Interrupted(epoch - 1)
-    summary = metrics.summarize(torch.cat(counts))
-    return {"loss": loss_sum.item() / seen, "dice": summary["dice"], "iou": summary["iou"]}
+    summary = metrics.summarize(distributed.gather_cat(torch.cat(counts)))
+    total = distributed.all_sum(torch.stack([loss_sum, loss_sum.new_tensor(seen)])).tolist()
+    return {"loss": total[0] / total[1], "dice": summary["dice"], "iou": summary["iou"]}
 
 
 def validate(parts: Parts, threshold: float, epoch: int, progress: RunProgress | None = None) -> dict:
-    loader = parts.val_loader
-    if progress is not None:
-        loader = progress.evaluation("validation", len(loader))(loader)
-    val = evaluate(parts.model, loader, parts.device, threshold=threshold,
+    wrap = progress.evaluation("validation", len(parts.val_loader)) if progress is not None else None
+    val = evaluate(parts.model, parts.val_loader, parts.device, threshold=threshold,
                    loss_fn=parts.loss_fn, amp_dtype=parts.amp_dtype,
-                   channels_last=parts.channels_last, volumes=parts.val_volumes).summary()
+                   channels_last=parts.channels_last, volumes=parts.val_volumes,
+                   progress=wrap).summary()
     if not math.isfinite(val["loss"]):
         raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
                                "lower optimizer.lr or set trainer.grad_clip=1.0")
@@ -286,6 +322,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
     """Train, validate and test one configuration in `run`; returns the metrics.json record."""
     started = time.time()
     t = s.trainer
+    ctx = distributed.current()
+    run = distributed.writer(run)  # rank 0 writes; other ranks read what it wrote
     config = OmegaConf.to_container(cfg, resolve=True)
     threshold, native = s.eval.threshold, s.eval.native_resolution
     spacing = pixel_spacing(cfg, native)  # a bad spacing fails before training
@@ -294,6 +332,7 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
     state = TrainState()
     if resuming:
         saved = run.load_checkpoint("last", map_location=parts.device)
+        distributed.check_resume(saved)
         parts.load_state_dict(saved)
         state.load_state_dict(saved)
         set_rng_state(saved["rng"])
@@ -302,13 +341,13 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
         log.info("resuming %s after epoch %d", run.path, state.epoch)
     else:  # an interrupted first epoch is resumable too
         run.save_checkpoint("last", {**parts.state_dict(), **state.state_dict(), "rng": rng_state(),
-                                     "config": config})
+                                     "config": config, "world_size": ctx.world_size})
 
-    loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1)
-    progress = RunProgress(
+    loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1) if ctx.is_main else Loggers([])
+    progress = RunProgress(  # only rank 0 shows a bar (the others' log lines are dropped)
         first_epoch=state.epoch + 1, max_epochs=t.max_epochs, train_steps=len(parts.train_loader),
         val_steps=len(parts.val_loader), test_steps=test_steps(parts, native),
-        bar=sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar),
+        bar=ctx.is_main and (sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar)),
         interval_s=t.progress_interval_s, every_steps=t.progress_every_steps)
     try:
         with StopSignal() as stop:
@@ -324,10 +363,11 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                 # per-step ones would otherwise report the LR after the last step (0 for poly).
                 lr = parts.optimizer.param_groups[0]["lr"]
                 train = train_one_epoch(
-                    parts.model, parts.train_loader, parts.loss_fn, parts.optimizer, parts.schedule,
-                    parts.scaler, device=parts.device, amp_dtype=parts.amp_dtype,
+                    parts.train_model, parts.train_loader, parts.loss_fn, parts.optimizer,
+                    parts.schedule, parts.scaler, device=parts.device, amp_dtype=parts.amp_dtype,
                     grad_clip=t.grad_clip, channels_last=parts.channels_last, epoch=epoch,
-                    progress=progress, log_every=t.log_every_steps, stop=stop)
+                    progress=progress, log_every=t.log_every_steps, stop=stop,
+                    accumulate=t.accumulate_grad_batches)
                 val = validate(parts, threshold, epoch, progress)
                 row = {"epoch": epoch, "lr": lr, "train_loss": train["loss"], "train_dice": train["dice"],
                        "train_iou": train["iou"], "val_loss": val["loss"], "val_dice": val["dice"],
@@ -353,7 +393,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                     run.save_checkpoint("best", {"epoch": epoch, "model": parts.model.state_dict(),
                                                  "val": val, "config": config})
                 run.save_checkpoint("last", {**parts.state_dict(), **state.state_dict(),
-                                             "rng": rng_state(), "config": config})
+                                             "rng": rng_state(), "config": config,
+                                             "world_size": ctx.world_size})
                 run.write_history(state.history)
                 loggers.log_epoch(row)
                 shown = "" if parts.monitor.metric in ("val_loss", "val_dice", "val_iou") else \
@@ -366,7 +407,7 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                     log.info("early stopping: %s has not improved by %g for %d epochs "
                              "(best %.4f at epoch %d)", parts.monitor.metric, parts.early.min_delta,
                              parts.early.patience, parts.early.best, parts.early.best_epoch)
-                if stop.requested:
+                if distributed.any_rank(stop.requested):
                     raise Interrupted(epoch)
         loggers.flush()
         result = test_best(cfg, s, run, parts, state, spacing, progress)
@@ -375,6 +416,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
         loggers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed")
         raise
     progress.close()
+    if not ctx.is_main:  # rank 0 records the test
+        return result
     result["wall_seconds"] = round(time.time() - started, 2)
     run.write_metrics(result)
     loggers.log_test(result["test"], state.best_epoch)
@@ -394,9 +437,12 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
     """Test once, with the checkpoint chosen on validation; the metrics.json record."""
     from segbench.viz import plot_curves
 
-    plot_curves(state.history, run / "curves.png", state.best_epoch,
-                title=f"{run.name()}: {cfg.model.name} ({cfg.model.get('encoder', '-')}), "
-                      f"seed {s.seed}, best epoch {state.best_epoch}")
+    ctx = distributed.current()
+    if ctx.is_main:
+        plot_curves(state.history, run / "curves.png", state.best_epoch,
+                    title=f"{run.name()}: {cfg.model.name} ({cfg.model.get('encoder', '-')}), "
+                          f"seed {s.seed}, best epoch {state.best_epoch}")
+    distributed.barrier()  # best.pt, written by rank 0, is complete for every rank
     best = run.load_checkpoint("best", map_location=parts.device)
     parts.model.load_state_dict(best["model"])
     e = s.eval
@@ -410,7 +456,10 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
                       pixel_spacing=spacing, surface_workers=e.surface_workers,
                       native_masks=native_masks(cfg, test_samples) if e.native_resolution else None,
                       progress=progress.evaluation("test", test_steps(parts, e.native_resolution))
-                      if progress is not None else None)
+                      if progress is not None else None, shard=ctx.enabled)
+    device_names = distributed.gather_objects(device_name(parts.device))
+    if not ctx.is_main:
+        return {}
     shape = (int(cfg.model.get("in_channels", 3)), s.resolution.height, s.resolution.width)
     latency = inference_latency(parts.model, shape, parts.device, parts.amp_dtype) if e.latency else None
     return {
@@ -428,6 +477,10 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
         "train_seconds": round(state.train_seconds, 2),
         "device": str(parts.device),
         "device_name": device_name(parts.device),
+        "world_size": ctx.world_size,
+        "device_names": device_names,
+        "global_batch_size": distributed.global_batch(s.trainer.batch_size,
+                                                      s.trainer.accumulate_grad_batches),
         "precision": str(parts.amp_dtype).replace("torch.", "") if parts.amp_dtype else "fp32",
         "versions": versions(),
     }
