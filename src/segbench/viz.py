@@ -7,6 +7,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
+from segbench.atomic import write_atomic
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """A PNG written atomically (a kill never leaves half a figure)."""
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
+
 
 def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) -> None:
     """Train vs validation loss, Dice and IoU per epoch, and the learning rate."""
@@ -32,7 +39,7 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None) 
     axes[3].set_xlabel("epoch")
     axes[3].grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -71,7 +78,7 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
                 ax.set_title(name, fontsize=10)
         axes[row, 0].set_ylabel(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = "") -> None:
@@ -97,4 +104,4 @@ def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
