@@ -16,10 +16,27 @@ class TensorBoard:
     """Event files in <run_dir>/tb: per-epoch scalars and the test metrics."""
 
     def __init__(self, run: RunDir, start_epoch: int):
-        from torch.utils.tensorboard import SummaryWriter
-
+        self.folder = run / TENSORBOARD
         # purge_step: a resumed run drops events of epochs it is about to repeat.
-        self.writer = SummaryWriter(str(run / TENSORBOARD), purge_step=start_epoch)
+        self.purge_step = start_epoch
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.folder), purge_step=self.purge_step)
+        return self._writer
+
+    def replay(self, history: list[dict]) -> None:
+        """A resumed run's epochs so far, from last.pt: they replace whatever an earlier attempt
+        wrote for them (TensorBoard drops the events from the purge step on), so an epoch whose
+        events a kill prevented is there too."""
+        if history:
+            self.purge_step = min(self.purge_step, int(history[0]["epoch"]))
+            for row in history:
+                self.log_epoch(row)
 
     def log_epoch(self, row: dict) -> None:
         for key, value in row.items():
@@ -32,10 +49,12 @@ class TensorBoard:
             self.writer.add_scalar(f"test/{key}", test[key], epoch)
 
     def flush(self) -> None:
-        self.writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class Loggers:
@@ -51,6 +70,14 @@ class Loggers:
     def log_test(self, test: dict, epoch: int) -> None:
         for t in self.trackers:
             t.log_test(test, epoch)
+
+    def replay(self, history: list[dict]) -> None:
+        """On resume, before any new epoch: every epoch last.pt records, for each tracker to put
+        back what a kill kept from it (a tracker's `replay(history)`; one without it shows what
+        it was sent)."""
+        for t in self.trackers:
+            if hasattr(t, "replay"):
+                t.replay(history)
 
     def flush(self) -> None:
         for t in self.trackers:

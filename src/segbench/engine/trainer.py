@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from segbench import SegbenchError, __version__, metrics
+from segbench import SegbenchError, __version__, faults, metrics
 from segbench.data import build_datasets, list_splits, native_masks
 from segbench.data.dataset import SeededShuffleSampler
+from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine.checkpoint import rng_state, set_rng_state
@@ -186,11 +187,15 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
     facts = model_facts(model, (int(cfg.model.get("in_channels", 3)), s.resolution.height,
                                 s.resolution.width))
 
-    splits = list_splits(cfg)
+    if resuming:  # the split recorded when the run started, checked against the files now
+        splits = recorded_splits(cfg, run.read_split(), where=f"run {run.path}")
+    else:
+        splits = list_splits(cfg)
     quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
     if not resuming:
-        run.write_split(split_document(splits, {"dataset": cfg.dataset.name,
-                                                "split_seed": int(cfg.dataset.get("split_seed", 0))}))
+        run.write_split({**split_document(splits, {"dataset": cfg.dataset.name,
+                                                   "split_seed": int(cfg.dataset.get("split_seed", 0))}),
+                         **file_record(splits)})
     data = build_datasets(cfg, splits, Path(cfg.paths.cache))
     log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
              len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
@@ -264,6 +269,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
                     "checkpoints/last.pt holds the last good epoch"
                 )
             bar.set_postfix(loss=f"{running:.4f}")
+        faults.point("train_step")
         if stop.requested:
             raise Interrupted(epoch - 1)
     summary = metrics.summarize(torch.cat(counts))
@@ -303,6 +309,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                                      "config": config})
 
     loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1)
+    if resuming:  # what the trackers missed (a kill right after last.pt) comes from last.pt
+        loggers.replay(state.history)
     progress = sys.stderr.isatty() if t.progress_bar == "auto" else bool(t.progress_bar)
     try:
         with StopSignal() as stop:
@@ -367,9 +375,9 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
 
     result = test_best(cfg, s, run, parts, state, spacing)
     result["wall_seconds"] = round(time.time() - started, 2)
-    run.write_metrics(result)
     loggers.log_test(result["test"], state.best_epoch)
     loggers.close()
+    run.write_metrics(result)  # last: metrics.json marks the run finished
     log.info("test (best epoch %d): %s", state.best_epoch, metric_line(result["test"]))
     return result
 
