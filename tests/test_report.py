@@ -138,7 +138,7 @@ def test_report_tables_statistics_and_figures(sweep):
     assert "## Per axis" in md and "**optimizer**" in md and "**loss**" in md
     # Broken runs are listed, not dropped.
     assert "## Incomplete and failed runs" in md
-    assert "training loss became nan in epoch 1" in md and "running or killed" in md
+    assert "training loss became nan in epoch 1" in md and "| killed |" in md
     assert "![test metrics with 95% confidence intervals](metrics.png)" in md
 
 
@@ -193,7 +193,7 @@ def test_report_command_on_a_sweep_dir_named_by_its_overrides(sweep, tmp_path):
     assert "baseline: optimizer=sgd, loss=dice" in proc.stdout
     assert (sweep / "report" / "report.md").is_file() and (sweep / "report" / "report.log").is_file()
     bad = run_cli("report", str(tmp_path / "nothing-here"), cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "missing dir" in bad.stderr
+    assert bad.returncode == 2 and "nothing-here: no such file or directory" in bad.stderr
     empty = tmp_path / "empty"
     empty.mkdir()
     none = run_cli("report", str(empty), cwd=tmp_path, check=False)

@@ -65,12 +65,16 @@ def path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tupl
 
     def prepare(argv: list[str]) -> list[str]:
         out = []
-        for arg in argv:
+        for i, arg in enumerate(argv):
             key, sep, value = arg.partition("=")
+            after_flag = i > 0 and argv[i - 1].startswith("-")  # e.g. the `job` of `--cfg job`
             if sep and key in keys:
                 arg = quote(key, value)
             elif not arg.startswith("-") and Path(arg).exists():
                 arg = quote(positional, arg)
+            elif not arg.startswith(("-", "~", "+")) and not sep and not after_flag:  # mistyped
+                raise SegbenchError(f"{arg}: no such file or directory; pass "
+                                    f"{positional}=<{REQUIRED_HELP.get(positional, positional)}>")
             out.append(arg)
         if asks_for_help(out):
             return out

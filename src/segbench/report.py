@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import json
 import logging
 import math
 import textwrap
@@ -29,6 +28,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from segbench import SegbenchError
+from segbench.rundir import RunDir
 from segbench.stats import bootstrap_mean_ci, holm, paired_comparison
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ class Run:
     path: Path
     settings: dict[str, str]
     order: tuple
-    state: str                  # finished | failed | interrupted | running or killed | not started
+    state: str                  # finished | failed | interrupted | running | killed | not started | broken
     metrics: dict | None = None
     epochs: int = 0
     error: str | None = None
@@ -147,25 +147,27 @@ def load_run(path: Path) -> Run:
             overridden.append(key)
     run = Run(path, settings, (num if isinstance(num, int) else 1 << 30, str(path)), "not started",
               seed=seed, overridden=overridden)
-    status = {}
-    if (path / "status.json").is_file():
-        try:
-            status = json.loads((path / "status.json").read_text())
-        except ValueError:
-            status = {}
+    run_dir = RunDir(path)
     run.epochs = len(_read_csv(path / "history.csv"))
-    metrics_file = path / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    run.state = run_dir.state()  # a "running" run whose process is gone is "killed"
+    metrics = run_dir.read_metrics()  # a SegbenchError where unreadable: the run is broken
     if metrics and "test" in metrics:
         run.state, run.metrics = "finished", metrics
         run.epochs = int(metrics.get("epochs_run", run.epochs))
-    elif status.get("state") == "failed":
-        run.state, run.error = "failed", status.get("error")
-    elif status.get("state") == "interrupted":
-        run.state = "interrupted"
-    elif status.get("state") == "running" or (path / "config.yaml").is_file():
-        run.state = "running or killed"
+    elif run.state == "finished":
+        run.state, run.error = "failed", "metrics.json holds no test metrics"
+    elif run.state == "failed":
+        run.error = run_dir.status().get("error")
     return run
+
+
+def load_run_or_broken(path: Path) -> Run:
+    """A run, or one listed as "broken" (with what cannot be read) so the report goes on."""
+    try:
+        return load_run(path)
+    except Exception as err:  # truncated JSON, YAML or CSV: whatever its parser raises
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return Run(path, {}, (1 << 30, str(path)), "broken", error=f"unreadable: {text}")
 
 
 @functools.lru_cache(maxsize=256)
@@ -493,8 +495,8 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
                             ".hydra/overrides.yaml and train.log); pass a sweep or training output folder")
     if not metrics:
         raise SegbenchError("report.metrics is empty; name per-case metrics to compare, e.g. [dice, iou]")
-    runs = [load_run(p) for p in run_paths]
-    configs, varying, shared = group_runs(runs)
+    runs = [load_run_or_broken(p) for p in run_paths]
+    configs, varying, shared = group_runs([r for r in runs if r.state != "broken"])
     base = pick_baseline(configs, baseline)
     warnings: list[str] = []
     comparisons = compare(configs, base, list(metrics), alpha, n_resamples, seed, warnings)
