@@ -127,6 +127,21 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+# TINY, repeatable bit for bit (deterministic CPU kernels, seeded augmentation), with TensorBoard
+# on: what the fault tests (tests/faults/) kill, resume and compare with an uninterrupted run.
+SOAK_ARGS = [*TINY, "logger=tensorboard", "trainer.deterministic=true", "augmentation=basic",
+             "scheduler=cosine"]
+
+
+@pytest.fixture(scope="session")
+def deterministic_run(tmp_path_factory) -> Path:
+    """One finished, uninterrupted SOAK_ARGS run: the reference of the fault tests (copy it
+    before changing anything)."""
+    cwd = tmp_path_factory.mktemp("deterministic-run")
+    run_cli("train", *SOAK_ARGS, "hydra.run.dir=run", cwd=cwd)
+    return cwd / "run"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One finished tiny training run, shared by tests that only read its artifacts."""

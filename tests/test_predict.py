@@ -35,10 +35,10 @@ def test_predict_a_folder_of_mixed_sizes_and_formats(tiny_run, tmp_path):
     proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={out}",
                    "eval.tta=true", cwd=tmp_path)
     log = proc.stdout + proc.stderr
-    assert "flip TTA" in log and "skipping cannot read" in log and "broken.png" in log
+    assert "flip TTA" in log and "broken.png is truncated or corrupt" in log and "broken.png" in log
     areas = _areas(out)
     assert set(areas) == {"a.png", "a.jpg", "grey.bmp", "deep.tif", "broken.png"}
-    assert "cannot read" in areas["broken.png"]["error"]
+    assert "truncated or corrupt" in areas["broken.png"]["error"]
     sizes = {"a.png": (70, 90), "a.jpg": (120, 64), "grey.bmp": (33, 47), "deep.tif": (50, 60)}
     for name, (h, w) in sizes.items():
         row = areas[name]

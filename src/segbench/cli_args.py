@@ -101,8 +101,9 @@ def path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tupl
 
     def prepare(argv: list[str]) -> list[str]:
         out, paths = [], []
-        for arg in argv:
+        for i, arg in enumerate(argv):
             key, sep, value = arg.partition("=")
+            after_flag = i > 0 and argv[i - 1].startswith("-")  # e.g. the `job` of `--cfg job`
             if sep and key == positional and many and value.startswith("["):
                 pass  # a list written by the user: Hydra parses it
             elif sep and key == positional and many:
@@ -115,6 +116,9 @@ def path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tupl
                     paths.append(arg)
                     continue
                 arg = quote(positional, arg)
+            elif not arg.startswith(("-", "~", "+")) and not sep and not after_flag:  # mistyped
+                raise SegbenchError(f"{arg}: no such file or directory; pass "
+                                    f"{positional}=<{REQUIRED_HELP.get(positional, positional)}>")
             out.append(arg)
         if paths:
             out.insert(0, quote_list(positional, paths) if len(paths) > 1 else quote(positional, paths[0]))

@@ -163,9 +163,14 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.info = info
-        # purge_step: a resumed run drops events of epochs it is about to repeat.
-        self.writer = SummaryWriter(str(info.run / TENSORBOARD), purge_step=info.start_epoch)
+        # A resumed run writes its finished epochs again from last.pt's history (info.history):
+        # TensorBoard drops every event from the purge step on, so an epoch whose events a kill
+        # prevented is there too, and none is there twice.
+        first = int(info.history[0]["epoch"]) if info.history else info.start_epoch
+        self.writer = SummaryWriter(str(info.run / TENSORBOARD), purge_step=first)
         self.record = {}
+        for row in info.history:
+            self.log_epoch(row)
 
     def log_epoch(self, row: dict) -> None:
         for key, value in row.items():
@@ -173,12 +178,12 @@ class TensorBoard:
                 self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
         self.writer.flush()
 
-    def log_test(self, test: dict, epoch: int) -> None:
+    def log_test(self, result: dict, epoch: int) -> None:
         from torch.utils.tensorboard.summary import hparams
 
+        test = result["test"]
         for key in ("dice", "iou", "dice_micro", "iou_micro"):
             self.writer.add_scalar(f"test/{key}", test[key], epoch)
-        result = self.info.run.read_metrics() or {}
         scores = {"hparam/best_val_iou": float(result.get("val_best", {}).get("iou", math.nan)),
                   **numbers(test, "hparam/test_", ("dice", "iou"))}
         params = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
@@ -190,10 +195,15 @@ class TensorBoard:
             writer.add_summary(summary)
         for key, value in scores.items():
             self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+        self.epoch = epoch
+
+    def log_artifacts(self) -> None:
         for tag, name in FIGURES.items():
             path = self.info.run / name
             if path.is_file():
-                self.writer.add_image(f"test/{tag}", _read_png(path), epoch, dataformats="HWC")
+                self.writer.add_image(f"test/{tag}", _read_png(path), getattr(self, "epoch", 0),
+                                      dataformats="HWC")
 
     def flush(self) -> None:
         self.writer.flush()
@@ -304,11 +314,12 @@ class MLflow:
         self._metrics(numbers({k: v for k, v in row.items() if k != "epoch"}), int(row["epoch"]))
         self.record["last_epoch"] = int(row["epoch"])
 
-    def log_test(self, test: dict, epoch: int) -> None:
-        result = self.info.run.read_metrics() or {}
-        self._metrics({**numbers(test, "test_", SUMMARY_KEYS),
+    def log_test(self, result: dict, epoch: int) -> None:
+        self._metrics({**numbers(result["test"], "test_", SUMMARY_KEYS),
                        **numbers(result.get("val_best", {}), "best_val_", ("dice", "iou", "loss")),
                        "best_epoch": float(result.get("best_epoch", epoch))}, epoch)
+
+    def log_artifacts(self) -> None:
         for name in ARTIFACTS:
             path = self.info.run / name
             if path.is_file():
@@ -400,13 +411,16 @@ class WandB:
         self.run.log({"epoch": int(row["epoch"]), **numbers({k: v for k, v in row.items() if k != "epoch"})})
         self.record["last_epoch"] = int(row["epoch"])
 
-    def log_test(self, test: dict, epoch: int) -> None:
-        import wandb
-
-        result = self.info.run.read_metrics() or {}
-        self.run.summary.update({**numbers(test, "test_", SUMMARY_KEYS),
+    def log_test(self, result: dict, epoch: int) -> None:
+        self.run.summary.update({**numbers(result["test"], "test_", SUMMARY_KEYS),
                                  **numbers(result.get("val_best", {}), "best_val_", ("dice", "iou", "loss")),
                                  "best_epoch": result.get("best_epoch", epoch)})
+        self.epoch = epoch
+
+    def log_artifacts(self) -> None:
+        import wandb
+
+        epoch = getattr(self, "epoch", 0)
         images = {tag: wandb.Image(str(self.info.run / name)) for tag, name in FIGURES.items()
                   if (self.info.run / name).is_file()}
         if images:
@@ -443,10 +457,10 @@ class CsvIndex:
     def log_epoch(self, row: dict) -> None:
         pass
 
-    def log_test(self, test: dict, epoch: int) -> None:
+    def log_test(self, result: dict, epoch: int) -> None:
         import io
 
-        result = self.info.run.read_metrics() or {}
+        test = result["test"]
         row = {"finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "experiment": self.info.experiment,
                "name": self.info.name, "run_dir": self.info.tags["segbench.run_dir"],
                "overrides": " ".join(self.info.overrides), "best_epoch": result.get("best_epoch", epoch),
@@ -468,6 +482,9 @@ class CsvIndex:
             os.write(fd, text.getvalue().encode())
         finally:
             os.close(fd)
+
+    def log_artifacts(self) -> None:
+        pass
 
     def flush(self) -> None:
         pass
@@ -508,8 +525,14 @@ class Loggers:
         self._call("log_epoch", row)
         self._save()
 
-    def log_test(self, test: dict, epoch: int) -> None:
-        self._call("log_test", test, epoch)
+    def log_test(self, result: dict, epoch: int) -> None:
+        """The test figures (the metrics.json record, before it is written: a run on record as
+        finished has its numbers in every tracker)."""
+        self._call("log_test", result, epoch)
+
+    def log_artifacts(self) -> None:
+        """The run's files (figures, metrics.json, ...), once metrics.json is written."""
+        self._call("log_artifacts")
 
     def flush(self) -> None:
         self._call("flush")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from segbench import SegbenchError
+from segbench.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -73,5 +74,7 @@ def predict_images(model, images: list[np.ndarray], *, height: int, width: int, 
 
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), arr):
-        raise SegbenchError(f"cannot write {path}; is the output folder writable?")
+    ok, png = cv2.imencode(".png", arr)
+    if not ok:
+        raise SegbenchError(f"cannot encode {path} as PNG")
+    write_atomic(path, png.tobytes())

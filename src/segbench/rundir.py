@@ -3,7 +3,7 @@
     <run_dir>/
       .hydra/          config.yaml, overrides.yaml, hydra.yaml (Hydra's own)
       config.yaml      the resolved config
-      status.json      running (with pid) | interrupted | failed (with the error) | finished
+      status.json      running (with pid and host) | interrupted | failed (with the error) | finished
       train.log        the log of every attempt
       split.json       the image ids of each split
       history.csv      one row per epoch
@@ -16,17 +16,30 @@
 Every record is written atomically (a temporary file in the same folder, flushed to disk and
 renamed over the old one), so a crash leaves either the old or the new version, never half of one.
 `train`, `eval`, `predict`, `export` and `report` all read runs through `RunDir`.
+
+One process writes a run at a time: `train` holds an OS lock on the run directory (flock, released
+by the operating system when the process ends, however it ends); `state()` reads the lock to tell
+a running run from a killed one. What segbench guarantees after a crash: docs/guarantees.md.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import logging
+import os
+import re
+import signal
+import socket
+import time
 from pathlib import Path
 
 from segbench import SegbenchError
-from segbench.atomic import write_atomic
+from segbench.atomic import pid_alive, remove_stale_temporaries, write_atomic
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"
 STATUS = "status.json"
@@ -58,6 +71,14 @@ ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` outpu
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
                      "trainer.progress", "trainer.log_every_steps", "paths.",
                      "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
+
+
+# Colour and cursor escapes (a coloured library message, a progress bar) never reach a record.
+ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
 
 
 def write_json(path: Path, doc: dict) -> None:
@@ -183,7 +204,100 @@ class RunDir:
             return {}
 
     def set_status(self, state: str, **info) -> None:
+        info = {k: plain(v) if isinstance(v, str) else v for k, v in info.items()}
         write_json(self.path / STATUS, {"state": state, **info})
+
+    def record_final(self, state: str, **info) -> bool:
+        """The final state of an attempt (finished, interrupted, failed), written with SIGINT and
+        SIGTERM held back so that a second Ctrl-C cannot leave "running" behind; False (and an
+        error in the log) where it cannot be written, e.g. on a full or read-only disk."""
+        with signals_held():
+            try:
+                self.set_status(state, **info)
+                return True
+            except OSError as err:
+                log.error("could not record %r in %s: %s", state, self.path / STATUS, err)
+                return False
+
+    def state(self) -> str:
+        """finished | running | killed | interrupted | failed | not started: status.json, with a
+        recorded "running" checked against the run's lock (or, where locks are not available,
+        its process id), so that a run whose process died is "killed", never "running"."""
+        if (self.path / METRICS).is_file():  # written last: the run's test is on record
+            return "finished"
+        status = self.status()
+        recorded = status.get("state")
+        if recorded in ("interrupted", "failed"):
+            return recorded
+        if recorded != "running":
+            return "interrupted" if self.has_checkpoint("last") else "not started"
+        held = lock_held(self.path)
+        if held is None:  # no locks on this file system: the recorded process, on its own host
+            if status.get("host", socket.gethostname()) != socket.gethostname():
+                return "running"
+            held = pid_alive(int(status.get("pid", -1)))
+        return "running" if held else "killed"
+
+    def warn_if_unfinished(self, command: str) -> None:
+        """A warning for eval, predict and export on a run that has not finished training."""
+        state = self.state()
+        if state != "finished":
+            log.warning("%s %s: this run has not finished training (%s, %d epoch(s) in "
+                        "history.csv): its checkpoints are not its final ones. Resume it with "
+                        "`segbench train trainer.resume=%s`", command, self.path, state,
+                        len(self.read_history()), self.path)
+
+    # ------------------------------------------------------------------ one writer
+
+    @contextlib.contextmanager
+    def lock(self, wait: float = 2.0):
+        """Hold the run directory's lock while the block runs; a SegbenchError naming the other
+        process where one holds it. The lock is an flock on the directory itself: nothing is
+        written for it, and the OS releases it when the process ends, even by SIGKILL."""
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one writer is then the user's to ensure
+            yield
+            return
+        fd = os.open(self.path, os.O_RDONLY)
+        _hold(fd)
+        try:
+            deadline = time.monotonic() + wait  # `report` may be looking at it for an instant
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise SegbenchError(self._busy_message()) from None
+                    time.sleep(0.05)
+                except OSError as err:  # a file system without locks (some network mounts)
+                    log.warning("cannot lock %s (%s): make sure no other segbench process "
+                                "writes to it", self.path, err)
+                    break
+            yield
+        finally:
+            _LOCKS.discard(fd)
+            os.close(fd)  # releases the lock
+
+    def _busy_message(self) -> str:
+        status = self.status()
+        if status.get("state") != "running" or not status.get("pid"):  # it is just starting
+            status = {}
+        who = f"process {status['pid']}" if status else "another process"
+        if status.get("host") and status["host"] != socket.gethostname():
+            who += f" on {status['host']}"
+        return (f"{self.path} is in use: segbench {who} is training in it. Two trainers in one "
+                "run directory would overwrite each other's files; wait for it to finish (or stop "
+                f"it: kill {status.get('pid', '<pid>')}), then run this again")
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary files of atomic writes left by a killed attempt (run under the lock)."""
+        removed = [p for folder in (self.path, self.path / CHECKPOINTS, self.path / HYDRA)
+                   for p in remove_stale_temporaries(folder)]
+        if removed:
+            log.info("removed %d temporary file(s) left by an interrupted write: %s", len(removed),
+                     ", ".join(p.name for p in removed))
 
     def read_metrics(self) -> dict | None:
         """metrics.json, None when absent; SegbenchError when it cannot be read."""
@@ -259,11 +373,12 @@ class RunDir:
     def plan(self, resume: bool, config: dict) -> str:
         """What `train` does in this directory: "skip" (finished), "resume" (an earlier attempt
         left last.pt) or "start". Refuses to overwrite a run or to resume with another config."""
-        finished = (self.path / METRICS).is_file()
+        recorded = (self.path / METRICS).is_file()
         started = self.has_checkpoint("last")
+        finished = recorded and resume and self._metrics_readable(started)
         if finished and resume:
             return "skip"
-        if (started or finished) and not resume:
+        if (started or recorded) and not resume:
             raise SegbenchError(
                 f"{self.path} already holds a run ({CHECKPOINTS}/last.pt); continue it with "
                 f"`segbench train trainer.resume={self.path}` or choose another hydra.run.dir")
@@ -276,6 +391,18 @@ class RunDir:
                     "the config differs from the run being resumed, which would mix two "
                     "experiments: " + "; ".join(changes[:8]) + ". Resume with the run's own overrides")
         return "resume"
+
+    def _metrics_readable(self, can_repeat: bool) -> bool:
+        """Whether metrics.json holds a test record; where it cannot be read (a damaged disk),
+        the test is repeated from the checkpoints on resume, or the error says what to do."""
+        try:
+            return "test" in (self.read_metrics() or {})
+        except SegbenchError as err:
+            if not can_repeat:
+                raise SegbenchError(f"{err}, and the run has no {CHECKPOINTS}/last.pt to test "
+                                    f"again: train it again in another directory") from None
+            log.warning("%s: testing the run's best checkpoint again", err)
+            return False
 
     # ------------------------------------------------------------------ the model
 
@@ -302,3 +429,71 @@ def config_changes(old: dict, new: dict) -> list[str]:
     a, b = flatten(old), flatten(new)
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
             if a.get(k) != b.get(k) and not k.startswith(RESUMABLE_CHANGES)]
+
+
+# Run-directory locks this process holds. A forked child (a DataLoader worker) closes its copies
+# at once, so that the lock goes with this process and not with a worker that outlives it.
+_LOCKS: set[int] = set()
+_FORK_HANDLER: list[bool] = []
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCKS.clear()
+
+
+def _hold(fd: int) -> None:
+    if not _FORK_HANDLER and hasattr(os, "register_at_fork"):  # once, on the first lock
+        os.register_at_fork(after_in_child=_close_inherited_locks)
+        _FORK_HANDLER.append(True)
+    _LOCKS.add(fd)
+
+
+def lock_held(path: Path) -> bool | None:
+    """Whether a process holds the lock of run directory `path` (None: locks not available)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def running_status() -> dict:
+    """What status.json says about a running attempt: its process and host."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+@contextlib.contextmanager
+def signals_held():
+    """SIGINT and SIGTERM that arrive while the block runs are delivered after it (a handler
+    that only notes them: a signal mask would not do, as the OS may hand a process-wide signal
+    to any thread, e.g. one of torch's)."""
+    received: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    try:
+        previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+                    for sig in held}
+    except ValueError:  # not the main thread: signals go to the main thread's handlers anyway
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)  # now, to the handlers the process had

@@ -14,10 +14,17 @@ import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 from matplotlib.ticker import MaxNLocator
 
+from segbench.atomic import write_atomic
+
 # Okabe & Ito (2008), for lines and bars: blue, orange, bluish green, vermillion, reddish purple,
 # sky blue, yellow, black.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 OVERLAY = {"true positive": "#56B4E9", "false positive": "#D55E00", "false negative": "#F0E442"}
+
+
+def save_figure(fig: Figure, path: Path, dpi: int) -> None:
+    """A PNG written atomically (a kill never leaves half a figure)."""
+    write_atomic(Path(path), lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def _rgb(hex_colour: str) -> np.ndarray:
@@ -63,7 +70,7 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None,
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return fig
 
 
@@ -104,7 +111,7 @@ def plot_predictions(images, masks, probs, titles, path: Path, threshold: float 
                 ax.set_title(name, fontsize=10)
         axes[row, 0].set_ylabel(title, fontsize=8)
     colour_key(fig)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return fig
 
 
@@ -131,4 +138,4 @@ def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from segbench import SegbenchError, config_dir
+from segbench.atomic import os_error_message
 
 log = logging.getLogger("segbench")
 
@@ -58,13 +59,18 @@ class HydraTask:
             else:
                 with log_file(Path(output_dir) / f"{hydra_cfg.job.name}.log"):
                     result = module.run(cfg)
-        except SegbenchError as err:
-            log.error("%s", err)
+        except (SegbenchError, OSError) as err:
+            message = err if isinstance(err, SegbenchError) else os_error_message(err)
+            if message is None:  # an OS error segbench has no advice for
+                raise
+            log.error("%s", message)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 self.results.append((output_dir, None))
                 return None  # this job failed (its run dir says why); the sweep goes on
             if self.raise_errors:
-                raise
+                if isinstance(err, SegbenchError):
+                    raise
+                raise SegbenchError(str(message)) from None
             raise SystemExit(2) from None
         self.results.append((output_dir, result))
         return result
@@ -87,6 +93,45 @@ def log_file(path: Path):
     finally:
         root.removeHandler(handler)
         handler.close()
+
+
+class OutputDir:
+    """A Hydra callback: creates the run (or sweep) directory before Hydra does, so that a
+    folder that cannot be created (read-only disk, no permission, disk full) is one line with
+    the fix and exit code 2, not Hydra's traceback."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._make(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._make(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+    def on_run_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_start(self, config, **kwargs) -> None:
+        pass
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        pass
+
+    def _make(self, folder, key: str) -> None:
+        import sys
+
+        try:
+            Path(str(folder)).mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            message = os_error_message(err, f"{key}=<a folder you can write to>")
+            if message is None:
+                raise
+            print(f"segbench {self.command}: error: {message}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
@@ -115,6 +160,11 @@ def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> li
     def entry(cfg):
         return task(cfg)
 
+    from segbench.cli_args import asks_for_help
+
+    if not asks_for_help(argv):  # the output folder is created, or refused in one line, first
+        argv = [*argv, f"+hydra.callbacks.segbench_output_dir._target_={__name__}.OutputDir",
+                f"+hydra.callbacks.segbench_output_dir.command={name}"]
     saved = sys.argv
     sys.argv = [f"segbench-{name}", *argv]
     try:

@@ -33,7 +33,8 @@ def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from segbench import rundir
-    from segbench.data import build_datasets, native_masks, select_splits
+    from segbench.data import build_datasets, native_masks
+    from segbench.data.pinning import recorded_splits
     from segbench.engine.device import autocast_dtype, resolve_device
     from segbench.engine.evaluate import evaluation_record, metric_line, pixel_spacing, test_split
     from segbench.settings import check_threshold
@@ -42,6 +43,7 @@ def run(cfg) -> dict:
     if cfg.split not in ("test", "val"):
         raise SegbenchError(f"split={cfg.split!r}; use test or val")
     run.checkpoint_path(cfg.checkpoint)  # best | last
+    run.warn_if_unfinished("eval")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     train_cfg = run.read_config()
     if cfg.data_root:
@@ -57,7 +59,8 @@ def run(cfg) -> dict:
     amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
 
     model, state, _ = run.load_model(cfg.checkpoint, device, train_cfg)
-    splits = select_splits(train_cfg, run.read_split()["splits"], [cfg.split])
+    splits = recorded_splits(train_cfg, run.read_split(), [cfg.split], where=f"run {run.path}",
+                             fix="point data_root=<dir> at the data it was trained on")
     data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)
     groups = [s.group for s in splits[cfg.split]]
     batch = int(cfg.batch_size or train_cfg.trainer.eval_batch_size or 2 * train_cfg.trainer.batch_size)

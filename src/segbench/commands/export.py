@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.atomic import atomic_path, write_atomic
 from segbench.cli_args import path_arguments
 
 CONFIG = "export"
@@ -28,6 +29,7 @@ def run(cfg) -> dict:
     if cfg.format not in SUFFIX:
         raise SegbenchError(f"format={cfg.format!r}; use format=onnx or format=torchscript")
     run_dir.checkpoint_path(cfg.checkpoint)  # best | last
+    run_dir.warn_if_unfinished("export")
     train_cfg = run_dir.read_config()
     height = int(cfg.height or train_cfg.resolution.height)
     width = int(cfg.width or train_cfg.resolution.width)
@@ -38,7 +40,8 @@ def run(cfg) -> dict:
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     path = Path(cfg.output).expanduser() if cfg.output else out_dir / f"model{SUFFIX[cfg.format]}"
-    check = export_model(model, cfg.format, path, (channels, height, width), opset=int(cfg.opset))
+    with atomic_path(path) as tmp:  # a kill never leaves half a model file
+        check = export_model(model, cfg.format, tmp, (channels, height, width), opset=int(cfg.opset))
     diff = check.get("max_abs_diff")
     if diff is not None and not diff <= float(cfg.atol):
         raise SegbenchError(
@@ -56,7 +59,7 @@ def run(cfg) -> dict:
         "opset": int(cfg.opset) if cfg.format == "onnx" else None,
         "atol": float(cfg.atol), **check,
     }
-    path.with_name(path.name + ".json").write_text(json.dumps(info, indent=2))
+    write_atomic(path.with_name(path.name + ".json"), json.dumps(info, indent=2))
     log.info("wrote %s (%s, input %s x %d x %d x %d float in [0, 1]); %s", path, cfg.format, "N",
              channels, height, width,
              f"max |difference| from PyTorch {diff:.2e} on a batch of {check['check_batch'][0]} "

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.atomic import write_atomic
 
 CONFIG = "info"
 HELP = "a model's parameters, size, FLOPs, latency and peak memory: info model=<name> (-m to compare)"
@@ -40,7 +41,7 @@ def run(cfg) -> dict:
                                 f"{shape[1]}x{shape[2]} on {device}; lower batch_size or "
                                 "resolution, or set latency=false") from None
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "info.json").write_text(json.dumps(row, indent=2))
+    write_atomic(out_dir / "info.json", json.dumps(row, indent=2))
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's table comes at the end (InfoTable)
         log.info("%s: %s parameters, %s GFLOPs per image", row["label"], f"{row['params']:,}", row["gflops"])
     else:

@@ -9,10 +9,12 @@ the command fails only when no image could be read.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.atomic import write_atomic
 from segbench.cli_args import path_arguments
 
 CONFIG = "predict"
@@ -47,6 +49,7 @@ def run(cfg) -> dict:
         check_members(members, same_test=False, one_configuration=searched)
     run_dir = members[0]
     run_dir.checkpoint_path(cfg.checkpoint)  # best | last
+    run_dir.warn_if_unfinished("predict")
     if int(cfg.batch_size) < 1:
         raise SegbenchError(f"batch_size={cfg.batch_size}; use 1 or more")
     source, out_dir = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
@@ -106,10 +109,11 @@ def run(cfg) -> dict:
     rows += [{"image": f.name, "error": err} for f, err in skipped]
     fields = ["image", "width", "height", "foreground_pixels", "foreground_fraction", "mask",
               "overlay", "error"]
-    with open(out_dir / "areas.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out_dir / "areas.csv", text.getvalue())
     predicted = len(rows) - len(skipped)
     if skipped:
         log.warning("%d of %d file(s) could not be read and were skipped: %s", len(skipped),

@@ -7,8 +7,9 @@ way out (done, refused, failed, interrupted) leaves status.json saying which.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
+import signal
 from pathlib import Path
 
 from segbench import SegbenchError
@@ -94,13 +95,27 @@ def run(cfg) -> dict | None:
         # A new job of a sweep: the report lists it as failed (rank 0 only: the others' output
         # directory is not the run's).
         if launched_rank()[0] == 0 and not run_dir.holds_run():
-            run_dir.write_hydra(cfg, hydra_cfg)
-            run_dir.set_status("failed", error=str(err))
+            with contextlib.suppress(OSError):  # the setting's error is the one to show
+                run_dir.write_hydra(cfg, hydra_cfg)
+                run_dir.set_status("failed", error=str(err))
         raise
     t = settings.trainer
     if t.devices != "auto" and t.devices > 1 and distributed.launcher_environment() is None:
-        return _launch(cfg, settings, hydra_cfg, run_dir)  # this process starts the N workers
-    distributed.setup(t.device, t.devices)  # several processes: join them (one: nothing to do)
+        # This process starts the N workers; their rank 0 holds the run directory's lock.
+        return _launch(cfg, settings, hydra_cfg, run_dir)
+    if launched_rank()[0] != 0:  # a secondary process of a run on several: rank 0 holds the lock
+        return _joined(cfg, settings, hydra_cfg, run_dir)
+    with run_dir.lock():  # one writer per run directory: a second trainer is refused here
+        return _joined(cfg, settings, hydra_cfg, run_dir)
+
+
+def _joined(cfg, settings, hydra_cfg, run_dir) -> dict | None:
+    """Join the run's processes (one: nothing to do) and run it in rank 0's run directory."""
+    from segbench.engine import distributed
+    from segbench.rundir import RunDir
+
+    t = settings.trainer
+    distributed.setup(t.device, t.devices)
     try:
         # One run directory: rank 0's (the others' Hydra output directory is not the run's).
         return _run(cfg, settings, hydra_cfg, RunDir(distributed.broadcast(str(run_dir.path))))
@@ -121,30 +136,41 @@ def _resume(settings, hydra_cfg) -> bool:
 
 def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     """Decide (rank 0 for all), record the accepted run, train."""
-    import contextlib
-
     from omegaconf import OmegaConf
 
     from segbench.commands import log_file
     from segbench.engine import distributed
-    from segbench.rundir import LOG
+    from segbench.rundir import LOG, running_status
 
     resume = _resume(settings, hydra_cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    main = distributed.current().is_main
     plan = distributed.decide(lambda: run_dir.plan(resume, config))
     if plan == "skip":
         log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
-        return run_dir.read_metrics()
+        metrics = run_dir.read_metrics()
+        if main and run_dir.status().get("state") != "finished":  # killed between the two
+            run_dir.record_final("finished", epoch=metrics.get("epochs_run"))
+        return metrics
     if resume and plan == "start":
         log.info("starting %s (no earlier attempt to resume there)", run_dir.path)
-    # Accepted: from here on the run directory is this run's; rank 0 writes it.
-    main = distributed.current().is_main
-    if main:
-        run_dir.write_hydra(cfg, hydra_cfg)
-        run_dir.write_config(config)
-        run_dir.set_status("running", pid=os.getpid())
-    with log_file(run_dir / LOG) if main else contextlib.nullcontext():
-        return _train(cfg, settings, distributed.writer(run_dir), resuming=plan == "resume")
+    if plan == "resume":  # the data must be what the run was split from; nothing written yet
+        from segbench.data.pinning import recorded_splits
+
+        distributed.decide(lambda: recorded_splits(cfg, run_dir.read_split(),
+                                                   where=f"run {run_dir.path}", quiet=True) and None)
+        if main and run_dir.status().get("state") == "running":  # and this process holds the lock
+            log.info("the previous attempt in %s was killed (status.json still said running)",
+                     run_dir.path)
+    # Accepted: from here on the run directory is this run's (rank 0 holds its lock and writes).
+    with _os_errors(run_dir, cfg, started=plan == "resume"):
+        if main:
+            run_dir.remove_stale_temporaries()
+            run_dir.write_hydra(cfg, hydra_cfg)
+            run_dir.write_config(config)
+            run_dir.set_status("running", **running_status())
+        with log_file(run_dir / LOG) if main else contextlib.nullcontext():
+            return _train(cfg, settings, distributed.writer(run_dir), resuming=plan == "resume")
 
 
 def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
@@ -184,38 +210,100 @@ def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
 
 
 def _train(cfg, settings, run_dir, resuming: bool) -> dict:
-    """The engine's fit, with the run's final state recorded on every way out."""
+    """The engine's fit, with the run's final state recorded on every way out (rank 0 records;
+    on other ranks `run_dir` writes nothing)."""
     from segbench.engine.trainer import Interrupted, fit
+    from segbench.rundir import signals_held
 
     try:
-        result = fit(cfg, settings, run_dir, resuming)
+        with _sigterm_interrupts():
+            result = fit(cfg, settings, run_dir, resuming)
     except Interrupted as stop:
-        run_dir.set_status("interrupted", epoch=stop.epoch)
-        log.warning("interrupted; checkpoints/last.pt holds epoch %d. Resume with:\n"
-                    "  segbench train trainer.resume=%s", stop.epoch, run_dir.path)
+        with signals_held():  # a second Ctrl-C stops the process after these two lines
+            run_dir.record_final("interrupted", epoch=stop.epoch)
+            log.warning("interrupted; checkpoints/last.pt holds epoch %d. Resume with:\n"
+                        "  segbench train trainer.resume=%s", stop.epoch, run_dir.path)
         raise SystemExit(130) from None
     except KeyboardInterrupt:
-        run_dir.set_status("interrupted", epoch=_last_epoch(run_dir))
-        log.warning("interrupted. Resume with:\n  segbench train trainer.resume=%s", run_dir.path)
+        with signals_held():
+            run_dir.record_final("interrupted", epoch=_last_epoch(run_dir))
+            log.warning("interrupted. Resume with:\n  segbench train trainer.resume=%s",
+                        run_dir.path)
         raise SystemExit(130) from None
     except SegbenchError as err:
-        run_dir.set_status("failed", epoch=_last_epoch(run_dir), error=str(err))
+        run_dir.record_final("failed", epoch=_last_epoch(run_dir), error=str(err))
+        raise
+    except OSError as err:
+        message = _os_error_message(err, run_dir, cfg, started=True)
+        run_dir.record_final("failed", epoch=_last_epoch(run_dir),
+                             error=message or f"{type(err).__name__}: {err}")
+        if message:
+            raise SegbenchError(message) from None
         raise
     except SystemExit as exit_:  # asked to exit, e.g. by submitit's requeue on preemption
-        run_dir.set_status("interrupted", epoch=_last_epoch(run_dir), exit_code=exit_.code)
+        run_dir.record_final("interrupted", epoch=_last_epoch(run_dir), exit_code=exit_.code)
         log.warning("stopped by a request to exit (code %s); checkpoints/last.pt holds the last "
                     "finished epoch. A requeued job resumes from it, or resume with:\n"
                     "  segbench train trainer.resume=%s", exit_.code, run_dir.path)
         raise
     except BaseException as err:
-        run_dir.set_status("failed", epoch=_last_epoch(run_dir), error=f"{type(err).__name__}: {err}")
+        run_dir.record_final("failed", epoch=_last_epoch(run_dir), error=f"{type(err).__name__}: {err}")
         raise
     if not result:  # ranks other than 0 of a run on several processes: rank 0 records it
         return result
-    run_dir.set_status("finished", epoch=result["epochs_run"])
+    run_dir.record_final("finished", epoch=result["epochs_run"])
     log.info("run directory: %s", run_dir.path)
     return result
 
 
 def _last_epoch(run_dir) -> int:
-    return len(run_dir.read_history())
+    try:
+        return len(run_dir.read_history())
+    except (OSError, ValueError):
+        return 0
+
+
+def _os_error_message(err: OSError, run_dir, cfg, started: bool) -> str | None:
+    """One line for disk full, quota, permission and read-only errors: which file, what to do."""
+    from segbench.atomic import os_error_message
+
+    name = str(err.filename or "")
+    cache = str(Path(str(cfg.paths.cache)).expanduser().resolve()) if "paths" in cfg else None
+    if cache and name and str(Path(name).resolve()).startswith(cache):
+        where = "paths.cache=<a folder on another disk> for the decoded-image cache"
+    else:
+        where = "hydra.run.dir=<a folder on another disk>"
+    message = os_error_message(err, where)
+    if message and started:
+        message += f"; then resume with `segbench train trainer.resume={run_dir.path}`"
+    return message
+
+
+@contextlib.contextmanager
+def _os_errors(run_dir, cfg, started: bool = False):
+    """Known OS errors of the run's own writes as one-line SegbenchErrors."""
+    try:
+        yield
+    except OSError as err:
+        message = _os_error_message(err, run_dir, cfg, started)
+        if message is None:
+            raise
+        raise SegbenchError(message) from None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM stops a run as Ctrl-C does, so that it records "interrupted" wherever it lands
+    (the epoch loop has its own handler, which stops at the next step)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a launcher's worker): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

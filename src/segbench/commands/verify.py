@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.atomic import write_atomic
 
 CONFIG = "verify"
 HELP = "check a dataset on disk (pairs, files, sizes, mask values): verify dataset=<name>"
@@ -22,7 +23,7 @@ def run(cfg) -> dict:
 
     report = verify_dataset(cfg)
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    (out_dir / "verify.json").write_text(json.dumps(report, indent=1, default=str))
+    write_atomic(out_dir / "verify.json", json.dumps(report, indent=1, default=str))
     text = format_report(report)
     if report["problems"]:
         log.error("%s", text)

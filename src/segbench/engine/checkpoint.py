@@ -7,7 +7,9 @@ over the old one, so a crash or kill at any moment leaves the previous checkpoin
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +31,22 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
         raise SegbenchError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...
+    except pickle.UnpicklingError as err:  # objects torch's weights-only loader refuses
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*?)(\. Please use|$)", str(err), re.M)
         raise SegbenchError(
-            f"cannot load checkpoint {path}: {err}. The file is corrupt or not a segbench checkpoint"
-        ) from None
+            f"cannot load checkpoint {path}: it holds Python objects, not only tensors and plain "
+            f"values ({detail[1] if detail else 'refused by the weights-only loader'}), so it is "
+            "not a segbench checkpoint; segbench never runs code from a checkpoint") from None
+    except Exception as err:  # a truncated zip, a foreign file, ...
+        raise SegbenchError(f"cannot load checkpoint {path}: it is truncated or corrupt "
+                            f"({_first_sentence(err)}); it is not a complete segbench "
+                            "checkpoint") from None
+
+
+def _first_sentence(err: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip() or type(err).__name__
+    first = re.split(r"(?<=[a-z])\. ", text.splitlines()[0])[0][:200]
+    return first if len(first) > 20 else f"{type(err).__name__}: {first}"
 
 
 def rng_state() -> dict:

@@ -332,9 +332,10 @@ def no_sync(model, skip: bool):
 
 class _Reader:
     """The run directory as ranks other than 0 see it: every file to read, no write. Writers of
-    RunDir are the methods named write_*, save_* and set_*; they do nothing here."""
+    RunDir are the methods named write_*, save_*, set_*, record_* and remove_*; they do nothing
+    here."""
 
-    WRITERS = ("write_", "save_", "set_")
+    WRITERS = ("write_", "save_", "set_", "record_", "remove_")
 
     def __init__(self, run):
         self._run = run

@@ -14,6 +14,7 @@ result (and rank 0 the kept maps and predicted masks), as one process would comp
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, metrics, rundir, surface
+from segbench.atomic import write_atomic
 from segbench.engine import distributed
 from segbench.engine.device import autocast
 from segbench.models.ensemble import Ensemble
@@ -173,14 +175,15 @@ def write_per_case(path: Path, ids: list[str], counts: torch.Tensor, groups: lis
     c = counts.numpy()
     names = ["dice", "iou", "precision", "recall", "specificity", "accuracy",
              *(["hd95", "assd"] if surface_values else [])]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", *(["group"] if groups else []), *names, "gt_pixels", "pred_pixels",
-                    "tp", "fp", "fn", "tn"])
-        for i, image_id in enumerate(ids):
-            w.writerow([image_id, *([groups[i]] if groups else []),
-                        *(f"{values[n][i]:.6f}" for n in names),
-                        int(values["gt_pixels"][i]), int(values["pred_pixels"][i]), *c[i].tolist()])
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow(["image", *(["group"] if groups else []), *names, "gt_pixels", "pred_pixels",
+                "tp", "fp", "fn", "tn"])
+    for i, image_id in enumerate(ids):
+        w.writerow([image_id, *([groups[i]] if groups else []),
+                    *(f"{values[n][i]:.6f}" for n in names),
+                    int(values["gt_pixels"][i]), int(values["pred_pixels"][i]), *c[i].tolist()])
+    write_atomic(path, f.getvalue())
 
 
 def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
@@ -189,14 +192,15 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
     values = metrics.per_image(pooled)
     slices = Counter(groups)
     metric_names = ["dice", "iou", "precision", "recall", "specificity", "accuracy"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["volume", "slices", *metric_names, "gt_pixels", "pred_pixels",
-                    "tp", "fp", "fn", "tn"])
-        for i, name in enumerate(names):
-            w.writerow([name, slices[name], *(f"{values[n][i]:.6f}" for n in metric_names),
-                        int(values["gt_pixels"][i]), int(values["pred_pixels"][i]),
-                        *pooled[i].tolist()])
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow(["volume", "slices", *metric_names, "gt_pixels", "pred_pixels",
+                "tp", "fp", "fn", "tn"])
+    for i, name in enumerate(names):
+        w.writerow([name, slices[name], *(f"{values[n][i]:.6f}" for n in metric_names),
+                    int(values["gt_pixels"][i]), int(values["pred_pixels"][i]),
+                    *pooled[i].tolist()])
+    write_atomic(path, f.getvalue())
 
 
 def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
@@ -269,11 +273,12 @@ def save_prediction_samples(path: Path, ids, images, masks, probs, dice, thresho
         out = cv2.resize(a, size, interpolation=interp) if scale < 1 else a
         return out.reshape(size[1], size[0], -1) if a.ndim == 3 else out
 
-    np.savez_compressed(
-        path, ids=np.array(ids), dice=np.asarray(dice, np.float32), threshold=threshold,
+    arrays = dict(
+        ids=np.array(ids), dice=np.asarray(dice, np.float32), threshold=threshold,
         images=np.stack([small(np.ascontiguousarray(i), cv2.INTER_AREA) for i in images]),
         masks=np.stack([small(np.ascontiguousarray(m, np.uint8), cv2.INTER_NEAREST) for m in masks]),
         probs=np.stack([small(np.round(p * 255).astype(np.uint8), cv2.INTER_AREA) for p in probs]))
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def metric_line(m: dict, prefix: str = "") -> str:

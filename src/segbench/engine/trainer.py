@@ -31,9 +31,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from segbench import SegbenchError, __version__, metrics
+from segbench import SegbenchError, __version__, faults, metrics
 from segbench.data import build_datasets, list_splits, native_masks
 from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
+from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine import distributed
@@ -195,11 +196,14 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
 
     record = {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))}
     with distributed.rank_zero_first():  # rank 0 generates and caches the data, then the others read it
-        splits = list_splits(cfg, record)
+        if resuming:  # the split recorded when the run started, checked against the files now
+            splits = recorded_splits(cfg, run.read_split(), where=f"run {run.path}")
+        else:
+            splits = list_splits(cfg, record)
         quick_check(cfg, splits)  # the cheap part of `segbench verify`: files there, one decodes
         data = build_datasets(cfg, splits, Path(cfg.paths.cache))
     if not resuming:
-        run.write_split(split_document(splits, record))
+        run.write_split({**split_document(splits, record), **file_record(splits)})
     log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
              len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
 
@@ -299,6 +303,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, devi
                 )
             if progress is not None:
                 progress.running_loss(running)
+        faults.point("train_step")
         if distributed.any_rank(stop.requested):
             raise Interrupted(epoch - 1)
     summary = metrics.summarize(distributed.gather_cat(torch.cat(counts)))
@@ -343,6 +348,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
         run.save_checkpoint("last", {**parts.state_dict(), **state.state_dict(), "rng": rng_state(),
                                      "config": config, "world_size": ctx.world_size})
 
+    # Trackers get a resumed run's finished epochs (history.csv, rewritten from last.pt above)
+    # again where a kill kept them from it.
     loggers = build_loggers(cfg, run, start_epoch=state.epoch + 1) if ctx.is_main else Loggers([])
     progress = RunProgress(  # only rank 0 shows a bar (the others' log lines are dropped)
         first_epoch=state.epoch + 1, max_epochs=t.max_epochs, train_steps=len(parts.train_loader),
@@ -419,8 +426,9 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
     if not ctx.is_main:  # rank 0 records the test
         return result
     result["wall_seconds"] = round(time.time() - started, 2)
-    run.write_metrics(result)
-    loggers.log_test(result["test"], state.best_epoch)
+    loggers.log_test(result, state.best_epoch)
+    run.write_metrics(result)  # metrics.json marks the run finished: every record comes before it
+    loggers.log_artifacts()  # the trackers' copies of the run's files, metrics.json among them
     loggers.close()
     log.info("test (best epoch %d): %s", state.best_epoch, metric_line(result["test"]))
     return result

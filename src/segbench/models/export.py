@@ -51,8 +51,8 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray | None:
         try:
             import onnx
         except ImportError:
-            raise SegbenchError(f"wrote {path} but cannot check it: neither onnxruntime nor onnx "
-                                "is installed; pip install 'segbench[export]'") from None
+            raise SegbenchError("cannot check the exported model (so it is not kept): neither "
+                                "onnxruntime nor onnx is installed; pip install 'segbench[export]'") from None
         onnx.checker.check_model(str(path), full_check=True)
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

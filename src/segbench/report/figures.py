@@ -16,7 +16,7 @@ import numpy as np
 
 from segbench.report.analysis import Axis, read_rows
 from segbench.rundir import HISTORY, PREDICTION_SAMPLES
-from segbench.viz import PALETTE, colour_key, overlay
+from segbench.viz import PALETTE, colour_key, overlay, save_figure
 
 CURVE_KEYS = ("val_dice", "val_iou", "val_loss", "train_loss")
 
@@ -77,7 +77,7 @@ def _plot_bars(configs, baseline, metrics, cis, path: Path, axis_title: str) -> 
             ax.set_xlim(0, max(finite) * 1.08)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return (f"test {', '.join(metrics)} ({_level(cis, metrics[0])}) per configuration: bar = mean, "
             f"line = 95% interval over {_runs_word(cis, metrics[0])}, circles = each run")
 
@@ -119,7 +119,7 @@ def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
     if legend:
         axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     return (f"test {', '.join(metrics)} ({_level(cis, metrics[0])}) against {axis.title}: line = "
             f"mean, band = 95% interval over {_runs_word(cis, metrics[0])}, circles = each run")
 
@@ -158,7 +158,7 @@ def plot_curves(configs, path: Path, legend_title: str | None = None) -> bool:
                        title=legend_title, title_fontsize=8)
     fig.suptitle("mean over runs (band: min to max)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     return True
 
 
@@ -208,5 +208,5 @@ def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
         axes[row, 0].set_ylabel(image_id, fontsize=7)
     fig.suptitle("the same test images across configurations (Dice at full size)", fontsize=8)
     colour_key(fig)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     return True

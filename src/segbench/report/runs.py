@@ -47,7 +47,7 @@ class Run:
     path: Path
     settings: dict[str, str]        # the resolved config (bookkeeping left out); {} if unknown
     order: tuple
-    state: str                      # finished | failed | interrupted | running or killed | not started
+    state: str                      # finished | failed | interrupted | running | killed | not started | broken
     metrics: dict | None = None
     epochs: int = 0
     error: str | None = None
@@ -159,21 +159,23 @@ def load_run(path: Path) -> Run:
     run = Run(path, settings, (num if isinstance(num, int) else 1 << 30, str(path)), "not started",
               overrides=_read_yaml_list(path / ".hydra" / "overrides.yaml"), choices=choices,
               ensemble=(path / ENSEMBLE).is_file())
-    status = run_dir.status()
-    run.epochs = len(run_dir.read_history()) if (path / HISTORY).is_file() else 0
     try:
+        run.epochs = len(run_dir.read_history()) if (path / HISTORY).is_file() else 0
         metrics = run_dir.read_metrics()
-    except SegbenchError as err:
-        metrics, run.error = None, str(err)
+    except Exception as err:  # a truncated record: list the run as broken and go on
+        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        run.state, run.error = "broken", f"unreadable: {text}"
+        return run
+    state = run_dir.state()  # a "running" run whose process is gone is "killed"
     if metrics and "test" in metrics:
         run.state, run.metrics = "finished", metrics
         run.epochs = int(metrics.get("epochs_run") or run.epochs)
-    elif status.get("state") == "failed":
-        run.state, run.error = "failed", status.get("error")
-    elif status.get("state") == "interrupted":
-        run.state = "interrupted"
-    elif status.get("state") == "running" or (path / CONFIG).is_file():
-        run.state = "running or killed"
+    elif state == "finished":
+        run.state, run.error = "failed", "metrics.json holds no test metrics"
+    else:
+        run.state = state
+        if state == "failed":
+            run.error = run_dir.status().get("error")
     return run
 
 
