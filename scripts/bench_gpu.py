@@ -122,7 +122,7 @@ def bench_variant(model, data, loss_fn, optimizer, cfg, v: dict, device, batch: 
     def ours():
         train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, device=device,
                         amp_dtype=amp, grad_clip=None, channels_last=v["channels_last"],
-                        epoch=1, progress=False, log_every=25, stop=_Stop())
+                        epoch=1, progress=None, log_every=25, stop=_Stop())
 
     def plain():
         plain_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, v["channels_last"])
@@ -151,7 +151,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="auto | cuda | cuda:N | cpu")
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--images", type=int, default=512, help="images per timed epoch")
+    ap.add_argument("--images", type=int, default=256, help="images per timed epoch")
     ap.add_argument("--repeats", type=int, default=2, help="timed epochs per loop (the best counts)")
     ap.add_argument("--variants", default=None,
                     help="comma-separated: fp32, bf16-cl, fp16-cl-w8, ... (default: a set per device)")

@@ -68,7 +68,7 @@ step cuda_tests 90 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovide
 
 # 2. The benchmark: segbench's loop vs a plain loop on the same batches (fp32/bf16/fp16,
 #    channels-last, workers), eval and eval+HD95 against inference alone.
-TAIL=15 step bench_gpu 120 "$PY" scripts/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json"
+TAIL=15 step bench_gpu 180 "$PY" scripts/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json"
 
 # 3. One real training: 20 epochs of U-Net/ResNet-34 on 1100 synthetic frames (128 px, cached at
 #    256 px), bf16 autocast, channels-last, 8 workers, flips/affine augmentation; test + HD95.

@@ -236,3 +236,13 @@ def test_a_refused_command_changes_nothing_and_the_resume_still_works(tmp_path, 
     assert _snapshot(run) == before  # not one byte of the run changed
     run_cli("train", f"trainer.resume={run}", cwd=tmp_path)
     assert read_json(run / "status.json")["state"] == "finished"
+
+
+def test_data_loader_workers_end_with_the_run(tmp_path):
+    # Persistent workers ignore SIGTERM (they leave stopping to the main process): a run must end
+    # them itself, or the interpreter's exit waits for them forever.
+    import multiprocessing
+
+    run_cli("train", *TINY, "trainer.num_workers=2", "hydra.run.dir=run", cwd=tmp_path)
+    assert read_json(tmp_path / "run" / "status.json")["state"] == "finished"
+    assert multiprocessing.active_children() == []

@@ -163,11 +163,14 @@ class TensorBoard:
         from torch.utils.tensorboard import SummaryWriter
 
         self.info = info
-        # A resumed run writes its finished epochs again from last.pt's history (info.history):
-        # TensorBoard drops every event from the purge step on, so an epoch whose events a kill
-        # prevented is there too, and none is there twice.
-        first = int(info.history[0]["epoch"]) if info.history else info.start_epoch
-        self.writer = SummaryWriter(str(info.run / TENSORBOARD), purge_step=first)
+        # The events are a view of last.pt's history, rebuilt whole when a run (re)starts: an
+        # epoch whose events a kill prevented is there, none is there twice. Earlier attempts'
+        # files go first: TensorBoard reads files in name order, which is by the second they were
+        # opened, so an old file read after a new one would purge what the new one wrote.
+        folder = info.run / TENSORBOARD
+        for old in folder.glob("events.out.tfevents.*"):
+            old.unlink()
+        self.writer = SummaryWriter(str(folder))
         self.record = {}
         for row in info.history:
             self.log_epoch(row)

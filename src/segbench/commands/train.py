@@ -16,7 +16,6 @@ from segbench import SegbenchError
 from segbench.cli_args import (
     asks_for_help,
     has_flag,
-    launched_rank,
     merge_overrides,
     override_key,
     quote,
@@ -88,22 +87,24 @@ def run(cfg) -> dict | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = RunDir(hydra_cfg.runtime.output_dir)
+    launched = distributed.launcher_environment()  # torchrun's or submitit's tasks, or None
+    rank = launched.rank if launched is not None else 0
     try:
         settings = check_train(cfg)  # a wrong type or value stops here, before training
         check_loggers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
     except SegbenchError as err:
         # A new job of a sweep: the report lists it as failed (rank 0 only: the others' output
         # directory is not the run's).
-        if launched_rank()[0] == 0 and not run_dir.holds_run():
+        if rank == 0 and not run_dir.holds_run():
             with contextlib.suppress(OSError):  # the setting's error is the one to show
                 run_dir.write_hydra(cfg, hydra_cfg)
                 run_dir.set_status("failed", error=str(err))
         raise
     t = settings.trainer
-    if t.devices != "auto" and t.devices > 1 and distributed.launcher_environment() is None:
+    if t.devices != "auto" and t.devices > 1 and launched is None:
         # This process starts the N workers; their rank 0 holds the run directory's lock.
         return _launch(cfg, settings, hydra_cfg, run_dir)
-    if launched_rank()[0] != 0:  # a secondary process of a run on several: rank 0 holds the lock
+    if rank != 0:  # a secondary process of a run on several: rank 0 holds the lock
         return _joined(cfg, settings, hydra_cfg, run_dir)
     with run_dir.lock():  # one writer per run directory: a second trainer is refused here
         return _joined(cfg, settings, hydra_cfg, run_dir)

@@ -67,10 +67,12 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    """The states `rng_state()` saved, wherever torch.load(map_location=...) put their tensors
+    (RNG states are CPU byte tensors whatever device they seed)."""
     has_gauss, gauss = state["python_gauss"]
     random.setstate((3, tuple(state["python"]), gauss if has_gauss else None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
+    np.random.set_state(("MT19937", state["numpy_keys"].cpu().numpy().astype(np.uint32),
                          state["numpy_pos"], int(state["numpy_gauss"][0]), state["numpy_gauss"][1]))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])

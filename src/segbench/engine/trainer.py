@@ -252,6 +252,18 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
 
 
 
+def end_workers(loader: DataLoader) -> None:
+    """End a DataLoader's persistent workers now. They end with the loader's iterator, which a
+    reference cycle can keep alive until the interpreter exits; by then they ignore SIGTERM
+    (ignore_stop_signals), so multiprocessing's exit handler would wait for them forever.
+    PyTorch has no public call for this: its iterator's own shutdown is used."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None
+
+
 def train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, *, device, amp_dtype,
                     grad_clip, channels_last, epoch, progress, log_every, stop,
                     accumulate: int = 1) -> dict:
@@ -422,6 +434,8 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
         progress.close()
         loggers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed")
         raise
+    finally:
+        end_workers(parts.train_loader)
     progress.close()
     if not ctx.is_main:  # rank 0 records the test
         return result
