@@ -42,7 +42,20 @@ TINY = [
     "augmentation=none",
     "logger=none",
     "eval.latency=false",
+    "eval.num_predictions=2",
 ]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores (torch's default, all of them
+    in every worker, makes the workers wait on each other)."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = max(1, (os.cpu_count() or 1) // int(workers))
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # and the CLI's subprocesses
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -46,6 +46,19 @@ def test_help_and_argument_errors_import_no_heavy_library(tmp_path):
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
+def test_importing_the_data_pipeline_opens_no_network_connection(tmp_path):
+    # albumentations asks PyPI for updates on import unless NO_ALBUMENTATIONS_UPDATE is set;
+    # segbench sets it, so an offline node neither waits nor warns.
+    code = ("import socket\n"
+            "def refuse(*a, **k):\n    raise SystemExit('NETWORK ' + repr(a[1:]))\n"
+            "socket.socket.connect = refuse\nsocket.create_connection = refuse\n"
+            "import segbench.data.transforms\nprint('IMPORTED')\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and "IMPORTED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
 def test_help_into_a_closed_pipe_is_quiet(tmp_path):
     proc = subprocess.run(f"{sys.executable} -m segbench train --help | head -1", shell=True,
                           capture_output=True, text=True, cwd=tmp_path)

@@ -7,7 +7,12 @@ images)`, `segbench.load_run(run_dir)` (see segbench.api). They are loaded on fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# albumentations asks PyPI for a newer version on every import (up to 2 s without network, a
+# warning on an offline cluster node); a run that never touches the network is segbench's promise.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __version__ = "0.1.0"
 

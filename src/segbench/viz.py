@@ -69,7 +69,9 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None,
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    # Fixed margins (this figure's size and labels do not vary): tight_layout measured every
+    # label by drawing the figure once more, a third of the time a short run spends on figures.
+    fig.subplots_adjust(left=0.04, right=0.99, bottom=0.13, top=0.84 if title else 0.9, wspace=0.22)
     save_figure(fig, path, dpi=110)
     return fig
 
