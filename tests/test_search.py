@@ -8,7 +8,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -121,17 +120,11 @@ def test_a_search_needs_multirun(tmp_path):
 def test_search_killed_with_sigkill_resumes_to_exactly_three_trials(tmp_path):
     args = [sys.executable, "-m", "segbench", *SEARCH]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline:  # kill -9 once the second trial has started training
-        runs = list((tmp_path / "outputs").rglob("checkpoints/last.pt"))
-        if len(runs) >= 2:
-            break
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    # kill -9 right after the second trial's first last.pt (a trial writes last.pt before its
+    # epoch 1 and after it: the first trial's two, then this one), by the fault hook.
+    proc = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**env, "SEGBENCH_FAULT": "renamed:last.pt:kill@3"})
+    assert proc.returncode == -signal.SIGKILL, proc.stdout[-3000:] + proc.stderr[-3000:]
     folder = sweep_dir(tmp_path)
     assert [t.state.name for t in study_of(folder).get_trials()][-1] == "RUNNING"
 
