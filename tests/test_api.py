@@ -66,8 +66,11 @@ def test_train_twice_in_one_process_then_evaluate_predict_and_load(tmp_path, mon
 
 def test_errors_are_segbench_errors_not_system_exit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SegbenchError, match="model/nope"):
-        segbench.train(TINY, model="nope")  # Hydra's own composition error, as one line
+    with pytest.raises(SegbenchError, match="model=nope: no such option in configs/model/"):
+        segbench.train(TINY, model="nope")
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(SegbenchError, match="model/nope"):  # Hydra's own error, as one line
+        segbench.train([*TINY, f"hydra.searchpath=[file://{tmp_path / 'mine'}]"], model="nope")
     with pytest.raises(SegbenchError, match="trainer.max_epochs=0"):
         segbench.train([*TINY, "trainer.max_epochs=0"])
     with pytest.raises(SegbenchError, match="multirun=True"):

@@ -138,9 +138,10 @@ def _isolated():
 def _run(name: str, argv: list[str]) -> list[tuple[str, object]]:
     """A command through the CLI's own steps (numeric choices quoted, prepare(), Hydra)."""
     from segbench import commands
-    from segbench.cli_args import quote_numeric_choices
+    from segbench.cli_args import check_group_choices, quote_numeric_choices
 
     module = commands.load(name)
+    check_group_choices(argv)
     argv = quote_numeric_choices(argv)
     if hasattr(module, "prepare"):
         argv = module.prepare(argv)

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     from segbench import commands
-    from segbench.cli_args import has_flag, quote_numeric_choices
+    from segbench.cli_args import check_group_choices, has_flag, quote_numeric_choices
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -77,6 +77,7 @@ def _main(argv: list[str]) -> None:
         words = os.environ["COMP_LINE"].split(" ")
         os.environ["COMP_LINE"] = " ".join(w for i, w in enumerate(words) if i != 1)
     try:
+        check_group_choices(rest)
         rest = quote_numeric_choices(rest)
         if hasattr(module, "prepare"):
             rest = module.prepare(rest)

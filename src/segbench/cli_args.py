@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -51,6 +52,36 @@ def quote_numeric_choices(argv: list[str]) -> list[str]:
             arg = f"{key}=" + ",".join(f"'{p}'" for p in parts)
         out.append(arg)
     return out
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """`model=nosuch` (or one value of a sweep `model=unet,nosuch`) is a one-line error naming the
+    options there are, before Hydra composes anything (its own message is a dozen lines of
+    search path). Where `hydra.searchpath` adds config folders, Hydra checks instead."""
+    if any(override_key(a) == "hydra.searchpath" for a in argv):
+        return
+    root = config_dir()
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith("~") or "/" in key or not (root / key.lstrip("+")).is_dir():
+            continue
+        group = key.lstrip("+")
+        value = value.strip()
+        if any(c in value for c in "($") or value in ("", "null"):
+            continue  # a sweep function (choice(...), glob(...)), an interpolation, a removal
+        names = [n.strip().strip("'\"") for n in value.strip("[]").split(",")]
+        unknown = [n for n in names if n and not (root / group / f"{n}.yaml").is_file()]
+        if unknown:
+            options = sorted((p.relative_to(root / group).with_suffix("").as_posix()
+                              for p in (root / group).rglob("*.yaml")),
+                             key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+            hint = ""
+            if group == "resolution" and unknown[0].isdigit():
+                hint = (f"; for another size set resolution.height={unknown[0]} "
+                        f"resolution.width={unknown[0]}")
+            raise SegbenchError(
+                f"{group}={unknown[0]}: no such option in configs/{group}/; choose one of "
+                f"{', '.join(options)}{hint} (or add your own: docs/extending.md)")
 
 
 def launched_rank() -> tuple[int, int]:
