@@ -106,4 +106,13 @@ def test_report_lists_unreadable_runs_as_broken_and_goes_on(deterministic_run, t
     # record (.hydra/overrides.yaml) costs nothing, a cut metrics.json makes the run broken.
     assert "2 finished" in md and "1 broken" in md
     assert "`cut_metrics` | broken |" in md and "unreadable" in md
+    assert f"`segbench train trainer.resume={sweep / 'cut_metrics'}` tests its best.pt again" in md
     assert read_json(sweep / "good" / "status.json")["state"] == "finished"
+
+    # Nothing left to compare: the error says what each run is and what to do, not just "nothing".
+    for name in ("good", "cut_overrides"):
+        shutil.rmtree(sweep / name)
+    proc = run_cli("report", str(sweep), cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "nothing to report yet (1 run(s): 1 broken; " in proc.stdout
+    assert "tests its best.pt again" in proc.stdout and "cut_metrics/metrics.json is unreadable" in proc.stdout

@@ -40,7 +40,8 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     except Exception as err:  # a truncated zip, a foreign file, ...
         raise SegbenchError(f"cannot load checkpoint {path}: it is truncated or corrupt "
                             f"({_first_sentence(err)}); it is not a complete segbench "
-                            "checkpoint") from None
+                            "checkpoint: restore it from a copy, or train the configuration again "
+                            "in a new run directory") from None
 
 
 def _first_sentence(err: BaseException) -> str:

@@ -164,7 +164,9 @@ def load_run(path: Path) -> Run:
         metrics = run_dir.read_metrics()
     except Exception as err:  # a truncated record: list the run as broken and go on
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        run.state, run.error = "broken", f"unreadable: {text}"
+        fix = (f" (`segbench train trainer.resume={path}` tests its best.pt again)"
+               if run_dir.has_checkpoint("last") else "")
+        run.state, run.error = "broken", f"unreadable{fix}: {text}"  # the fix first: tables cut it
         return run
     state = run_dir.state()  # a "running" run whose process is gone is "killed"
     if metrics and "test" in metrics:
@@ -361,7 +363,13 @@ def pick_baseline(configs: list[Configuration], spec: str | None) -> Configurati
     `optimizer.lr=0.001`; short or full keys)."""
     candidates = [c for c in configs if c.finished]
     if not candidates:
-        raise SegbenchError("no configuration has a finished run: nothing to report yet")
+        runs = [r for c in configs for r in c.runs]
+        states = Counter(r.state for r in runs)
+        why = ", ".join(f"{n} {state}" for state, n in states.most_common())
+        first = next((r for r in runs if r.error), None)
+        detail = f"; {first.path}: {first.error}" if first else ""
+        raise SegbenchError(f"no configuration has a finished run: nothing to report yet "
+                            f"({len(runs)} run(s): {why}{detail})")
     if spec is None or str(spec).strip() == "":
         return candidates[0]
     spec = str(spec).strip()
