@@ -115,6 +115,22 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env
     return proc
 
 
+def ctrl_c_at_test(monkeypatch, n: int = 2) -> None:
+    """Ctrl-C (KeyboardInterrupt) in the n-th final test of a run in this process (the n-th job
+    of an in-process sweep), as a user stopping a sweep half-way would."""
+    import segbench.engine.trainer as trainer
+
+    real, calls = trainer.test_best, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "test_best", interrupted)
+
+
 def run_subprocess(*args: str, cwd: Path, check: bool = True, timeout: float = 600,
                    env: dict | None = None):
     """`python -m segbench <args>` in a new process: for the end-to-end tests (marked e2e) of

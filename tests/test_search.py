@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, read_json, run_cli
+from conftest import TINY, ctrl_c_at_test, read_json, run_cli
 from segbench import SegbenchError
 from segbench.search import check_objective, objective_value, rerun_command
 
@@ -50,18 +50,7 @@ def check_finished_search(folder: Path) -> list:
 
 
 def test_search_interrupted_then_resumed_has_exactly_three_trials(tmp_path, monkeypatch):
-    import segbench.engine.trainer as trainer
-
-    real = trainer.test_best
-    calls = {"n": 0}
-
-    def ctrl_c_in_the_second_trial(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "test_best", ctrl_c_in_the_second_trial)
+    ctrl_c_at_test(monkeypatch, 2)  # in the second trial
     first = run_cli(*SEARCH, cwd=tmp_path, check=False)
     assert first.returncode == 130
     folder = sweep_dir(tmp_path)

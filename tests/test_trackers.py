@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, TINY, read_json, run_cli
+from conftest import ROOT, TINY, ctrl_c_at_test, read_json, run_cli
 from segbench.loggers import flat_params
 
 mlflow = pytest.importorskip("mlflow")
@@ -127,20 +127,8 @@ def test_a_sweep_is_one_experiment_and_a_resumed_run_is_one_run(tracked, monkeyp
     """Two jobs, the second interrupted during its test and resumed by re-running the sweep:
     one MLflow experiment, two runs named after their overrides, each FINISHED once. (In the
     folder of `tracked`: one store for both, as on a user's machine.)"""
-    import segbench.engine.trainer as trainer
-
     tmp_path = tracked[0]
-
-    real = trainer.test_best
-    calls = {"n": 0}
-
-    def interrupted_once(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer, "test_best", interrupted_once)
+    ctrl_c_at_test(monkeypatch, 2)  # in the second job
     args = ("train", "-m", *TINY, "logger=mlflow", "optimizer=adam,sgd")
     first = run_cli(*args, cwd=tmp_path, check=False)
     assert first.returncode == 130
