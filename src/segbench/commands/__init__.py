@@ -32,6 +32,18 @@ def load(name: str) -> ModuleType:
     return importlib.import_module(f"segbench.commands.{name}")
 
 
+def prepare_argv(name: str, argv: list[str]) -> list[str]:
+    """The command line as Hydra gets it, for the CLI and the Python API alike: group choices
+    checked (one line naming the options), numeric choices quoted, then the command's own
+    prepare() (paths, required keys, resume); SegbenchError to refuse."""
+    from segbench.cli_args import check_group_choices, quote_numeric_choices
+
+    module = load(name)
+    check_group_choices(argv)
+    argv = quote_numeric_choices(argv)
+    return module.prepare(argv) if hasattr(module, "prepare") else argv
+
+
 class HydraTask:
     """The function Hydra runs for each job: `command.run(cfg)`, with a SegbenchError logged as
     one line. Launchers that run jobs in other processes (joblib, submitit, Ray) pickle it; its

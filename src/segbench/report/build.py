@@ -72,6 +72,9 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
 
     made = [configurations_table(g, base), results_table(g, base, columns)]
     made += cv_tables(g)
+    external = external_table(g, metrics)
+    if external is not None:
+        made.append(external)
     made += [comparison_table(metric, results, tables.level, alpha, n_resamples, seed)
              for metric, results in comparisons.items()]
     for t in made:
@@ -169,6 +172,39 @@ def results_table(g: Grouping, base, columns) -> Table:
     csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
     return t
+
+
+def external_table(g: Grouping, metrics) -> Table | None:
+    """Internal and external test results side by side: per configuration, each metric on its
+    own test split and on every external set its runs were evaluated on (`segbench eval
+    run_dir=<run> dataset=<name> dataset.root=<dir>`); None when no run has one."""
+    sets = sorted({name for c in g.configs for r in c.finished for name in r.external})
+    if not sets:
+        return None
+    header = ["configuration", *(f"{where} {m}" for m in metrics for where in ("test", *sets))]
+    rows, csv_rows = [], []
+    for c in g.configs:
+        if not c.finished:
+            continue
+        row, raw = [c.label], [c.label]
+        for m in metrics:
+            internal = [float(r.metrics["test"].get(m, math.nan)) for r in c.finished]
+            for values in (internal, *([float(r.external[s].get(m, math.nan)) for r in c.finished
+                                        if s in r.external] for s in sets)):
+                mean, std, n = mean_std(values)
+                spread = f" ± {fmt(std)}" if not math.isnan(std) else ""
+                row.append(f"{fmt(mean)}{spread} (n={n})" if n else ABSENT)
+                raw += [num(mean), num(std), n]
+        rows.append(row)
+        csv_rows.append(raw)
+    csv_header = ["configuration", *(f"{where}_{m}_{s}" for m in metrics
+                                     for where in ("test", *sets) for s in ("mean", "std", "n"))]
+    note = ("Each run's own test split beside its latest evaluation on each external set (named "
+            "by its folder and the first characters of its files' fingerprint); mean ± sample "
+            "standard deviation over the runs evaluated there (n). External sets are scored "
+            "at native resolution unless the evaluation said otherwise (its metrics.json).")
+    return Table("external", "Internal and external test results", header, rows, note,
+                 set(), csv_header, csv_rows)
 
 
 def cv_tables(g: Grouping) -> list[Table]:
@@ -358,6 +394,8 @@ def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], co
         lines += [f"### Shared settings ({len(g.shared)} keys every configuration has)", "",
                   *_shared_lines(g.shared), ""]
     lines += ["## Results", "", by_name["results"].markdown(), ""]
+    if "external" in by_name:
+        lines += ["## External validation", "", by_name["external"].markdown(), ""]
     if "cv" in by_name:
         lines += ["## Cross-validation", "", by_name["cv"].markdown(), "", by_name["folds"].markdown(), ""]
     lines += ["## Comparison with the baseline", "",
