@@ -68,12 +68,11 @@ def _contour(ax, mask: np.ndarray, colour: str) -> None:
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.3)
 
 
-def _key(fig, contours: bool = True) -> None:
+def _key(fig, contours=tuple(CONTOURS)) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    handles = ([Line2D([], [], color=c, lw=2, label=f"{n} contour") for n, c in CONTOURS.items()]
-               if contours else [])
+    handles = [Line2D([], [], color=CONTOURS[n], lw=2, label=f"{n} contour") for n in contours]
     handles += [Patch(facecolor=c, edgecolor="black", lw=0.5, label=n) for n, c in OVERLAY.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8,
                frameon=False)
@@ -138,7 +137,7 @@ def volume_strip(label: str, cases: Cases, path: Path) -> str | None:
     caption = (f"{label}: worst volume {cases.strip_volume} (volume Dice {cases.strip_dice:.3f}), "
                f"{n} of its slices with ground truth or prediction")
     fig.suptitle(wrap(caption, 110), fontsize=9)
-    _key(fig, contours=False)
+    _key(fig, contours=())
     save_figure(fig, path, dpi=100)
     return caption
 
@@ -189,7 +188,7 @@ def disagreement(configs_cases, path: Path, rows: int) -> list[str]:
             axes[0, 0].set_title("image, ground truth", fontsize=8)
     fig.suptitle("the test cases the configurations disagree on most (spread: std of Dice)",
                  fontsize=10)
-    _key(fig)
+    _key(fig, contours=("ground truth",))
     save_figure(fig, path, dpi=100)
     return shown
 
