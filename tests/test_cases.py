@@ -19,7 +19,7 @@ def _disk(shape, centre, radius) -> np.ndarray:
 
 
 def write_cases(path: Path, dice, *, shapes=None, hd95=None, groups=None, seed=0,
-                image_size=16) -> None:
+                image_size=16, ids=None) -> None:
     """A cases.npz whose predictions are disks (truth: the same disk, shifted by 1 - Dice)."""
     rng = np.random.default_rng(seed)
     n = len(dice)
@@ -29,7 +29,7 @@ def write_cases(path: Path, dice, *, shapes=None, hd95=None, groups=None, seed=0
     counts = np.array([[int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum())]
                        for p, t in zip(preds, truths)])
     images = rng.integers(0, 255, (n, image_size, image_size, 3), dtype=np.uint8)
-    save_cases(path, [f"case_{i:02d}" for i in range(n)], counts, np.array(dice),
+    save_cases(path, ids or [f"case_{i:02d}" for i in range(n)], counts, np.array(dice),
                np.array(dice) / (2 - np.array(dice)), hd95, preds, images, truths, 0.5, groups, 2)
 
 

@@ -204,7 +204,8 @@ def draw(configs, out_dir: Path, rows: int) -> tuple[list[Section], str | None]:
             continue
         folder.mkdir(parents=True, exist_ok=True)
         run, cases = found
-        s = Section(c.label, run.path.name)
+        where = run.path.relative_to(out_dir.parent) if out_dir.parent in run.path.parents else run.path
+        s = Section(c.label, str(where))
         s.pictured = case_gallery(c.short, cases, folder / f"cases_{k}.png")
         s.gallery = f"gallery/cases_{k}.png"
         caption = volume_strip(c.short, cases, folder / f"volume_{k}.png")

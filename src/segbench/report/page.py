@@ -1,7 +1,7 @@
 """index.html: the report as one page that opens offline in any browser.
 
 Inline CSS and JavaScript only (no network, no CDN); the figures are PNG files beside it
-(report/*.png, gallery/, runs/). Every table sorts by any column on a click on its header.
+(report/*.png, gallery/ and runs/: each configuration's learning curves). Every table sorts by any column on a click on its header.
 Opened as index.html#selftest the page checks itself (images loaded, a header click re-sorts)
 and writes the outcome as JSON into <pre id="selftest">, which a headless browser's --dump-dom
 reads (tests/test_page.py); script and image errors are recorded into #page-errors always.
@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import html
 import re
-import shutil
 from collections import defaultdict
 from pathlib import Path
 
 from segbench.atomic import write_atomic
+from segbench.report import figures
 from segbench.report.gallery import Section
 from segbench.report.tables import Table
-from segbench.rundir import CURVES
 
 PAGE = "index.html"
 
@@ -39,7 +38,6 @@ tr:target{background:#fff3c4}
 .note{color:#444;font-size:13px;max-width:1000px}
 figure{margin:12px 0 20px}figcaption{font-size:13px;color:#333;max-width:1000px}
 img{max-width:100%;height:auto;border:1px solid #e1e6eb;background:#fff}
-.grid{display:flex;flex-wrap:wrap;gap:16px}.grid figure{flex:1 1 520px;margin:0}
 details{margin:6px 0 14px}summary{cursor:pointer;color:#12355b}
 code{background:#eef2f6;padding:0 3px;border-radius:3px;font-size:12px}
 #page-errors{color:#a00}#page-errors:empty{display:none}
@@ -49,6 +47,8 @@ code{background:#eef2f6;padding:0 3px;border-radius:3px;font-size:12px}
 # that does not load) do not bubble: the listener captures them.
 RECORDER = """
 window.pageErrors=[];
+var consoleError=console.error;
+console.error=function(){window.pageErrors.push(Array.prototype.join.call(arguments,' '));consoleError.apply(console,arguments);};
 window.addEventListener('error',function(e){
   var t=e.target,msg=(t&&t!==window&&t.src)?('failed to load '+t.src):(e.message||'error');
   window.pageErrors.push(msg);
@@ -81,8 +81,13 @@ function sortTable(th){
 document.querySelectorAll('table.sortable th').forEach(function(th){
   th.title='click to sort';th.addEventListener('click',function(){sortTable(th);});
 });
+function openTarget(){  // a link to a case row opens the table it sits in
+  var el=location.hash.length>1?document.getElementById(location.hash.slice(1)):null;
+  var d=el&&el.closest('details');if(d){d.open=true;el.scrollIntoView();}
+}
+window.addEventListener('hashchange',openTarget);openTarget();
 function selftest(){
-  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null};
+  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null,loadMs:Math.round(performance.now())};
   document.querySelectorAll('img').forEach(function(img){
     out.images++;if(!img.complete||img.naturalWidth===0)out.broken.push(img.getAttribute('src'));
   });
@@ -133,9 +138,10 @@ def table_html(t: Table, *, caption: bool = True) -> str:
             f'{"".join(body)}</tbody></table></div>{note}')
 
 
-def _img(src: str, alt: str, caption: str) -> str:
+def _img(src: str, alt: str, caption: str, links: str = "") -> str:
+    """A figure; `links`: HTML added to its caption."""
     return (f'<figure><img src="{html.escape(src)}" alt="{html.escape(alt)}" loading="eager">'
-            f"<figcaption>{inline(caption)}</figcaption></figure>")
+            f"<figcaption>{inline(caption)}{links}</figcaption></figure>")
 
 
 def _slug(text: str) -> str:
@@ -143,18 +149,15 @@ def _slug(text: str) -> str:
 
 
 def curves_of(configs, out_dir: Path) -> list[tuple[str, str, str]]:
-    """Each configuration's learning curves: its first finished run's curves.png, copied beside
-    the page (runs/) so that the report folder stands alone."""
+    """Each configuration's learning curves (mean over its runs, band min to max) from the runs'
+    history.csv, under runs/: (label, file, which runs)."""
     shown = []
     for k, c in enumerate(configs):
-        runs = sorted(c.finished, key=lambda r: (r.fold or "", r.seed)) or c.runs
-        src = next((r.path / CURVES for r in runs if (r.path / CURVES).is_file()), None)
-        if src is None:
-            continue
-        dest = out_dir / "runs" / f"curves_{k}.png"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
-        shown.append((c.label, f"runs/curves_{k}.png", src.parent.name))
+        name = f"runs/curves_{k}.png"
+        (out_dir / "runs").mkdir(parents=True, exist_ok=True)
+        if figures.plot_curves([c], out_dir / name, title=c.label):
+            n = len(c.runs)
+            shown.append((c.label, name, f"{n} run{'s' if n > 1 else ''}"))
     return shown
 
 
@@ -190,7 +193,7 @@ def gallery_html(sections: list[Section], grid: str | None) -> str:
             parts.append(_img(s.gallery, f"cases of {s.label}",
                               f"Worst, median and best test cases by Dice and by HD95 (run "
                               f"`{s.run}`), at the size each was scored at: image | ground-truth "
-                              f"and predicted contours | TP/FP/FN. Cases: {links}."))
+                              "and predicted contours | TP/FP/FN. Cases: ", links + "."))
         if s.strip:
             parts.append(_img(s.strip, f"worst volume of {s.label}", s.strip_caption))
         parts.append(case_table(k, s))
@@ -234,10 +237,10 @@ def write_page(out_dir: Path, *, title: str, summary: str, configs, tables: dict
                 + "".join(_img(name, caption, f"{name}: {caption}.") for name, caption in figures_made.items())
                 + "</section>")
     curves = curves_of(configs, out_dir)
-    body.append('<section id="curves"><h2>Learning curves per configuration</h2><div class="grid">'
-                + "".join(_img(src, f"learning curves of {label}", f"{label} (run `{run}`)")
-                          for label, src, run in curves)
-                + ("" if curves else "<p>No run holds curves.png.</p>") + "</div></section>")
+    body.append('<section id="curves"><h2>Learning curves per configuration</h2>'
+                + "".join(_img(src, f"learning curves of {label}", f"{label}: mean over its {runs} "
+                               "(band: min to max)") for label, src, runs in curves)
+                + ("" if curves else "<p>No run holds history.csv.</p>") + "</section>")
     body.append('<section id="gallery"><h2>Cases</h2>'
                 + (gallery_html(sections, grid) if sections else
                    "<p>No run holds cases.npz (runs evaluated before segbench kept every case's "
