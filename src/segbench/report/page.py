@@ -14,6 +14,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from segbench import augment_preview
 from segbench.atomic import write_atomic
 from segbench.report import figures
 from segbench.report.gallery import Section
@@ -284,6 +285,14 @@ def study_page(out_dir: Path, root: Path, runs, g, base, baseline_spec, made: li
                            [[f"`{r.path.relative_to(root) if root in r.path.parents else r.path}`", r.state,
                              str(r.epochs), (r.error or "").replace("\n", " ")[:300]] for r in problems],
                            "Not in the tables above. Re-run the sweep command to resume interrupted runs.")
+    previews, preview_notes = augment_preview.study_previews(g.configs, out_dir / "augmentation")
+    if previews:
+        extra = [*extra, ("augmentation", "Augmentation presets", "".join(
+            _img(f"augmentation/{file}", f"augmentation {name}",
+                 f"augmentation={name}: training images and masks under each transform (p forced "
+                 "to 1) and under the whole preset as trained, seeded (`segbench preview "
+                 f"augmentation={name}` draws it alone).") for name, file in previews))]
+    notes = [*notes, *preview_notes]
     baseline_line = (f"Baseline: **{base.label}**" + (" (chosen with `report.baseline`)." if baseline_spec
                      else " (the first configuration; choose another with `report.baseline=<setting=value>`)."))
     return write_page(
