@@ -103,6 +103,7 @@ def draw(samples, augmentation, path: Path, seed: int, title: str) -> int:
 
 
 def preview(cfg: DictConfig, path: Path, n: int, seed: int) -> int:
+    rows_of(cfg.augmentation, (int(cfg.resolution.height), int(cfg.resolution.width)), seed)  # checked before reading data
     samples = training_samples(cfg, n)
     name = cfg.augmentation.get("name", "?")
     h, w = samples[0][1].shape[:2]
