@@ -24,7 +24,7 @@ from segbench.atomic import os_error_message
 log = logging.getLogger("segbench")
 
 NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export",
-         "preview")
+         "preview", "explain")
 
 
 def load(name: str) -> ModuleType:
