@@ -9,8 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segbench.cases import load_cases, pick, save_cases, worst_volume
-from segbench.report.gallery import CONTOURS, case_gallery, disagreement, image_at, volume_strip
+from conftest import run_cli
+from segbench.cases import load_cases, pick, save_cases, tta_changed, worst_volume
+from segbench.report.gallery import (
+    CONTOURS,
+    case_gallery,
+    disagreement,
+    image_at,
+    tta_gallery,
+    volume_strip,
+)
 
 
 def _disk(shape, centre, radius) -> np.ndarray:
@@ -119,3 +127,31 @@ def test_a_training_run_keeps_every_case_agreeing_with_per_case_csv(tiny_run, fi
     np.testing.assert_allclose(getattr(cases, field), [float(r[field]) for r in rows], atol=1e-5)
     for r, pred in zip(rows, cases.predictions, strict=True):
         assert pred.sum() == int(r["pred_pixels"])
+
+
+def test_tta_changed_orders_by_the_size_of_the_change():
+    assert tta_changed(np.array([0.5, 0.9, 0.2, 0.4]), np.array([0.5, 0.6, 0.3, 0.4]), k=3) == [1, 2]
+
+
+def test_with_tta_the_gallery_shows_the_cases_it_changed(tmp_path):
+    write_cases(tmp_path / "cases.npz", [0.2, 0.9, 0.5, 0.7])
+    plain = load_cases(tmp_path / "cases.npz")
+    dice = np.array([0.2, 0.9, 0.5, 0.7])
+    counts = np.zeros((4, 4), np.int64)
+    # the same masks with TTA, except case 3 (Dice 0.7 -> 0.1), whose image is kept for it
+    save_cases(tmp_path / "tta.npz", plain.ids, counts, np.array([0.2, 0.9, 0.5, 0.1]), dice,
+               None, plain.predictions, np.zeros((4, 8, 8, 3), np.uint8),
+               [np.ones((24, 32), bool)] * 4, 0.5, spread=0, plain=(plain.predictions, dice))
+    cases = load_cases(tmp_path / "tta.npz")
+    assert cases.plain_dice[3] == np.float32(0.7) and 3 in cases.images
+    assert tta_gallery("eval.tta=true", cases, tmp_path / "tta.png")
+    assert not tta_gallery("no tta", plain, tmp_path / "none.png")  # evaluated without TTA
+
+
+def test_eval_with_tta_keeps_the_masks_without_it(tiny_run, tmp_path):
+    run_cli("eval", f"run_dir={tiny_run}", "eval.tta=true", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    cases = load_cases(tmp_path / "out" / "cases.npz")
+    own = load_cases(tiny_run / "cases.npz")  # the run tested best.pt without TTA
+    np.testing.assert_allclose(cases.plain_dice, own.dice, atol=1e-6)
+    for a, b in zip(cases.plain, own.predictions, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -35,6 +35,8 @@ class Cases:
     strip_volume: str | None
     strip_dice: float
     threshold: float
+    plain: list[np.ndarray] | None = None   # with eval.tta: each case's mask without TTA
+    plain_dice: np.ndarray | None = None
 
     def index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.ids)}
@@ -57,6 +59,13 @@ def pick(dice: np.ndarray, hd95: np.ndarray | None, spread: int) -> dict[str, in
     for i in np.linspace(0, len(dice) - 1, min(spread, len(dice))).round().astype(int):
         chosen.setdefault(f"case {i}", int(i))
     return chosen
+
+
+def tta_changed(dice: np.ndarray, plain_dice: np.ndarray, k: int = 3) -> list[int]:
+    """The `k` cases whose Dice TTA changed most (either way), unchanged ones left out."""
+    change = np.abs(np.asarray(dice, np.float64) - np.asarray(plain_dice, np.float64))
+    order = np.argsort(-change, kind="stable")
+    return [int(i) for i in order[:k] if change[i] > 0]
 
 
 def worst_volume(counts: np.ndarray, groups: list) -> tuple[str | None, float, list[int]]:
@@ -90,11 +99,14 @@ def _unpack(bits, shapes, offsets) -> list[np.ndarray]:
 
 
 def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions, images, truths,
-               threshold: float, groups=None, spread: int = 6) -> None:
+               threshold: float, groups=None, spread: int = 6, plain=None) -> None:
     """Write cases.npz; `images` and `truths` are indexable per case (the split's arrays), only
-    the picked cases are read from them."""
+    the picked cases are read from them. `plain`: (masks, Dice) of the same split without TTA,
+    where the run evaluated with it; the cases TTA changed most are kept too."""
     hd95 = None if hd95 is None else np.asarray(hd95, np.float32)
     shown = set(pick(np.asarray(dice), hd95, spread).values())
+    if plain is not None:
+        shown |= set(tta_changed(dice, plain[1]))
     volume, volume_dice, strip = worst_volume(np.asarray(counts), list(groups)) if groups else (None, math.nan, [])
     shown = sorted(shown | set(strip))
     pred_bits, shapes, pred_offsets = _pack(predictions)
@@ -107,6 +119,9 @@ def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions
                   strip_dice=volume_dice, threshold=threshold)
     if hd95 is not None:
         arrays["hd95"] = hd95
+    if plain is not None:
+        arrays["plain_bits"], _, arrays["plain_offsets"] = _pack(plain[0])
+        arrays["plain_dice"] = np.asarray(plain[1], np.float32)
     write_atomic(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -124,4 +139,7 @@ def load_cases(path: Path) -> Cases | None:
                      images=dict(zip(shown, z["images"], strict=True)),
                      truths=dict(zip(shown, truths, strict=True)), strip=z["strip"].tolist(),
                      strip_volume=str(z["strip_volume"]) or None,
-                     strip_dice=float(z["strip_dice"]), threshold=float(z["threshold"]))
+                     strip_dice=float(z["strip_dice"]), threshold=float(z["threshold"]),
+                     plain=(_unpack(z["plain_bits"], shapes, z["plain_offsets"])
+                            if "plain_bits" in z.files else None),
+                     plain_dice=z["plain_dice"] if "plain_dice" in z.files else None)

@@ -227,6 +227,11 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
                       progress=progress,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
                       channels_last=channels_last, scores=True, keep_predictions=True)
+    plain = None
+    if tta:  # the same split without TTA: the gallery shows the cases TTA changed most
+        plain = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
+                         threshold=threshold, amp_dtype=amp_dtype, channels_last=channels_last,
+                         keep_predictions=True)
     if not distributed.current().is_main:
         return {}
     summary = result.summary()
@@ -259,7 +264,8 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     per_image = metrics.per_image(result.counts)  # the report's case galleries (cases.py)
     save_cases(out_dir / rundir.CASES, list(dataset.ids), result.counts.numpy(), per_image["dice"],
                per_image["iou"], per_image_surface["hd95"] if per_image_surface else None,
-               result.predictions, dataset.images, truths, threshold, groups, num_predictions)
+               result.predictions, dataset.images, truths, threshold, groups, num_predictions,
+               plain=(plain.predictions, metrics.per_image(plain.counts)["dice"]) if plain else None)
     return summary
 
 

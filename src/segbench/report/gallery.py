@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.cases import Cases, load_cases, pick
+from segbench.cases import Cases, load_cases, pick, tta_changed
 from segbench.report.figures import wrap
 from segbench.rundir import CASES
 from segbench.viz import OVERLAY, overlay, save_figure
@@ -33,6 +33,7 @@ class Section:
     gallery: str | None = None                      # file names, relative to the report folder
     strip: str | None = None
     strip_caption: str = ""
+    tta: str | None = None
     rows: list[dict] = field(default_factory=list)  # per case: id, dice, iou, hd95, role
     pictured: dict[str, str] = field(default_factory=dict)  # case id -> its role in the gallery
 
@@ -142,6 +143,37 @@ def volume_strip(label: str, cases: Cases, path: Path) -> str | None:
     return caption
 
 
+def tta_gallery(label: str, cases: Cases, path: Path) -> bool:
+    """With eval.tta: the cases whose Dice TTA changed most, without and with it."""
+    from matplotlib.figure import Figure
+
+    if cases.plain is None:
+        return False
+    changed = [i for i in tta_changed(cases.dice, cases.plain_dice) if i in cases.images]
+    if not changed:
+        return False
+    fig = Figure(figsize=(7.2, 2.35 * len(changed) + 1.0), layout="constrained")
+    axes = fig.subplots(len(changed), 3, squeeze=False)
+    for row, i in enumerate(changed):
+        truth, pred, plain = cases.truths[i], cases.predictions[i], cases.plain[i]
+        image = image_at(cases.images[i], pred.shape)
+        _show(axes[row, 0], image)
+        _contour(axes[row, 0], truth, CONTOURS["ground truth"])
+        axes[row, 0].set_ylabel(cases.ids[i], fontsize=8)
+        for ax, mask, dice in ((axes[row, 1], plain, cases.plain_dice[i]), (axes[row, 2], pred, cases.dice[i])):
+            ax.imshow(overlay(image, truth, mask), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(f"Dice {dice:.3f}", fontsize=8)
+        if row == 0:
+            for ax, title in zip(axes[0], ("image, ground truth", "without TTA", "with flip TTA"), strict=True):
+                ax.set_title(title, fontsize=9)
+    fig.suptitle(wrap(f"{label}: the test cases flip TTA changed most", 60), fontsize=10)
+    _key(fig, contours=("ground truth",))
+    save_figure(fig, path, dpi=100)
+    return True
+
+
 def disagreement(configs_cases, path: Path, rows: int) -> list[str]:
     """The test cases the configurations disagree on most (largest spread of Dice), among those
     whose image some run kept: image with its ground-truth contour, then each configuration's
@@ -211,6 +243,8 @@ def draw(configs, out_dir: Path, rows: int) -> tuple[list[Section], str | None]:
         caption = volume_strip(c.short, cases, folder / f"volume_{k}.png")
         if caption:
             s.strip, s.strip_caption = f"gallery/volume_{k}.png", caption
+        if tta_gallery(c.short, cases, folder / f"tta_{k}.png"):
+            s.tta = f"gallery/tta_{k}.png"
         s.rows = [{"case": cid, "dice": float(cases.dice[i]), "iou": float(cases.iou[i]),
                    "hd95": float(cases.hd95[i]) if cases.hd95 is not None else None,
                    "role": s.pictured.get(cid, "")} for i, cid in enumerate(cases.ids)]

@@ -197,6 +197,10 @@ def gallery_html(sections: list[Section], grid: str | None) -> str:
                               "and predicted contours | TP/FP/FN. Cases: ", links + "."))
         if s.strip:
             parts.append(_img(s.strip, f"worst volume of {s.label}", s.strip_caption))
+        if s.tta:
+            parts.append(_img(s.tta, f"TTA in {s.label}", "The test cases whose Dice test-time "
+                              "augmentation (eval.tta: mean over identity, horizontal and vertical "
+                              "flips) changed most: without it, and with it."))
         parts.append(case_table(k, s))
     return "\n".join(parts)
 
