@@ -105,3 +105,12 @@ def test_the_page_in_a_real_browser(tmp_path):
     shot = tmp_path / "page.png"
     chromium("--hide-scrollbars", "--window-size=1280,2000", f"--screenshot={shot}", page.as_uri())
     assert shot.stat().st_size > 50_000  # a page drawn, not a blank one
+
+
+def test_a_cut_cases_file_leaves_its_gallery_out(tmp_path, caplog):
+    root = six_runs(tmp_path / "study")
+    cut = root / "optimizer=sgd" / "seed=0" / "cases.npz"
+    cut.write_bytes(cut.read_bytes()[:200])
+    result = build_report(root, root / "report", n_resamples=200)
+    assert len(result["galleries"]) == 3  # sgd's gallery comes from its seed=1 run
+    assert "cannot be read" in caplog.text and "segbench eval run_dir=" in caplog.text

@@ -9,7 +9,9 @@ image | ground-truth and predicted contours over the image | TP/FP/FN map (segbe
 
 from __future__ import annotations
 
+import logging
 import math
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from segbench.cases import Cases, load_cases, pick, tta_changed
 from segbench.report.figures import wrap
 from segbench.rundir import CASES
 from segbench.viz import OVERLAY, overlay, save_figure
+
+log = logging.getLogger(__name__)
 
 # Contour colours (Okabe & Ito) that the TP/FP/FN map does not use.
 CONTOURS = {"ground truth": "#009E73", "prediction": "#CC79A7"}
@@ -39,8 +43,15 @@ class Section:
 
 
 def first_cases(config) -> tuple[object, Cases] | None:
+    """The first finished run's cases.npz; a cut or unreadable one is skipped with a warning
+    (the report stands without that gallery)."""
     for r in sorted(config.finished, key=lambda r: (r.fold or "", r.seed)):
-        cases = load_cases(r.path / CASES)
+        try:
+            cases = load_cases(r.path / CASES)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+            log.warning("%s cannot be read (%s): left out of the case gallery; `segbench eval "
+                        "run_dir=%s` writes it again", r.path / CASES, err, r.path)
+            continue
         if cases is not None:
             return r, cases
     return None
