@@ -23,7 +23,8 @@ from segbench.atomic import os_error_message
 
 log = logging.getLogger("segbench")
 
-NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export")
+NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export",
+         "preview", "explain")
 
 
 def load(name: str) -> ModuleType:

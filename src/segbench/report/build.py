@@ -1,5 +1,5 @@
 """build_report(): read the runs, group them, compute, and write report.md, report.csv,
-tables/ (CSV and LaTeX of every table) and the figures."""
+tables/ (CSV and LaTeX of every table), the figures, and index.html with its case galleries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
-from segbench.report import analysis, figures
+from segbench.report import analysis, figures, gallery, page
 from segbench.report.analysis import CaseTables, column_named, column_stats, mean_std
 from segbench.report.runs import ABSENT, Grouping, group_runs, load_run, pick_baseline
 from segbench.report.tables import Table, best_value, fmt, fmt_p, num
@@ -83,13 +83,17 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
     text = markdown(root, runs, g, base, baseline, made, comparisons, metrics, figures_made,
                     notes, axis)
     write_atomic(out_dir / "report.md", text)
+    sections, grid = gallery.draw(g.configs, out_dir, max_predictions)
+    page.study_page(out_dir, root, runs, g, base, baseline, made, comparisons, figures_made,
+                    sections, grid, notes)
     for n in notes:
         log.warning("%s", n)
     return {"runs": len(runs), "configurations": len(g.configs), "baseline": base.label,
             "finished": sum(len(c.finished) for c in g.configs), "comparisons": comparisons,
             "warnings": notes, "level": tables.level, "axis": axis.key if axis else None,
             "labels": [c.label for c in g.configs], "tables": [t.name for t in made],
-            "figures": list(figures_made)}
+            "figures": list(figures_made), "page": "index.html",
+            "galleries": [s.gallery for s in sections]}
 
 
 def _parts(g: Grouping):
