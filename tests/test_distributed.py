@@ -222,17 +222,14 @@ class _Schedule:
         pass
 
 
-class _Stop:
-    requested = False
-
-
 def _epoch(train_one_epoch, model, loader, optimizer, accumulate=1, scaler=None, loss_fn=None,
            amp_dtype=None):
-    return train_one_epoch(
-        model, loader, loss_fn or torch.nn.BCEWithLogitsLoss(), optimizer, _Schedule(),
-        scaler or torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
-        amp_dtype=amp_dtype, grad_clip=None, channels_last=False, epoch=1, progress=None,
-        log_every=1, stop=_Stop(), accumulate=accumulate)
+    from segbench.engine.trainer import Compute, Optimisation, StepSettings
+
+    opt = Optimisation(loss_fn or torch.nn.BCEWithLogitsLoss(), optimizer, _Schedule(),
+                       scaler or torch.amp.GradScaler("cpu", enabled=False))
+    return train_one_epoch(model, loader, opt, Compute(torch.device("cpu"), amp_dtype, False),
+                           StepSettings(grad_clip=None, accumulate=accumulate, log_every=1), epoch=1)
 
 
 # --- AMP bookkeeping on CPU -------------------------------------------------------------------
