@@ -134,15 +134,28 @@ def test_rank_1_under_torchrun_creates_no_directory(tmp_path, monkeypatch):
 def test_other_ranks_read_the_run_directory_and_write_nothing(tmp_path):
     run = RunDir(tmp_path)
     run.write_history([{"epoch": 1, "val_iou": 0.5}])
-    view = distributed._Reader(run)
+    view = distributed.FollowerRun(run)
     view.write_history([{"epoch": 2}])
     view.set_status("failed")
     view.save_checkpoint("last", {"x": 1})
     view.write_metrics({"test": {}})
+    view.write_trackers({"tensorboard": {}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
     assert view.read_history() == [{"epoch": "1", "val_iou": "0.5"}]
     assert view.path == tmp_path and view / "x" == tmp_path / "x"
     assert distributed.writer(run) is run  # rank 0 (one process) writes
+    with pytest.raises(AttributeError, match="not for ranks other than 0"):
+        view.lock()
+    with pytest.raises(AttributeError, match="FollowerRun.READS or WRITES"):
+        view.write_something_new  # noqa: B018  (an undeclared writer never writes from every rank)
+
+
+def test_every_run_directory_method_is_declared_a_read_or_a_write_for_other_ranks(tmp_path):
+    """A new RunDir method must be sorted into FollowerRun's lists before another rank uses it."""
+    members = {name for name in dir(RunDir) if not name.startswith("_")} | {"path"}
+    v = distributed.FollowerRun
+    assert not (v.READS & v.WRITES or v.READS & v.RANK_ZERO_ONLY or v.WRITES & v.RANK_ZERO_ONLY)
+    assert members == v.READS | v.WRITES | v.RANK_ZERO_ONLY
 
 
 # --- Checks -----------------------------------------------------------------------------------
