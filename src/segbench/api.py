@@ -45,9 +45,10 @@ class Run:
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
+        from segbench.models import load_trained
         from segbench.rundir import RunDir
 
-        model, _, _ = RunDir.open(self.path).load_model(checkpoint, device)
+        model, _, _ = load_trained(RunDir.open(self.path), checkpoint, device)
         return model.eval()
 
     @cached_property
@@ -232,6 +233,7 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
     import numpy as np
 
     from segbench.engine.device import autocast_dtype, resolve_device
+    from segbench.models import load_trained
     from segbench.prediction import predict_images
     from segbench.rundir import RunDir
     from segbench.settings import check_threshold
@@ -253,7 +255,7 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
     threshold = check_threshold(cfg.eval.threshold if threshold is None else threshold)
     tta = bool(cfg.eval.tta if tta is None else tta)
     dev = resolve_device(device)
-    model, _, _ = run.load_model(checkpoint, dev, cfg)
+    model, _, _ = load_trained(run, checkpoint, dev, cfg)
     model.eval()
     probs = predict_images(model, arrays, height=int(cfg.resolution.height),
                            width=int(cfg.resolution.width), device=dev,

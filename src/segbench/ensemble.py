@@ -113,12 +113,13 @@ def check_members(members: list[RunDir], *, same_test: bool, one_configuration: 
 def load_ensemble(members: list[RunDir], checkpoint: str, device):
     """(Ensemble on `device`, the members' checkpoint states)."""
     from segbench.engine.device import autocast_dtype
+    from segbench.models import load_trained
     from segbench.models.ensemble import Ensemble
 
     models, states, dtypes = [], [], []
     for m in members:
         config = m.read_config()
-        model, state, _ = m.load_model(checkpoint, device, config)
+        model, state, _ = load_trained(m, checkpoint, device, config)
         models.append(model)
         states.append(state)
         dtypes.append(autocast_dtype(device, config.trainer.get("precision", "auto")))

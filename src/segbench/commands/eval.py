@@ -37,6 +37,7 @@ def run(cfg) -> dict:
     from segbench.data.pinning import recorded_splits
     from segbench.engine.device import autocast_dtype, resolve_device
     from segbench.engine.evaluate import evaluation_record, metric_line, pixel_spacing, test_split
+    from segbench.models import load_trained
     from segbench.settings import check_threshold
 
     run = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
@@ -58,7 +59,7 @@ def run(cfg) -> dict:
     device = resolve_device(cfg.device)
     amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
 
-    model, state, _ = run.load_model(cfg.checkpoint, device, train_cfg)
+    model, state, _ = load_trained(run, cfg.checkpoint, device, train_cfg)
     splits = recorded_splits(train_cfg, run.read_split(), [cfg.split], where=f"run {run.path}",
                              fix="point data_root=<dir> at the data it was trained on")
     data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)

@@ -32,6 +32,7 @@ def run(cfg) -> dict:
 
     from segbench.data import image_reader
     from segbench.engine.device import autocast_dtype, resolve_device
+    from segbench.models import load_trained
     from segbench.prediction import list_inputs, output_stems, predict_images, write_png
     from segbench.rundir import RunDir
     from segbench.settings import check_threshold
@@ -64,7 +65,7 @@ def run(cfg) -> dict:
         threshold = check_threshold(cfg.eval.threshold if cfg.eval.threshold is not None
                                     else train_cfg.eval.threshold)
         tta = bool(cfg.eval.tta if cfg.eval.tta is not None else train_cfg.eval.tta)
-        model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+        model, state, _ = load_trained(run_dir, cfg.checkpoint, device, train_cfg)
     else:
         from segbench.ensemble import load_ensemble, shared_setting
 

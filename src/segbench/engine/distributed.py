@@ -343,7 +343,7 @@ class FollowerRun:
                         "remove_stale_temporaries", "write_metrics", "write_split",
                         "write_history", "write_trackers", "save_checkpoint"})
     # Rank 0's alone (the decisions it broadcasts, its lock, its messages): an AttributeError here.
-    RANK_ZERO_ONLY = frozenset({"open", "plan", "lock", "warn_if_unfinished", "load_model"})
+    RANK_ZERO_ONLY = frozenset({"open", "plan", "lock", "warn_if_unfinished"})
 
     def __init__(self, run):
         self._run = run

@@ -42,14 +42,15 @@ from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine import distributed
-from segbench.engine.checkpoint import rng_state, set_rng_state
 from segbench.engine.device import (
     autocast,
     autocast_dtype,
     derive_seed,
     resolve_device,
+    rng_state,
     seed_everything,
     set_determinism,
+    set_rng_state,
 )
 from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
 from segbench.engine.evaluate import (
