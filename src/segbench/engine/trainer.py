@@ -124,6 +124,14 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
 
+    def finish_epoch(self, row: dict, started: float) -> None:
+        """Count the epoch of history row `row`, begun at `started`, as finished."""
+        seconds = time.time() - started
+        self.train_seconds += seconds
+        row["seconds"] = round(seconds, 3)
+        self.history.append(row)
+        self.epoch = row["epoch"]
+
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -539,16 +547,9 @@ def run_epoch(epoch: int, s: Train, parts: Parts, state: TrainState, out: Output
     val = validate(parts, s.eval.threshold, epoch, out.progress)
     row = history_row(epoch, lr, train, val)
     improved = update_schedule_and_stopping(epoch, row, parts, state)
-    state.train_seconds += time.time() - epoch_start
-    row["seconds"] = round(time.time() - epoch_start, 3)
-    state.history.append(row)
-    state.epoch = epoch
+    state.finish_epoch(row, epoch_start)
     save_checkpoints(out.run, parts, state, val if improved else None)
     record_epoch(out, s, parts, state, improved)
-    if state.stopped_early:
-        log.info("early stopping: %s has not improved by %g for %d epochs (best %.4f at epoch %d)",
-                 parts.monitor.metric, parts.early.min_delta, parts.early.patience,
-                 parts.early.best, parts.early.best_epoch)
     if distributed.any_rank(stop.requested):
         raise Interrupted(epoch)
 
@@ -592,7 +593,7 @@ def save_checkpoints(run: RunDir, parts: Parts, state: TrainState, best_val: dic
 
 
 def record_epoch(out: Outputs, s: Train, parts: Parts, state: TrainState, improved: bool) -> None:
-    """history.csv, the trackers and the log line of the epoch just finished."""
+    """history.csv, the trackers and the log lines of the epoch just finished."""
     row = state.history[-1]
     out.run.write_history(state.history)
     out.loggers.log_epoch(row)
@@ -602,6 +603,10 @@ def record_epoch(out: Outputs, s: Train, parts: Parts, state: TrainState, improv
              "lr %.2e  %.1fs%s", row["epoch"], s.trainer.max_epochs, row["train_loss"],
              row["val_loss"], row["val_dice"], row["val_iou"], shown, row["lr"], row["seconds"],
              "  *best*" if improved else "")
+    if state.stopped_early:
+        log.info("early stopping: %s has not improved by %g for %d epochs (best %.4f at epoch %d)",
+                 metric, parts.early.min_delta, parts.early.patience, parts.early.best,
+                 parts.early.best_epoch)
 
 
 def record_test(result: dict, out: Outputs, state: TrainState, started: float) -> dict:
