@@ -41,7 +41,7 @@ from segbench.data.synthetic import render
 from segbench.data.transforms import build_augmentation
 from segbench.engine.device import autocast, resolve_device
 from segbench.engine.evaluate import eval_loader, evaluate
-from segbench.engine.trainer import train_one_epoch
+from segbench.engine.trainer import Compute, Optimisation, StepSettings, train_one_epoch
 from segbench.losses import build_loss
 from segbench.models import build_model
 from segbench.optim import build_optimizer, build_scheduler
@@ -62,10 +62,6 @@ def parse_variant(name: str, default_workers: int) -> dict:
         elif p != "cl":
             raise SystemExit(f"variant {name}: unknown option {p} (cl, w<N>)")
     return variant
-
-
-class _Stop:
-    requested = False
 
 
 def frames(n: int, size: int, distinct: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -120,9 +116,8 @@ def bench_variant(model, data, loss_fn, optimizer, cfg, v: dict, device, batch: 
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=10, steps_per_epoch=len(loader))
 
     def ours():
-        train_one_epoch(model, loader, loss_fn, optimizer, schedule, scaler, device=device,
-                        amp_dtype=amp, grad_clip=None, channels_last=v["channels_last"],
-                        epoch=1, progress=None, log_every=25, stop=_Stop())
+        train_one_epoch(model, loader, Optimisation(loss_fn, optimizer, schedule, scaler),
+                        Compute(device, amp, v["channels_last"]), StepSettings(log_every=25), 1)
 
     def plain():
         plain_epoch(model, loader, loss_fn, optimizer, scaler, device, amp, v["channels_last"])

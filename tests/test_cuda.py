@@ -53,33 +53,29 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(tmp_path):
 
 def test_channels_last_pinned_memory_and_persistent_workers_on_the_gpu(tmp_path):
     from segbench.engine.evaluate import eval_loader, evaluate
-    from segbench.engine.trainer import build, train_one_epoch
+    from segbench.engine.trainer import StepSettings, build, train_one_epoch
     from segbench.settings import check_train
 
     cfg = _compose(*GPU, "trainer.num_workers=2", f"paths.cache={tmp_path / 'cache'}")
     s = check_train(cfg)
     (tmp_path / "run").mkdir()
-    parts = build(cfg, s, RunDir(tmp_path / "run"), resuming=False)
-    assert parts.channels_last  # auto on CUDA
+    parts = build(s, RunDir(tmp_path / "run"), resuming=False)
+    device = parts.compute.device
+    assert parts.compute.channels_last  # auto on CUDA
     weights = [p for p in parts.model.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    loader = parts.train_loader
+    loader = parts.data.train_loader
     assert loader.pin_memory and loader.persistent_workers and loader.num_workers == 2
 
-    class Stop:
-        requested = False
-
     for epoch in (1, 2):  # persistent workers serve a second epoch
-        parts.sampler.set_seed(epoch)
-        out = train_one_epoch(parts.train_model, loader, parts.loss_fn, parts.optimizer,
-                              parts.schedule, parts.scaler, device=parts.device,
-                              amp_dtype=parts.amp_dtype, grad_clip=1.0, channels_last=True,
-                              epoch=epoch, progress=None, log_every=2, stop=Stop())
+        parts.data.sampler.set_seed(epoch)
+        out = train_one_epoch(parts.train_model, loader, parts.opt, parts.compute,
+                              StepSettings(grad_clip=1.0, log_every=2), epoch)
         assert out["loss"] == out["loss"]
     # Channels-last evaluation agrees with the contiguous layout (up to kernel rounding).
-    test = eval_loader(parts.data["test"], 8, parts.device, 2)
-    a = evaluate(parts.model, test, parts.device, channels_last=True).summary()
-    b = evaluate(parts.model.to(memory_format=torch.contiguous_format), test, parts.device,
+    test = eval_loader(parts.data.datasets["test"], 8, device, 2)
+    a = evaluate(parts.model, test, device, channels_last=True).summary()
+    b = evaluate(parts.model.to(memory_format=torch.contiguous_format), test, device,
                  channels_last=False).summary()
     assert a["dice"] == pytest.approx(b["dice"], abs=2e-3)
 

@@ -45,9 +45,10 @@ class Run:
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
+        from segbench.models import load_trained
         from segbench.rundir import RunDir
 
-        model, _, _ = RunDir.open(self.path).load_model(checkpoint, device)
+        model, _, _ = load_trained(RunDir.open(self.path), checkpoint, device)
         return model.eval()
 
     @cached_property

@@ -353,13 +353,15 @@ class RunDir:
     def has_checkpoint(self, name: str) -> bool:
         return self.checkpoint_path(name).is_file()
 
+    # The checkpoint format imports torch (about 2 s): here, not at the top, so that reading a
+    # run's records (report, status, the CLI's checks) does not pay for it.
     def save_checkpoint(self, name: str, state: dict) -> None:
-        from segbench.engine.checkpoint import save_checkpoint
+        from segbench.checkpoint import save_checkpoint
 
         save_checkpoint(state, self.checkpoint_path(name))
 
     def load_checkpoint(self, name: str, map_location="cpu") -> dict:
-        from segbench.engine.checkpoint import load_checkpoint
+        from segbench.checkpoint import load_checkpoint
 
         path = self.checkpoint_path(name)
         if not path.is_file():
@@ -404,19 +406,6 @@ class RunDir:
                                     f"again: train it again in another directory") from None
             log.warning("%s: testing the run's best checkpoint again", err)
             return False
-
-    # ------------------------------------------------------------------ the model
-
-    def load_model(self, checkpoint: str = "best", device="cpu", config=None):
-        """(model with the checkpoint's weights on `device`, the checkpoint, the run's config).
-        `config`: the run's config, changed by the caller (e.g. another export size)."""
-        from segbench.models import build_model
-
-        config = config if config is not None else self.read_config()
-        state = self.load_checkpoint(checkpoint, map_location=device)
-        model = build_model(config, pretrained=False)  # the checkpoint holds every weight
-        model.load_state_dict(state["model"])
-        return model.to(device), state, config
 
 
 def _to_dict(cfg) -> dict:

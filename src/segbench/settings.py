@@ -88,6 +88,15 @@ class Train:
     trainer: Trainer
     eval: Eval
     resolution: Resolution
+    # The composed config itself, as the factories of the registries (model, data, loss,
+    # optimizer, schedule, trackers) read it: each checks its own options when it builds.
+    config: Any = field(default=None, repr=False, compare=False, metadata={"untyped": True})
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model's input."""
+        return (int(self.config.model.get("in_channels", 3)), self.resolution.height,
+                self.resolution.width)
 
 
 # Sections whose keys are all declared: an extra key there is a typo.
@@ -123,6 +132,8 @@ def typed(cls, node, prefix: str = "", strict: bool | None = None):
                                 f"its settings: {', '.join(f.name for f in dataclasses.fields(cls))}")
     values = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("untyped"):
+            continue
         key = f"{prefix}{f.name}"
         raw = getter(f.name)
         if raw is _MISSING:
@@ -212,7 +223,7 @@ def _as(value, option) -> tuple[bool, Any]:
 
 def check_train(cfg) -> Train:
     """The typed settings of a training config, or a one-line SegbenchError."""
-    settings = typed(Train, cfg, strict=False)
+    settings = dataclasses.replace(typed(Train, cfg, strict=False), config=cfg)
     for group, rules in GROUP_RULES.items():
         node = cfg.get(group) or {}
         for key, (kind, predicate, allowed) in rules.items():

@@ -218,7 +218,7 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
 
     try:
         with _sigterm_interrupts():
-            result = fit(cfg, settings, run_dir, resuming)
+            result = fit(settings, run_dir, resuming)
     except Interrupted as stop:
         with signals_held():  # a second Ctrl-C stops the process after these two lines
             run_dir.record_final("interrupted", epoch=stop.epoch)

@@ -130,3 +130,15 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))
     return SegmentationModel(net, mean, std, divisor)
+
+
+def load_trained(run, checkpoint: str = "best", device="cpu", config=None):
+    """(model with a run's checkpoint weights on `device`, the checkpoint, the run's config).
+    `run`: a RunDir (read_config, load_checkpoint; not imported: the run directory sits beside
+    the models, not below them); `config`: the run's config, changed by the caller (e.g. another
+    export size)."""
+    config = config if config is not None else run.read_config()
+    state = run.load_checkpoint(checkpoint, map_location=device)
+    model = build_model(config, pretrained=False)  # the checkpoint holds every weight
+    model.load_state_dict(state["model"])
+    return model.to(device), state, config
