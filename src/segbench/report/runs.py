@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from segbench import SegbenchError, config_dir
 from segbench.rundir import (
+    load_yaml,
     CONFIG,
     ENSEMBLE,
     HISTORY,
@@ -133,7 +134,7 @@ def find_run_dirs(root: Path, exclude: Path | None = None) -> list[Path]:
 
 def _read_yaml_list(path: Path) -> list[str]:
     try:
-        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+        return [str(o) for o in load_yaml(path)] if path.is_file() else []
     except Exception:  # a truncated file: the run is listed, its command line is not
         return []
 
@@ -150,7 +151,7 @@ def load_run(path: Path) -> Run:
     hydra_yaml = path / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
         try:
-            h = OmegaConf.load(hydra_yaml)
+            h = load_yaml(hydra_yaml)  # a run's file: size and aliases checked first
             num = OmegaConf.select(h, "hydra.job.num")
             raw = OmegaConf.select(h, "hydra.runtime.choices") or {}
             choices = {str(k): str(v) for k, v in raw.items() if v is not None}
