@@ -73,6 +73,11 @@ RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "
                      "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
 
 
+# How to train a finished job again rather than skip it (a sweep re-run on other data or config).
+RERUN_HINT = ("To train it again, re-run in a new folder (hydra.sweep.dir=<new folder>, or "
+              "hydra.run.dir= for one run) or move the old run away")
+
+
 # Colour and cursor escapes (a coloured library message, a progress bar) never reach a record.
 ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|[@-Z\\-_])")
 
@@ -415,6 +420,7 @@ class RunDir:
         started = self.has_checkpoint("last")
         finished = recorded and resume and self._metrics_readable(started)
         if finished and resume:
+            self._check_same_job(config)
             return "skip"
         if (started or recorded) and not resume:
             raise SegbenchError(
@@ -429,6 +435,19 @@ class RunDir:
                     "the config differs from the run being resumed, which would mix two "
                     "experiments: " + "; ".join(changes[:8]) + ". Resume with the run's own overrides")
         return "resume"
+
+    def _check_same_job(self, config: dict) -> None:
+        """A finished run is skipped (a sweep re-run) only as the run this command would train:
+        its recorded config must match (where its data lives may differ: the split check that
+        follows compares the data itself)."""
+        if not (self.path / CONFIG).is_file():
+            return
+        changes = [c for c in config_changes(_to_dict(self.read_config(to_build=False)), config)
+                   if not c.startswith("dataset.root:")]
+        if changes:
+            raise SegbenchError(
+                f"{self.path} finished with another config than this command's ("
+                + "; ".join(changes[:8]) + f"); its results are not this job's. {RERUN_HINT}")
 
     def _metrics_readable(self, can_repeat: bool) -> bool:
         """Whether metrics.json holds a test record; where it cannot be read (a damaged disk),

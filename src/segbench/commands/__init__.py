@@ -42,6 +42,7 @@ class HydraTask:
         self.name = name
         self.raise_errors = raise_errors
         self.results: list[tuple[str, object]] = []  # (job output dir, run()'s value), this process
+        self.failed: list[str] = []  # output dirs of this process's sweep jobs that failed
 
     def __reduce__(self):
         return _restore_task, (self.name, self.raise_errors)
@@ -66,6 +67,7 @@ class HydraTask:
             log.error("%s", message)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 self.results.append((output_dir, None))
+                self.failed.append(output_dir)
                 return None  # this job failed (its run dir says why); the sweep goes on
             if self.raise_errors:
                 if isinstance(err, SegbenchError):
@@ -200,4 +202,8 @@ def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> li
         entry()
     finally:
         sys.argv = saved
+    if task.failed and not raise_errors:  # the Python API returns them, each saying it failed
+        log.error("%d of %d job(s) of this sweep failed (each one's error is above and in its "
+                  "status.json): %s", len(task.failed), len(task.results), ", ".join(task.failed))
+        raise SystemExit(1)
     return task.results

@@ -186,6 +186,7 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     main = distributed.current().is_main
     plan = distributed.decide(lambda: run_dir.plan(resume, config))
     if plan == "skip":
+        _check_skipped_data(cfg, run_dir)
         log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
         metrics = run_dir.read_metrics()
         if main and run_dir.status().get("state") != "finished":  # killed between the two
@@ -210,6 +211,20 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
             run_dir.set_status("running", **running_status())
         with log_file(run_dir / LOG) if main else contextlib.nullcontext():
             return _train(cfg, settings, distributed.writer(run_dir), resuming=plan == "resume")
+
+
+def _check_skipped_data(cfg, run_dir) -> None:
+    """A finished run is skipped only when the data is the data it was split from (its recorded
+    files): a sweep re-run on another copy of the data would otherwise keep the old results."""
+    from segbench.data.pinning import recorded_splits
+    from segbench.engine import distributed
+    from segbench.rundir import RERUN_HINT
+
+    if (run_dir / "split.json").is_file():
+        distributed.decide(lambda: recorded_splits(
+            cfg, run_dir.read_split(), where=f"finished run {run_dir.path}", quiet=True,
+            fix=f"its results belong to the data it was trained on. {RERUN_HINT}; or restore "
+                "that data") and None)
 
 
 def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:

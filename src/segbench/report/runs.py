@@ -28,7 +28,6 @@ from omegaconf import OmegaConf
 
 from segbench import SegbenchError, config_dir
 from segbench.rundir import (
-    load_yaml,
     CONFIG,
     ENSEMBLE,
     HISTORY,
@@ -37,6 +36,7 @@ from segbench.rundir import (
     STATUS,
     RunDir,
     flatten,
+    load_yaml,
     value_text,
 )
 
