@@ -50,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     from segbench import commands
-    from segbench.cli_args import check_group_choices, has_flag, quote_numeric_choices
+    from segbench.cli_args import (
+        check_group_choices,
+        check_non_ascii,
+        has_flag,
+        quote_numeric_choices,
+    )
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -80,7 +85,8 @@ def _main(argv: list[str]) -> None:
         check_group_choices(rest)
         rest = quote_numeric_choices(rest)
         if hasattr(module, "prepare"):
-            rest = module.prepare(rest)
+            rest = module.prepare(rest)  # quotes the paths it knows (run_dir=, output=...)
+        check_non_ascii(rest)
     except SegbenchError as err:
         print(f"segbench {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
