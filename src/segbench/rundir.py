@@ -438,12 +438,12 @@ class RunDir:
 
     def _check_same_job(self, config: dict) -> None:
         """A finished run is skipped (a sweep re-run) only as the run this command would train:
-        its recorded config must match (where its data lives may differ: the split check that
-        follows compares the data itself)."""
+        its recorded config must match, bookkeeping aside (paths, devices, logging; where the
+        data lives may differ too: the split check that follows compares the data itself)."""
         if not (self.path / CONFIG).is_file():
             return
         changes = [c for c in config_changes(_to_dict(self.read_config(to_build=False)), config)
-                   if not c.startswith("dataset.root:")]
+                   if not is_bookkeeping(c.split(":", 1)[0])]
         if changes:
             raise SegbenchError(
                 f"{self.path} finished with another config than this command's ("

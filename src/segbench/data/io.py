@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -43,6 +44,7 @@ def corrupt(path: Path, detail: str) -> CorruptImage:
 MAX_PIXELS = "SEGBENCH_MAX_PIXELS"
 DEFAULT_MAX_PIXELS = 89_478_485
 ORIENTATION = 0x0112  # the EXIF orientation tag
+_PIL_LIMIT = threading.Lock()  # PIL's limit is process-wide: one thread sets it aside at a time
 
 
 class TooLarge(SegbenchError):
@@ -70,12 +72,13 @@ def header_size(path: Path) -> tuple[int, int] | None:
             return (int(shape[1]), int(shape[0])) if len(shape) >= 2 else None
         from PIL import Image
 
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # the check is ours, below
-        try:
-            with Image.open(path) as im:
-                return im.size
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
+        with _PIL_LIMIT:  # the check is ours (with its size in the message): PIL's is set aside
+            limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                with Image.open(path) as im:
+                    return im.size
+            finally:
+                Image.MAX_IMAGE_PIXELS = limit
     except Exception:  # every header reader has its own errors
         return None
 
