@@ -118,7 +118,9 @@ class OutputDir:
         from omegaconf import open_dict, read_write
 
         folder = Path(str(config.hydra.run.dir))
-        if self.command in EMPTY_OUTPUT and not config.get("overwrite", False) and holds_files(folder, ignore=(f"{self.command}.log",)):
+        own_log = f"{self.command}.log"  # appended to by every call: not another call's output
+        if (self.command in EMPTY_OUTPUT and not config.get("overwrite", False)
+                and holds_files(folder, ignore=(own_log,))):
             self._refuse(f"{EMPTY_OUTPUT[self.command]}={folder} holds files already (another "
                          "prediction's masks would mix with these); choose an empty or new folder, "
                          "or pass overwrite=true to write into it anyway")
