@@ -65,7 +65,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     run = RunDir.open(run_dir)
     history = [{k: _number(v) for k, v in row.items()} for row in run.read_history()]
-    return Run(run.path.resolve(), OmegaConf.to_container(run.read_config(), resolve=True), history,
+    return Run(run.path.resolve(), OmegaConf.to_container(run.read_config(to_build=False), resolve=True), history,
                run.read_metrics(), run.status())
 
 

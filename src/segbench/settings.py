@@ -84,7 +84,10 @@ class Train:
     """What `segbench train` reads of its config before anything else (the groups' own options
     are checked by their registries when built)."""
 
-    seed: int = _non_negative("an integer >= 0")
+    # NumPy (augmentation, sampling) takes seeds below 2**32 and segbench reduces larger ones
+    # modulo 2**32: seed=4294967296 would run as seed 0 while the run recorded 4294967296.
+    seed: int = _rule(lambda v: 0 <= v < 2**32, "an integer in 0..4294967295 (NumPy's seed range; "
+                      "a larger seed would run as another one)")
     trainer: Trainer
     eval: Eval
     resolution: Resolution

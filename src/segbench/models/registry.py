@@ -126,6 +126,9 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
         if not target:
             raise
         raise SegbenchError(f"model {label}: {err}") from None
+    if not isinstance(net, nn.Module):  # what a model factory builds is a network, nothing else
+        raise SegbenchError(f"model {label if target else name} built a {type(net).__name__}, not a "
+                            "torch nn.Module; a model factory must return a network")
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))
