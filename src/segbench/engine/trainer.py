@@ -35,6 +35,7 @@ from segbench import SegbenchError, __version__, faults, metrics
 from segbench.data import build_datasets, list_splits, native_masks
 from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.pinning import file_record, recorded_splits
+from segbench.data.resident import resident_batches
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine import distributed
@@ -42,6 +43,7 @@ from segbench.engine.checkpoint import rng_state, set_rng_state
 from segbench.engine.device import (
     autocast,
     autocast_dtype,
+    compile_model,
     derive_seed,
     resolve_device,
     seed_everything,
@@ -212,10 +214,14 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
         raise SegbenchError(f"{len(data['train'])} training images cannot be shared by "
                             f"{ctx.world_size} processes; use fewer devices")
     sampler = SeededShuffleSampler(len(data["train"]), ctx.rank, ctx.world_size)
-    train_loader = DataLoader(data["train"], batch_size=t.batch_size, sampler=sampler,
-                              num_workers=workers, pin_memory=device.type == "cuda",
-                              persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
-                              drop_last=len(sampler) > t.batch_size)
+    drop_last = len(sampler) > t.batch_size
+    train_loader = resident_batches(data["train"], sampler, t.batch_size, drop_last, device,
+                                    t.data_on_device, t.data_on_device_budget)
+    if train_loader is None:  # the DataLoader path: albumentations in worker processes
+        train_loader = DataLoader(data["train"], batch_size=t.batch_size, sampler=sampler,
+                                  num_workers=workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
+                                  drop_last=drop_last)
     eval_batch = t.eval_batch_size or 2 * t.batch_size
     val_loader = eval_loader(data["val"], eval_batch, device, workers, shard=ctx.enabled)
     val_groups = [x.group for x in splits["val"]]
@@ -228,6 +234,7 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
 
     loss_fn = build_loss(cfg.loss, {"train_masks": data["train"].masks}).to(device)
     model, train_model = distributed.wrap(model, t.sync_batchnorm)
+    train_model = compile_model(train_model, t.compile, device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=t.max_epochs,
                                steps_per_epoch=distributed.steps_per_epoch(
