@@ -149,12 +149,13 @@ def affine(t) -> Op:
         if getattr(t, "crop_border", False):
             raise Unsupported("Rotate crop_border=True")
         scale = {"x": (1.0, 1.0), "y": (1.0, 1.0)}
-        translate, rotate = {"x": (0.0, 0.0), "y": (0.0, 0.0)}, t.limit
+        translate, in_pixels, rotate = {"x": (0.0, 0.0), "y": (0.0, 0.0)}, True, t.limit
     else:
-        if t.fit_output or t.balanced_scale or t.translate_px is not None or \
-                any(v != (0.0, 0.0) for v in t.shear.values()):
-            raise Unsupported("Affine with shear, translate_px, fit_output or balanced_scale")
-        scale, translate, rotate = t.scale, t.translate_percent or {"x": (0, 0), "y": (0, 0)}, t.rotate
+        if t.fit_output or t.balanced_scale or any(v != (0.0, 0.0) for v in t.shear.values()):
+            raise Unsupported("Affine with shear, fit_output or balanced_scale")
+        scale, rotate = t.scale, t.rotate
+        in_pixels = t.translate_percent is None  # albumentations: translate_px then, (0, 0) unset
+        translate = t.translate_px if in_pixels else t.translate_percent
     keep_ratio = getattr(t, "keep_ratio", False)
 
     def op(images, masks, selected, draw):
@@ -165,7 +166,9 @@ def affine(t) -> Op:
         if not selected.any():
             return images, masks
         h, w = images.shape[-2:]
-        theta = affine_matrices(sx, sy, angle, tx * w, ty * h, h, w)[selected]
+        if not in_pixels:
+            tx, ty = tx * w, ty * h
+        theta = affine_matrices(sx, sy, angle, tx, ty, h, w)[selected]
         theta = torch.as_tensor(theta, dtype=images.dtype, device=images.device)
         grid = F.affine_grid(theta, [len(theta), 1, h, w], align_corners=False)
         return _warp(images, masks, grid, draw, selected, interpolation, padding)
