@@ -11,9 +11,16 @@ import torch
 
 from segbench import SegbenchError
 
+# Set by the packed launcher (hydra_plugins/segbench_packed_launcher) for each job it starts.
+PACKED_DEVICE = "SEGBENCH_DEVICE"
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     spec = str(spec or "auto")
+    if spec == "auto" and os.environ.get(PACKED_DEVICE):  # the GPU slot of a packed sweep's job
+        device = torch.device(os.environ[PACKED_DEVICE])
+        torch.cuda.set_device(device)
+        return device
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
