@@ -115,6 +115,23 @@ def test_every_preset_has_a_tensor_form_that_is_seeded(preset):
     assert set(first[1].unique().tolist()) <= {0, 1} and first[0].dtype == torch.uint8
 
 
+def test_an_images_augmentation_depends_on_its_own_seed_alone():
+    """As on the loader path: a batch split over processes or accumulated steps is augmented as
+    the whole batch."""
+    compose = A.Compose([A.HorizontalFlip(p=0.5), A.RandomRotate90(p=0.5), A.GaussNoise(p=0.5),
+                         A.OneOf([A.ElasticTransform(alpha=30, sigma=4, p=1),
+                                  A.GridDistortion(p=1)], p=0.7),
+                         A.Affine(rotate=(-20, 20), p=0.5), A.GaussianBlur(blur_limit=(3, 5), p=0.5),
+                         A.RandomGamma(p=0.5)])
+    aug = DeviceAugmentation.build(compose)
+    x, m = _tensors(*_pairs(n=8))
+    seeds = [11, 5, 99, 3, 42, 7, 8, 1000]
+    whole = aug(x, m, seeds)
+    halves = [aug(x[:4], m[:4], seeds[:4]), aug(x[4:], m[4:], seeds[4:])]
+    assert torch.equal(whole[0], torch.cat([h[0] for h in halves]))
+    assert torch.equal(whole[1], torch.cat([h[1] for h in halves]))
+
+
 def _dataset(transform=None, n=10):
     images, masks = _pairs(n=n)
     return SegmentationDataset(images, masks, [str(i) for i in range(n)], transform)

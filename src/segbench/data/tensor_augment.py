@@ -11,11 +11,11 @@ tensor operation with the same parameters and the same random ranges:
   piecewise-linear grid) sampled the same way;
 - RandomBrightnessContrast, RandomGamma, GaussianBlur and GaussNoise touch the image only.
 
-Random parameters (who is flipped, angles, kernel sizes) are drawn on the host from a numpy
-generator seeded by the batch's item seeds, a few numbers per image; per-pixel noise is drawn on
-the device from a torch generator seeded from the same stream. A batch's augmentation is then a
-function of its item seeds alone, which is what makes a resumed run repeat exactly (the seeded
-sampler, data/dataset.py, hands out the same seeds).
+Random parameters (who is flipped, angles, kernel sizes) are drawn on the host, a few numbers per
+image from a numpy generator seeded with that image's item seed; per-pixel noise is drawn on the
+device from a torch generator seeded from the same image's stream. Each image's augmentation is
+then a function of its own item seed alone, as on the loader path: a resumed run repeats exactly,
+and a batch split over processes (DDP) or accumulated steps is augmented as the whole batch.
 
 A transform or an option without a tensor form here (see `DeviceAugmentation.build`) makes the
 run keep the loader path; the caller logs which.
@@ -42,23 +42,39 @@ class Unsupported(Exception):
 
 
 class Draw:
-    """One batch's random source: host draws (numpy) and device draws (torch), both seeded from
-    the batch's item seeds."""
+    """One batch's random source: a numpy generator per image, seeded with its item seed, for
+    the host draws, and torch generators seeded from those for the device draws. Every
+    operation draws its parameters for every image, applied or not, so that an image's stream
+    never depends on the other images of its batch."""
 
     def __init__(self, seeds: list[int], device: torch.device):
-        self.rng = np.random.default_rng(seeds)
-        self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(int(self.rng.integers(0, 2**62)))
+        self.rngs = [np.random.default_rng(int(s)) for s in seeds]
         self.device, self.size = device, len(seeds)
 
+    def each(self, draw) -> np.ndarray:
+        """draw(generator) for each image, stacked."""
+        return np.array([draw(r) for r in self.rngs])
+
     def chosen(self, p: float) -> np.ndarray:
-        return self.rng.random(self.size) < p
+        return self.each(lambda r: r.random()) < p
 
     def uniform(self, low_high, n: int | None = None) -> np.ndarray:
-        return self.rng.uniform(low_high[0], low_high[1], self.size if n is None else n)
+        return self.each(lambda r: r.uniform(low_high[0], low_high[1], n))
 
     def index(self, selected: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.flatnonzero(selected), device=self.device)
+
+    def noise(self, selected: np.ndarray, shape: tuple, uniform: bool = False) -> torch.Tensor:
+        """Standard normal (or uniform [-1, 1)) noise of `shape` per selected image, on the device."""
+        out = []
+        for i in np.flatnonzero(selected):
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(self.rngs[i].integers(0, 2**62)))
+            if uniform:
+                out.append(torch.rand(shape, generator=gen, device=self.device) * 2 - 1)
+            else:
+                out.append(torch.randn(shape, generator=gen, device=self.device))
+        return torch.stack(out)
 
 
 # An operation: (images BxCxHxW float, masks Bx1xHxW float, selected bool[B], draw) -> both.
@@ -92,7 +108,7 @@ def rot90_batch(x: torch.Tensor, factors: np.ndarray, draw: Draw) -> torch.Tenso
 
 
 def random_rotate90(images, masks, selected, draw):
-    factors = draw.rng.integers(0, 4, draw.size) * selected  # albumentations: randint(0, 3)
+    factors = draw.each(lambda r: r.integers(0, 4)) * selected  # albumentations: randint(0, 3)
     return rot90_batch(images, factors, draw), rot90_batch(masks, factors, draw)
 
 
@@ -203,7 +219,7 @@ def gaussian_blur(t) -> Op:
     sizes = [k for k in range(int(low), int(high) + 1) if k % 2 == 1]
 
     def op(images, masks, selected, draw):
-        size = draw.rng.choice(sizes, draw.size)
+        size = draw.each(lambda r: r.choice(sizes))
         sigma = draw.uniform(t.sigma_limit)
         if not selected.any():
             return images, masks
@@ -240,14 +256,18 @@ def gauss_noise(t) -> Op:
         raise Unsupported("GaussNoise noise_scale_factor other than 1")
 
     def op(images, masks, selected, draw):
-        std = np.where(selected, draw.uniform(t.std_range), 0.0) * 255.0
-        mean = np.where(selected, draw.uniform(t.mean_range), 0.0) * 255.0
-        b, c, h, w = images.shape
-        noise = torch.randn((b, c if t.per_channel else 1, h, w), generator=draw.gen,
-                            device=images.device, dtype=images.dtype)
+        std = draw.uniform(t.std_range)[selected] * 255.0
+        mean = draw.uniform(t.mean_range)[selected] * 255.0
+        if not selected.any():
+            return images, masks
+        _, c, h, w = images.shape
+        noise = draw.noise(selected, (c if t.per_channel else 1, h, w)).to(images.dtype)
         s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1, 1)
         m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1, 1)
-        return (images + noise * s + m).clamp(0, 255), masks
+        rows = draw.index(selected)
+        images = images.clone()
+        images[rows] = (images[rows] + noise * s + m).clamp(0, 255)
+        return images, masks
     return op
 
 
@@ -274,11 +294,8 @@ def elastic(t) -> Op:
         n = int(selected.sum())
         if n == 0:
             return images, masks
-        shape = (n, 1 if t.same_dxdy else 2, h, w)
-        if t.noise_distribution == "uniform":
-            field = torch.rand(shape, generator=draw.gen, device=images.device) * 2 - 1
-        else:
-            field = torch.randn(shape, generator=draw.gen, device=images.device)
+        field = draw.noise(selected, (1 if t.same_dxdy else 2, h, w),
+                           uniform=t.noise_distribution == "uniform")
         kernel = gaussian_kernels(np.full(n, t.sigma), np.full(n, radius), radius)
         field = blur(field, torch.as_tensor(kernel, device=images.device, dtype=field.dtype)) * t.alpha
         dx, dy = field[:, 0], field[:, -1]
@@ -312,8 +329,8 @@ def grid_distortion(t) -> Op:
 
     def op(images, masks, selected, draw):
         b, _, h, w = images.shape
-        xs = 1 + draw.rng.uniform(*t.distort_limit, (draw.size, t.num_steps + 1))
-        ys = 1 + draw.rng.uniform(*t.distort_limit, (draw.size, t.num_steps + 1))
+        xs = 1 + draw.uniform(t.distort_limit, t.num_steps + 1)
+        ys = 1 + draw.uniform(t.distort_limit, t.num_steps + 1)
         rows = np.flatnonzero(selected)
         if len(rows) == 0:
             return images, masks
@@ -334,7 +351,7 @@ def one_of(t, children: list[Op]) -> Op:
     weights = weights / weights.sum()
 
     def op(images, masks, selected, draw):
-        choice = draw.rng.choice(len(children), draw.size, p=weights)
+        choice = draw.each(lambda r: r.choice(len(children), p=weights))
         for i, child in enumerate(children):
             images, masks = child(images, masks, selected & (choice == i), draw)
         return images, masks
