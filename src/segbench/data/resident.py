@@ -48,14 +48,15 @@ class ResidentBatches:
 
     def __iter__(self):
         pairs = list(self.sampler)
+        order = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        on_device = order.to(self.device)  # one copy per epoch, sliced per batch
         for start in range(0, len(self) * self.batch_size, self.batch_size):
-            chunk = pairs[start:start + self.batch_size]
-            index = torch.tensor([i for i, _ in chunk])
-            rows = index.to(self.device, non_blocking=True)
+            stop = start + self.batch_size
+            rows = on_device[start:stop]
             images, masks = self.images.index_select(0, rows), self.masks.index_select(0, rows)
             if self.augmentation is not None:
-                images, masks = self.augmentation(images, masks, [s for _, s in chunk])
-            yield images, masks, index
+                images, masks = self.augmentation(images, masks, [s for _, s in pairs[start:stop]])
+            yield images, masks, order[start:stop]
 
 
 def device_memory(device: torch.device) -> int:
