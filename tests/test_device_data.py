@@ -206,3 +206,11 @@ def test_a_device_path_run_trains_repeats_and_resumes_to_the_same_history(tmp_pa
     assert stopped.returncode == 130 and len(_history(tmp_path / "cut")) == 2
     run_cli("train", f"trainer.resume={tmp_path / 'cut'}", cwd=tmp_path)
     assert _history(tmp_path / "cut") == _history(tmp_path / "whole")
+
+
+def test_a_split_over_the_budget_with_data_on_device_true_is_one_line(tmp_path):
+    proc = run_cli("train", *TINY, "trainer.data_on_device=true", "trainer.data_on_device_budget=1e-9",
+                   "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "data_on_device=true" in x)
+    assert "more than trainer.data_on_device_budget=1e-09" in line and "trainer.data_on_device=auto" in line

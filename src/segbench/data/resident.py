@@ -59,6 +59,13 @@ class ResidentBatches:
             yield images, masks, order[start:stop]
 
 
+def _size(n: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
+
+
 def device_memory(device: torch.device) -> int:
     """Bytes of memory on `device` (the machine's RAM for the CPU)."""
     if device.type == "cuda":
@@ -83,9 +90,8 @@ def resident_batches(dataset: SegmentationDataset, sampler: SeededShuffleSampler
     need = dataset.images.nbytes + dataset.masks.nbytes
     allowed = device_memory(device) * budget
     if need > allowed:
-        message = (f"the training split takes {need / 2**30:.2f} GiB, more than "
-                   f"trainer.data_on_device_budget={budget} of {device}'s memory "
-                   f"({allowed / 2**30:.2f} GiB)")
+        message = (f"the training split takes {_size(need)}, more than "
+                   f"trainer.data_on_device_budget={budget} of {device}'s memory ({_size(allowed)})")
         if setting is True:
             raise SegbenchError(f"trainer.data_on_device=true: {message}; raise the budget, use a "
                                 "lower resolution, or set trainer.data_on_device=auto")
