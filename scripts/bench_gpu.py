@@ -29,7 +29,7 @@ backward, optimizer step), each phase timed with a device synchronisation around
 seed=0,...`) one job at a time and then with `hydra/launcher=packed` (several jobs per GPU).
 
 The images are synthetic endoscopy-like frames (segbench.data.synthetic, a few rendered and tiled)
-augmented with the `basic` preset, as in training; the model starts from random weights (no
+augmented with the `basic` preset (`--augmentation`), as in training; the model starts from random weights (no
 download). Each loop runs a warm-up epoch (cudnn autotuning, worker start-up, compilation) before
 the timed ones.
 """
@@ -305,6 +305,7 @@ def main() -> None:
     ap.add_argument("--variants", default=None,
                     help="comma-separated: fp32, bf16-cl, fp16-cl-w8, ... (default: a set per device)")
     ap.add_argument("--model", default="unet", help="a model config name (default unet: ResNet-34)")
+    ap.add_argument("--augmentation", default="basic", help="the training preset (configs/augmentation)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak (default: PEAK_TFLOPS by GPU name; none on CPU)")
@@ -333,7 +334,7 @@ def main() -> None:
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"model={args.model}", f"resolution.height={args.resolution}",
-                                          f"resolution.width={args.resolution}", "augmentation=basic"])
+                                          f"resolution.width={args.resolution}", f"augmentation={args.augmentation}"])
     size = (args.resolution, args.resolution)
     t0 = time.perf_counter()
     images, masks = frames(args.images, args.resolution)

@@ -54,7 +54,8 @@ for i in range(torch.cuda.device_count()):
     print(' ', i, torch.cuda.get_device_name(i), 'bf16', torch.cuda.is_bf16_supported())
 missing = []
 for m in ('segmentation_models_pytorch', 'albumentations', 'hydra', 'omegaconf', 'cv2', 'scipy',
-          'tifffile', 'matplotlib', 'tensorboard', 'tqdm', 'pytest', 'segbench'):
+          'tifffile', 'matplotlib', 'tensorboard', 'tqdm', 'pytest', 'segbench',
+          'hydra_plugins.hydra_joblib_launcher'):
     try:
         importlib.import_module(m)
     except Exception as err:

@@ -290,7 +290,7 @@ def elastic(t) -> Op:
     radius = 8 if t.approximate else (int(round(t.sigma * 8 + 1)) | 1) // 2
 
     def op(images, masks, selected, draw):
-        b, _, h, w = images.shape
+        _, _, h, w = images.shape
         n = int(selected.sum())
         if n == 0:
             return images, masks
@@ -328,7 +328,7 @@ def grid_distortion(t) -> Op:
     interpolation = INTERPOLATION[int(t.interpolation)]
 
     def op(images, masks, selected, draw):
-        b, _, h, w = images.shape
+        _, _, h, w = images.shape
         xs = 1 + draw.uniform(t.distort_limit, t.num_steps + 1)
         ys = 1 + draw.uniform(t.distort_limit, t.num_steps + 1)
         rows = np.flatnonzero(selected)
