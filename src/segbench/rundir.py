@@ -70,6 +70,7 @@ ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` outpu
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
+                     "trainer.compile",
                      "trainer.progress", "trainer.log_every_steps", "paths.",
                      "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
 

@@ -52,6 +52,9 @@ class Trainer:
     resume: bool | str | None  # auto | true | false | a run directory
     deterministic: bool
     channels_last: Literal["auto"] | bool
+    data_on_device: Literal["auto"] | bool
+    data_on_device_budget: float = _rule(lambda v: 0 < v <= 1, "a fraction of the device's memory in (0, 1], e.g. 0.25")
+    compile: Literal["auto"] | bool
     progress_bar: Literal["auto"] | bool
     progress_interval_s: float = _rule(lambda v: v > 0, "seconds > 0, e.g. 30")
     progress_every_steps: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")

@@ -11,9 +11,16 @@ import torch
 
 from segbench import SegbenchError
 
+# Set by the packed launcher (hydra_plugins/segbench_packed_launcher) for each job it starts.
+PACKED_DEVICE = "SEGBENCH_DEVICE"
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     spec = str(spec or "auto")
+    if spec == "auto" and os.environ.get(PACKED_DEVICE):  # the GPU slot of a packed sweep's job
+        device = torch.device(os.environ[PACKED_DEVICE])
+        torch.cuda.set_device(device)
+        return device
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -107,3 +114,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def compile_model(model: torch.nn.Module, setting, device: torch.device) -> torch.nn.Module:
+    """torch.compile of the module batches go through, where `trainer.compile` asks for it (auto:
+    CUDA only; compiling costs a minute and was not faster on 2 CPU cores). The uncompiled
+    module is kept for checkpoints (its state dict has no `_orig_mod.` prefix) and evaluation,
+    whose batch shapes vary."""
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return model
+    return torch.compile(model)

@@ -39,12 +39,14 @@ from segbench import SegbenchError, __version__, faults, metrics
 from segbench.data import build_datasets, list_splits
 from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.pinning import file_record, recorded_splits
+from segbench.data.resident import resident_batches
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine import distributed
 from segbench.engine.device import (
     autocast,
     autocast_dtype,
+    compile_model,
     derive_seed,
     resolve_device,
     rng_state,
@@ -286,10 +288,14 @@ def make_loaders(s: Train, compute: Compute, splits: dict, datasets: dict) -> Ru
         raise SegbenchError(f"{len(datasets['train'])} training images cannot be shared by "
                             f"{ctx.world_size} processes; use fewer devices")
     sampler = SeededShuffleSampler(len(datasets["train"]), ctx.rank, ctx.world_size)
-    train_loader = DataLoader(datasets["train"], batch_size=t.batch_size, sampler=sampler,
-                              num_workers=workers, pin_memory=compute.device.type == "cuda",
-                              persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
-                              drop_last=len(sampler) > t.batch_size)
+    drop_last = len(sampler) > t.batch_size
+    train_loader = resident_batches(datasets["train"], sampler, t.batch_size, drop_last,
+                                    compute.device, t.data_on_device, t.data_on_device_budget)
+    if train_loader is None:  # the DataLoader path: albumentations in worker processes
+        train_loader = DataLoader(datasets["train"], batch_size=t.batch_size, sampler=sampler,
+                                  num_workers=workers, pin_memory=compute.device.type == "cuda",
+                                  persistent_workers=workers > 0,
+                                  worker_init_fn=ignore_stop_signals, drop_last=drop_last)
     eval_batch = eval_batch_size(t)
     val_loader = eval_loader(datasets["val"], eval_batch, compute.device, workers, shard=ctx.enabled)
     return RunData(splits=splits, datasets=datasets, sampler=sampler, train_loader=train_loader,
@@ -314,6 +320,7 @@ def make_optimisation(s: Train, compute: Compute, model: torch.nn.Module, data: 
     cfg, t = s.config, s.trainer
     loss_fn = build_loss(cfg.loss, {"train_masks": data.datasets["train"].masks}).to(compute.device)
     model, train_model = distributed.wrap(model, t.sync_batchnorm)
+    train_model = compile_model(train_model, t.compile, compute.device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     schedule = build_scheduler(cfg.scheduler, optimizer, max_epochs=t.max_epochs,
                                steps_per_epoch=distributed.steps_per_epoch(
