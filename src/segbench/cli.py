@@ -50,7 +50,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     from segbench import commands
-    from segbench.cli_args import check_group_choices, has_flag, quote_numeric_choices
+    from segbench.cli_args import (
+        check_encoders,
+        check_group_choices,
+        check_keys,
+        has_flag,
+        quote_numeric_choices,
+    )
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -64,7 +70,11 @@ def _main(argv: list[str]) -> None:
         raise SystemExit(0)
     name, rest = argv[0], argv[1:]
     if name not in commands.NAMES:
-        print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        from segbench.suggest import closest
+
+        near = closest(name, commands.NAMES, 1)
+        guess = f"; did you mean {near[0]}?" if near else ""
+        print(f"segbench: unknown command {name!r}{guess}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     if has_flag(rest, "-m", "--multirun") and has_flag(rest, "--cfg", "-c"):
         print(f"segbench {name}: error: --cfg prints one job's config and cannot be combined with "
@@ -77,7 +87,9 @@ def _main(argv: list[str]) -> None:
         words = os.environ["COMP_LINE"].split(" ")
         os.environ["COMP_LINE"] = " ".join(w for i, w in enumerate(words) if i != 1)
     try:
+        check_keys(rest, module.CONFIG, name)
         check_group_choices(rest)
+        check_encoders(rest)
         rest = quote_numeric_choices(rest)
         if hasattr(module, "prepare"):
             rest = module.prepare(rest)
