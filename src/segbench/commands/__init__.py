@@ -64,6 +64,8 @@ class HydraTask:
             if message is None:  # an OS error segbench has no advice for
                 raise
             log.error("%s", message)
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                _remove_refused(Path(output_dir), f"{hydra_cfg.job.name}.log")
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 self.results.append((output_dir, None))
                 return None  # this job failed (its run dir says why); the sweep goes on
@@ -95,6 +97,26 @@ def log_file(path: Path):
         handler.close()
 
 
+# Output folders OutputDir created in this process: {folder: the topmost folder it had to make}.
+_CREATED: dict[str, Path] = {}
+
+
+def _remove_refused(folder: Path, log_name: str) -> None:
+    """A refused command leaves nothing behind: the folders this command created for its
+    output are removed again when they hold no more than its log (the console said why)."""
+    top = _CREATED.pop(str(folder.absolute()), None)
+    if top is None:
+        return
+    with contextlib.suppress(OSError):
+        if {p.name for p in folder.iterdir()} <= {log_name}:
+            (folder / log_name).unlink(missing_ok=True)
+            while True:
+                folder.rmdir()  # only an empty folder goes
+                if folder == top:
+                    break
+                folder = folder.parent
+
+
 class OutputDir:
     """A Hydra callback: creates the run (or sweep) directory before Hydra does, so that a
     folder that cannot be created (read-only disk, no permission, disk full) is one line with
@@ -124,8 +146,12 @@ class OutputDir:
     def _make(self, folder, key: str) -> None:
         import sys
 
+        path = Path(str(folder)).absolute()
+        top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
         try:
-            Path(str(folder)).mkdir(parents=True, exist_ok=True)
+            path.mkdir(parents=True, exist_ok=True)
+            if top is not None:
+                _CREATED[str(path)] = top
         except OSError as err:
             message = os_error_message(err, f"{key}=<a folder you can write to>")
             if message is None:
