@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -249,9 +250,19 @@ def test_report_command_on_a_sweep_dir_named_by_its_overrides(sweep, tmp_path):
 def test_a_preset_value_of_a_swept_group_is_shown(tmp_path):
     """`-m experiment=quickstart optimizer=adam,sgd` runs sgd at the preset's lr 0.003, not
     sgd.yaml's 0.01: the report shows the lr each configuration really ran with."""
-    run_cli("train", "-m", "experiment=quickstart", "optimizer=adam,sgd", *TINY,
-            "trainer.max_epochs=1", "eval.surface_metrics=false", "eval.num_predictions=2", cwd=tmp_path)
+    proc = run_cli("train", "-m", "experiment=quickstart", "optimizer=adam,sgd", *TINY,
+                   "trainer.max_epochs=1", "eval.surface_metrics=false", "eval.num_predictions=2",
+                   cwd=tmp_path)
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    # A readable folder (what it sweeps, the day), printed at the end with the next command.
+    assert sweep.name == f"optimizer_{time.strftime('%Y-%m-%d')}"
+    log = proc.stdout + proc.stderr
+    assert f"sweep finished: {sweep}" in log and f"report: segbench report outputs/multirun/{sweep.name}" in log
+    result = build_report(sweep, sweep / "report", n_resamples=200)
+    head = (sweep / "report" / "report.md").read_text().splitlines()[:3]
+    assert head[0] == f"# segbench report: {sweep.name}"
+    assert "`segbench train -m experiment=quickstart optimizer=adam,sgd dataset.num_train=24" \
+        in head[2] and head[2].endswith(" eval.surface_metrics=false eval.num_predictions=2`")
     result = build_report(sweep, tmp_path / "report", n_resamples=200)
     assert result["labels"] == ["optimizer=adam", "optimizer=sgd"]
     md = (tmp_path / "report" / "report.md").read_text()

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("segbench.progress")
 
@@ -105,6 +107,10 @@ class SweepProgress(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         SWEEP.__init__()
+        if config.hydra.job.name == "train":  # where it went, and the next step, exactly
+            folder = Path(str(config.hydra.sweep.dir))
+            log.info("sweep finished: %s\nreport: segbench report %s", folder.absolute(),
+                     shlex.quote(str(folder)))
 
 
 def sweep_size(config) -> int | None:

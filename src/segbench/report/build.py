@@ -343,6 +343,29 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
     return "\n".join(out)
 
 
+def report_title(root: Path) -> str:
+    """The sweep's folder name (`optimizers_2026-12-03`); a long command-named folder of an
+    older sweep is cut, after its study's name."""
+    folder = root.resolve()
+    name = folder.name
+    if len(name) <= 60:
+        return name
+    return f"{folder.parent.name}/{name[:40]}…"
+
+
+def _command_line(root: Path) -> list[str]:
+    """The sweep's command, from the sweep.json that `segbench train -m` writes."""
+    import json
+
+    from segbench.sweeps import RECORD
+
+    try:
+        record = json.loads((Path(root) / RECORD).read_text())
+        return [f"Sweep started {record['started']}: `{record['command']}`", ""]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def _shared_lines(shared: dict[str, str]) -> list[str]:
     by_group = defaultdict(list)
     for k, v in shared.items():
@@ -358,7 +381,7 @@ def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], co
     for r in runs:
         states[r.state] += 1
     by_name = {t.name: t for t in made}
-    lines = [f"# segbench report: {root.resolve().name}", "",
+    lines = [f"# segbench report: {report_title(root)}", "", *_command_line(root),
              f"{len(runs)} runs in {len(g.configs)} configurations under `{root}`: "
              + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".", ""]
     lines += ["## What ran", "",
