@@ -72,6 +72,36 @@ def predict_images(model, images: list[np.ndarray], *, height: int, width: int, 
             for prob, image in zip(probs, images)]
 
 
+PROBABILITY_FORMATS = {"npy": "_prob.npy", "png": "_prob.png"}
+
+
+def probability_format(setting) -> str | None:
+    """`predict.probabilities`: false (none), true or npy (float16 .npy), png (8-bit PNG)."""
+    if setting in (None, False, "false", "none"):
+        return None
+    if setting is True or setting in ("true", "npy"):
+        return "npy"
+    if setting == "png":
+        return "png"
+    raise SegbenchError(f"predict.probabilities={setting}: use false, true (float16 .npy) or png "
+                        "(8-bit PNG, probability x 255)")
+
+
+def write_probability(out_dir: Path, stem: str, prob: np.ndarray, fmt: str) -> str:
+    """The foreground probability at the image's size: float16 .npy (for thresholding or fusing
+    later; 3 significant digits) or an 8-bit PNG (round(255 p)). Returns the file's name."""
+    import io
+
+    name = stem + PROBABILITY_FORMATS[fmt]
+    if fmt == "png":
+        write_png(out_dir / name, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, prob.astype(np.float16))
+        write_atomic(out_dir / name, buffer.getvalue())
+    return name
+
+
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
     ok, png = cv2.imencode(".png", arr)

@@ -20,6 +20,8 @@ from segbench.cli_args import path_arguments
 CONFIG = "predict"
 HELP = "segment new images with a run (or an ensemble of runs): predict <run_dir...> input=<path> output=<dir>"
 
+OWN_LOG_FILE = True  # predict.log goes beside the masks folder, not among the masks
+
 prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",),
                          many=True)
 
@@ -27,12 +29,35 @@ log = logging.getLogger("segbench.predict")
 
 
 def run(cfg) -> dict:
+    from segbench.commands import log_file
+
+    out_dir = Path(cfg.output).expanduser()
+    path = out_dir.parent / f"{out_dir.name}.predict.log"
+    existed = path.exists()
+    try:
+        with log_file(path):
+            return _run(cfg)
+    except SegbenchError:
+        if not existed:  # a refusal leaves nothing behind (the console said why)
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _run(cfg) -> dict:
     import numpy as np
     from omegaconf import OmegaConf
 
     from segbench.data import image_reader
     from segbench.engine.device import autocast_dtype, resolve_device
-    from segbench.prediction import list_inputs, output_stems, predict_images, write_png
+    from segbench.prediction import (
+        list_inputs,
+        output_stems,
+        predict_images,
+        probability_format,
+        write_png,
+        write_probability,
+    )
+    from segbench.progress import ItemProgress
     from segbench.rundir import RunDir
     from segbench.settings import check_threshold
     from segbench.viz import overlay
@@ -50,6 +75,7 @@ def run(cfg) -> dict:
     run_dir = members[0]
     run_dir.checkpoint_path(cfg.checkpoint)  # best | last
     run_dir.warn_if_unfinished("predict")
+    prob_format = probability_format(cfg.predict.probabilities)
     if int(cfg.batch_size) < 1:
         raise SegbenchError(f"batch_size={cfg.batch_size}; use 1 or more")
     source, out_dir = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
@@ -83,7 +109,10 @@ def run(cfg) -> dict:
 
     rows, skipped = [], []
     stems = dict(zip(files, output_stems(files)))
+    progress = ItemProgress(len(files), interval_s=float(cfg.predict.progress_interval_s))
     for start in range(0, len(files), int(cfg.batch_size)):
+        if start:
+            progress.update(int(cfg.batch_size))
         batch = []
         for f in files[start:start + int(cfg.batch_size)]:
             try:
@@ -105,10 +134,14 @@ def run(cfg) -> dict:
             rows.append({"image": f.name, "width": image.shape[1], "height": image.shape[0],
                          "foreground_pixels": area,
                          "foreground_fraction": f"{area / mask.size:.6f}",
-                         "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": ""})
+                         "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": "",
+                         **({"probability": write_probability(out_dir, stem, prob, prob_format)}
+                            if prob_format else {})})
+    progress.update(len(files) - progress.done)
+    seconds = progress.close()
     rows += [{"image": f.name, "error": err} for f, err in skipped]
     fields = ["image", "width", "height", "foreground_pixels", "foreground_fraction", "mask",
-              "overlay", "error"]
+              "overlay", *(["probability"] if prob_format else []), "error"]
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
@@ -121,6 +154,8 @@ def run(cfg) -> dict:
     if predicted == 0:
         raise SegbenchError(f"none of the {len(files)} input file(s) could be read; see the "
                             "warnings above (each names the file and the problem)")
-    log.info("wrote %d mask(s), overlays and areas.csv to %s", predicted, out_dir)
+    log.info("wrote %d mask(s), overlays%s and areas.csv to %s in %.1fs (%.1f img/s)", predicted,
+             f", probabilities ({prob_format})" if prob_format else "", out_dir, seconds,
+             len(files) / seconds if seconds > 0 else 0.0)
     return {"predicted": predicted, "skipped": [str(f) for f, _ in skipped], "members": len(members),
             "config": OmegaConf.to_container(cfg.eval)}
