@@ -113,6 +113,13 @@ def test_errors_are_segbench_errors_not_system_exit(tmp_path, monkeypatch):
         segbench.predict(tmp_path, tmp_path)
 
 
+def test_a_mistyped_key_from_python_is_a_segbench_error_with_the_closest_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SegbenchError, match="did you mean optimizer=adam"):
+        segbench.train(["optimzer=adam"])
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_keyword_overrides_are_written_as_hydra_reads_them():
     from segbench.api import overrides
 

@@ -165,10 +165,17 @@ def _isolated():
 def _run(name: str, argv: list[str]) -> list[tuple[str, object]]:
     """A command through the CLI's own steps (numeric choices quoted, prepare(), Hydra)."""
     from segbench import commands
-    from segbench.cli_args import check_group_choices, quote_numeric_choices
+    from segbench.cli_args import (
+        check_encoders,
+        check_group_choices,
+        check_keys,
+        quote_numeric_choices,
+    )
 
     module = commands.load(name)
+    check_keys(argv, module.CONFIG, name)
     check_group_choices(argv)
+    check_encoders(argv)
     argv = quote_numeric_choices(argv)
     if hasattr(module, "prepare"):
         argv = module.prepare(argv)
