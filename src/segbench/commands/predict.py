@@ -31,7 +31,7 @@ log = logging.getLogger("segbench.predict")
 def run(cfg) -> dict:
     from segbench.commands import log_file
 
-    out_dir = Path(cfg.output).expanduser()
+    out_dir = Path(cfg.output).expanduser().resolve()  # output=. has a name too
     path = out_dir.parent / f"{out_dir.name}.predict.log"
     existed = path.exists()
     try:
