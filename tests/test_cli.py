@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
+import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -63,6 +67,15 @@ def test_an_unknown_key_or_option_suggests_the_closest_one(tmp_path, command, ar
     proc = run_cli(command, *args, cwd=tmp_path, check=False)
     assert proc.returncode == 2 and line in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert "+optimzer" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_job_folder_with_equals_signs_is_a_path_not_an_unknown_key(tiny_run, tmp_path):
+    job = tmp_path / "optimizer=adam" / "seed=0"
+    shutil.copytree(tiny_run, job)
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), np.full((40, 50, 3), 90, np.uint8))
+    run_cli("predict", "optimizer=adam/seed=0", f"input={frame}", "output=masks", cwd=tmp_path)
+    assert (tmp_path / "masks" / "frame_mask.png").is_file()
 
 
 def test_an_unknown_encoder_lists_the_closest_few_at_once(tmp_path, monkeypatch):

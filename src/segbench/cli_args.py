@@ -64,7 +64,8 @@ def check_group_choices(argv: list[str]) -> None:
     root = config_dir()
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key.startswith("~") or "/" in key or not (root / key.lstrip("+")).is_dir():
+        if not sep or key.startswith("~") or "/" in key or not (root / key.lstrip("+")).is_dir() \
+                or Path(arg).exists():  # a job folder given as a path: optimizer=adam/seed=0
             continue
         group = key.lstrip("+")
         value = value.strip()
@@ -130,8 +131,9 @@ def check_keys(argv: list[str], config_name: str, command: str) -> None:
     known = {*keys, *groups, "hydra"}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key.startswith(("+", "~", "-")):
-            continue  # `+key=` appends on purpose; `~key` removes; flags
+        if not sep or key.startswith(("+", "~", "-")) or Path(arg).exists():
+            continue  # `+key=` appends on purpose; `~key` removes; flags; a path (a sweep's
+            # job folder, `optimizer=adam/seed=0`) given as a command's positional argument
         top = key.split(".", 1)[0].split("/", 1)[0]
         if top in known:
             continue
