@@ -135,8 +135,8 @@ def check_keys(argv: list[str], config_name: str, command: str) -> None:
             continue  # `+key=` appends on purpose; `~key` removes; flags; a path (a sweep's
             # job folder, `optimizer=adam/seed=0`) given as a command's positional argument
         top = key.split(".", 1)[0].split("/", 1)[0]
-        if top in known:
-            continue
+        if top in known or "/" in key:
+            continue  # a path that is not there is the command's to name (`no such file`)
         close = closest(top, sorted(known - {"hydra"}), 1)
         if not close:
             guess = ""

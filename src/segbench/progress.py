@@ -310,7 +310,8 @@ class ItemProgress:
         eta = (self.total - self.done) / rate if rate else None
         pct = 100 * self.done / self.total if self.total else 100.0
         return (f"{self.label}  {self.done}/{self.total} {self.what} ({pct:.0f}%)"
-                + (f"  {rate:.1f} {self.what[:3]}/s" if rate else "") + f"  ETA {duration(eta)}")
+                + (f"  {rate:.1f} {'img' if self.what == 'images' else self.what}/s" if rate else "")
+                + f"  ETA {duration(eta)}")
 
     def update(self, n: int) -> None:
         self.done += n
