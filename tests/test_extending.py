@@ -126,5 +126,7 @@ def test_every_registry_lists_its_entries_and_names_them_in_errors(registry, lis
     assert names == sorted(names) and names == registry.names()
     yaml_names = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
     assert set(names) <= set(yaml_names)  # every entry has its documented YAML
-    with pytest.raises(SegbenchError, match=f"unknown {registry.kind} 'nope'; available: {names[0]}"):
+    suggestion = r"( did you mean '[a-z_0-9]+'\?)?"
+    with pytest.raises(SegbenchError,
+                       match=f"unknown {registry.kind} 'nope';{suggestion} available: {names[0]}"):
         registry.get("nope")
