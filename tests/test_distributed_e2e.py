@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import read_json, run_cli, run_subprocess
 from segbench.rundir import RunDir
@@ -81,7 +82,8 @@ def test_torchrun_makes_one_run_directory_written_by_rank_0(two_processes):
     cwd, run, proc = two_processes
     assert sorted(p.name for p in cwd.iterdir()) == ["outputs"]  # rank 1 made nothing of its own
     assert sorted(p.name for p in run.iterdir()) == sorted([
-        ".hydra", "checkpoints", "config.yaml", "confusion_matrix.png", "curves.png", "history.csv",
+        ".hydra", "cases.npz", "checkpoints", "config.yaml", "confusion_matrix.png", "curves.png",
+        "history.csv",
         "metrics.json", "per_case.csv", "predictions.npz", "predictions.png", "split.json",
         "status.json", "train.log"])
     log = (run / "train.log").read_text()
@@ -114,10 +116,17 @@ def test_evaluation_on_two_processes_is_exactly_one_process_evaluation(plain, tw
     folder, _, env = plain
     _, run, _ = two_processes
     sys.path.insert(0, str(folder))
+    # The recorded test ran with one thread (env's OMP_NUM_THREADS=1): so does this evaluation,
+    # in this process, so that no convolution sums in another order (AUROC's bins would see it).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", threads)))
     try:
-        proc = run_cli("eval", f"run_dir={run}", cwd=folder, env=env)
+        # the test's own network (ddp_parts) is code a run names: this machine's user allows it
+        proc = run_cli("eval", f"run_dir={run}", cwd=folder,
+                       env={**env, "SEGBENCH_TRUSTED_MODULES": "ddp_parts"})
     finally:
         sys.path.remove(str(folder))
+        torch.set_num_threads(threads)
     assert proc.returncode == 0
     evaluated = read_json(next((run / "eval").glob("*/metrics.json")))["test"]
     recorded = read_json(run / "metrics.json")["test"]
@@ -175,7 +184,9 @@ def test_a_stopped_two_process_run_resumes_to_the_same_history(plain, two_proces
     time.sleep(0.5)
     assert not _pids_naming(str(run))
 
-    proc = run_subprocess("train", f"trainer.resume={run}", cwd=folder, env=env)
+    # The user's own config folder is named again: a resume searches no folder a run names.
+    searchpath = next(a for a in args if a.startswith("hydra.searchpath="))
+    proc = run_subprocess("train", f"trainer.resume={run}", searchpath, cwd=folder, env=env)
     log = (run / "train.log").read_text()
     assert "resuming" in log and "starting 2 training processes" in proc.stdout
     _, reference, _ = two_processes

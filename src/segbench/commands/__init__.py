@@ -43,10 +43,13 @@ def prepare_argv(name: str, argv: list[str]) -> list[str]:
         check_group_choices,
         check_keys,
         check_non_ascii,
+        has_flag,
         quote_numeric_choices,
     )
 
     module = load(name)
+    if has_flag(argv, "--shell-completion", "-sc"):  # a half-typed line: Hydra completes it
+        return argv
     check_keys(argv, module.CONFIG, name)
     check_group_choices(argv)
     check_encoders(argv)
