@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, read_json, run_cli
+from segbench.cases import load_cases
 from segbench.data.dataset import NativeMaskDataset
 from segbench.engine.evaluate import eval_loader, evaluate
 
@@ -48,6 +49,10 @@ def test_a_low_resolution_run_is_scored_on_the_native_masks(tmp_path):
         rows = list(csv.DictReader(f))
     assert all(int(r["tp"]) + int(r["fp"]) + int(r["fn"]) + int(r["tn"]) == 64 * 64 for r in rows)
     assert all(float(r["iou"]) <= float(r["dice"]) for r in rows)
+    # the report's galleries draw each case at the size it was scored at
+    cases = load_cases(tmp_path / "run" / "cases.npz")
+    assert {p.shape for p in cases.predictions} == {(64, 64)}
+    assert {i.shape for i in cases.images.values()} == {(32, 32, 3)}
 
     # eval reproduces it, and scoring at the training resolution instead gives 32x32 counts.
     run_cli("eval", f"run_dir={tmp_path / 'run'}", cwd=tmp_path)

@@ -138,13 +138,8 @@ def _isolated():
 def _run(name: str, argv: list[str]) -> list[tuple[str, object]]:
     """A command through the CLI's own steps (numeric choices quoted, prepare(), Hydra)."""
     from segbench import commands
-    from segbench.cli_args import check_group_choices, quote_numeric_choices
 
-    module = commands.load(name)
-    check_group_choices(argv)
-    argv = quote_numeric_choices(argv)
-    if hasattr(module, "prepare"):
-        argv = module.prepare(argv)
+    argv = commands.prepare_argv(name, argv)
     with _isolated():
         try:
             return commands.run_command(name, argv, raise_errors=True)
@@ -231,14 +226,12 @@ def predict(run_dir: str | os.PathLike, images, output: str | os.PathLike | None
 def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tta) -> list:
     import numpy as np
 
-    from segbench.engine.device import autocast_dtype, resolve_device
-    from segbench.prediction import predict_images
+    from segbench.engine.device import resolve_device
+    from segbench.prediction import load_predictor
     from segbench.rundir import RunDir
-    from segbench.settings import check_threshold
 
     run = RunDir.open(run_dir)
-    cfg = run.read_config()
-    channels = int(cfg.dataset.get("channels", 3))
+    channels = int(run.read_config().dataset.get("channels", 3))
     arrays = []
     for i, image in enumerate(images):
         a = np.asarray(image)
@@ -250,12 +243,6 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
         arrays.append(a)
     if not arrays:
         raise SegbenchError("predict got no images")
-    threshold = check_threshold(cfg.eval.threshold if threshold is None else threshold)
-    tta = bool(cfg.eval.tta if tta is None else tta)
-    dev = resolve_device(device)
-    model, _, _ = run.load_model(checkpoint, dev, cfg)
-    model.eval()
-    probs = predict_images(model, arrays, height=int(cfg.resolution.height),
-                           width=int(cfg.resolution.width), device=dev,
-                           amp_dtype=autocast_dtype(dev, cfg.trainer.get("precision", "auto")), tta=tta)
-    return [p >= threshold for p in probs]
+    predictor = load_predictor([run], checkpoint, resolve_device(device),
+                               {"threshold": threshold, "tta": tta})
+    return [p >= predictor.settings.threshold for p in predictor.probabilities(arrays)]

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _main(argv: list[str]) -> None:
     from segbench import commands
-    from segbench.cli_args import check_group_choices, has_flag, quote_numeric_choices
+    from segbench.cli_args import has_flag
 
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
@@ -71,16 +71,12 @@ def _main(argv: list[str]) -> None:
               "-m; drop -m (the first value of each swept axis is not picked for you: give one)",
               file=sys.stderr)
         raise SystemExit(2)
-    module = commands.load(name)
     if has_flag(rest, "--shell-completion", "-sc") and "COMP_LINE" in os.environ:
         # Hydra completes the overrides of one app: hand it the line without the command word.
         words = os.environ["COMP_LINE"].split(" ")
         os.environ["COMP_LINE"] = " ".join(w for i, w in enumerate(words) if i != 1)
     try:
-        check_group_choices(rest)
-        rest = quote_numeric_choices(rest)
-        if hasattr(module, "prepare"):
-            rest = module.prepare(rest)
+        rest = commands.prepare_argv(name, rest)
     except SegbenchError as err:
         print(f"segbench {name}: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

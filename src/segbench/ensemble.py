@@ -1,5 +1,6 @@
 """Ensembles of trained runs (the library side of `segbench ensemble` and of `predict` with
-several runs): finding the member runs, checking that they can be averaged, loading them.
+several runs): finding the member runs, checking that they can be averaged, loading them,
+evaluating their mean probability on the shared test split and writing it as a run-like directory.
 
 Members can be averaged when they see the same images the same way: identical preprocessing
 (`resolution.*`, `model.in_channels` and every `dataset.*` key except those that only choose
@@ -9,9 +10,28 @@ the training/validation split) and, for `segbench ensemble`, the same recorded t
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from segbench import SegbenchError
+from segbench.data import select_splits
+from segbench.data.splits import split_document
+from segbench.engine.device import autocast_dtype
+from segbench.engine.evaluate import metric_line
+from segbench.inference import (
+    Runtime,
+    Split,
+    Subject,
+    eval_batch_size,
+    eval_settings,
+    evaluate_split,
+    input_shape,
+    with_data_root,
+)
+from segbench.models.ensemble import Ensemble
+from segbench.models.info import inference_latency
 from segbench.rundir import (
     CONFIG,
     ENSEMBLE,
@@ -19,6 +39,7 @@ from segbench.rundir import (
     REPLICATE_KEYS,
     SPLIT,
     RunDir,
+    write_json,
 )
 
 log = logging.getLogger(__name__)
@@ -112,9 +133,6 @@ def check_members(members: list[RunDir], *, same_test: bool, one_configuration: 
 
 def load_ensemble(members: list[RunDir], checkpoint: str, device):
     """(Ensemble on `device`, the members' checkpoint states)."""
-    from segbench.engine.device import autocast_dtype
-    from segbench.models.ensemble import Ensemble
-
     models, states, dtypes = [], [], []
     for m in members:
         config = m.read_config()
@@ -125,12 +143,120 @@ def load_ensemble(members: list[RunDir], checkpoint: str, device):
     return Ensemble(models, dtypes).to(device).eval(), states
 
 
-def shared_setting(members: list[RunDir], key: str, given=None):
-    """`given`, or the members' common value of `eval.<key>` (an error when they differ)."""
-    if given is not None:
-        return given
-    values = {m.read_config().get("eval", {}).get(key) for m in members}
-    if len(values) > 1:
-        raise SegbenchError(f"the runs use different eval.{key} ({sorted(map(str, values))}); "
-                            f"choose one with eval.{key}=<value>")
-    return values.pop()
+def ensemble_members(run: RunDir) -> list[RunDir] | None:
+    """The members of an ensemble directory (its ensemble.json), None for a training run."""
+    if not (run / ENSEMBLE).is_file():
+        return None
+    from segbench.rundir import read_json
+
+    members = [RunDir(row["run"]) for row in read_json(run / ENSEMBLE).get("members", [])]
+    for m in members:
+        if not m.has_checkpoint("best"):
+            raise SegbenchError(f"{run.path} is an ensemble of runs that are not all there any "
+                                f"more ({m.path} has no checkpoints/best.pt); restore them or "
+                                "build the ensemble again")
+    return members
+
+
+def load_subject(run: RunDir, checkpoint: str, device) -> tuple[Subject, object]:
+    """(the model of a training run or of an ensemble directory on `device`, its epoch(s))."""
+    members = ensemble_members(run)
+    if members is not None:
+        model, states = load_ensemble(members, checkpoint, device)
+        return Subject(model, device), ", ".join(str(st.get("epoch")) for st in states)
+    config = run.read_config()
+    model, state, _ = run.load_model(checkpoint, device, config)
+    dtype = autocast_dtype(device, config.trainer.get("precision", "auto"))
+    return Subject(model.eval(), device, dtype), state.get("epoch")
+
+
+@dataclass
+class Request:
+    """What `segbench ensemble` was asked: the members' checkpoint, where and how to evaluate."""
+
+    checkpoint: str
+    device: object
+    given_eval: dict            # the command line's eval.* (null: the members' own)
+    batch_size: int | None = None
+    data_root: str | None = None
+    searched: bool = False      # members found below a folder: they must be one configuration
+
+
+def build_ensemble(members: list[RunDir], out: RunDir, request: Request) -> dict:
+    """Evaluate the members' mean probability on their shared test split and write `out` as a
+    run-like directory (config.yaml, split.json, ensemble.json, metrics.json, per-case files and
+    figures) that `segbench report` reads; returns its metrics.json record."""
+    if any(out.path.resolve() == m.path.resolve() for m in members):
+        raise SegbenchError(f"output={out.path} is one of the runs; choose another folder")
+    common = check_members(members, same_test=True, one_configuration=request.searched)
+    for line in common["differences"]:
+        log.info("members differ in %s", line)
+    # flip TTA is the ensemble's own choice (its YAML default is false), not the members'
+    settings = eval_settings(request.given_eval, [m.read_config().get("eval", {}) for m in members])
+    ensemble, states = load_ensemble(members, request.checkpoint, request.device)
+    train_cfg = with_data_root(members[0].read_config(), request.data_root)
+    splits = select_splits(train_cfg, {"test": common["test"]}, ["test"])
+    log.info("ensemble of %d runs (%s checkpoints%s) on %d test images: %s", len(members),
+             request.checkpoint, ", flip TTA" if settings.tta else "", len(splits["test"]),
+             ", ".join(m.name() for m in members))
+    out.path.mkdir(parents=True, exist_ok=True)
+    record = evaluate_split(Subject(ensemble, request.device), Split(train_cfg, splits["test"]),
+                            settings, out.path,
+                            Runtime(eval_batch_size(train_cfg.trainer, request.batch_size)))
+    rows = member_rows(members, states)
+    result = {"test": record.pop("test"),
+              "ensemble": {"members": len(members), "checkpoint": request.checkpoint,
+                           "tta": settings.tta,
+                           "method": "mean of the members' sigmoid probabilities, then the threshold"},
+              **record,
+              "model": {"name": "ensemble", **summed_facts(members),
+                        "latency_ms": inference_latency(ensemble, input_shape(train_cfg), request.device)
+                        if settings.latency else None},
+              "split_sizes": {"test": len(splits["test"])},
+              "train_seconds": sum((m.read_metrics() or {}).get("train_seconds", 0.0) for m in members),
+              "members": rows}
+    out.write_config(ensemble_config(train_cfg, request.checkpoint, settings, common["differences"],
+                                     len(members)))
+    out.write_split(split_document(splits, {"dataset": train_cfg.dataset.name,
+                                            "ensemble_of": [str(m.path) for m in members]}))
+    write_json(out / ENSEMBLE, {"members": rows, "differences": common["differences"]})
+    out.write_metrics(result)
+    out.set_status("finished")
+    log.info("test (ensemble of %d): %s", len(members), metric_line(result["test"]))
+    return result
+
+
+def member_rows(members: list[RunDir], states: list[dict]) -> list[dict]:
+    """ensemble.json's table: each member's path, name, seed, fold, epoch and test Dice."""
+    rows = []
+    for m, state in zip(members, states, strict=True):
+        s, record = m.settings(), m.read_metrics() or {}
+        rows.append({"run": str(m.path), "name": m.name(), "seed": s.get("seed"),
+                     "fold": s.get("dataset.fold") if s.get("dataset.folds", "null") != "null" else None,
+                     "epoch": state.get("epoch"), "test_dice": record.get("test", {}).get("dice")})
+    return rows
+
+
+def summed_facts(members: list[RunDir]) -> dict:
+    """The members' parameters and FLOPs summed (None where a member has not recorded one)."""
+    facts = [(m.read_metrics() or {}).get("model", {}) for m in members]
+    out = {}
+    for key in ("params", "flops", "gflops"):
+        values = [f.get(key) for f in facts]
+        out[key] = None if any(v is None for v in values) else sum(values)
+    return out
+
+
+def ensemble_config(train_cfg, checkpoint: str, settings, differences: list[str], members: int) -> dict:
+    """A run-like config.yaml: the first member's config with what the ensemble changed, so that
+    `segbench report` tells it apart from the single models by its settings."""
+    config = OmegaConf.to_container(train_cfg, resolve=True)
+    config["ensemble"] = {"members": members, "checkpoint": checkpoint}
+    config.setdefault("eval", {}).update(tta=settings.tta, threshold=settings.threshold,
+                                         native_resolution=settings.native_resolution,
+                                         surface_metrics=settings.surface_metrics)
+    config.setdefault("dataset", {})["fold"] = None
+    merged = OmegaConf.create(config)
+    for line in differences:  # members of several configurations: no single value
+        OmegaConf.update(merged, line.split(":", 1)[0], "mixed", merge=False)
+    return OmegaConf.to_container(merged)

@@ -13,7 +13,10 @@ the command fails only when no image could be read.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -22,6 +25,13 @@ import torch
 
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
+from segbench.data import image_reader
+from segbench.engine.device import autocast_dtype
+from segbench.engine.evaluate import predict_probs
+from segbench.inference import eval_settings
+from segbench.rundir import RunDir
+from segbench.settings import Eval
+from segbench.viz import overlay
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +71,6 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 def predict_images(model, images: list[np.ndarray], *, height: int, width: int, device,
                    amp_dtype=None, tta: bool = False) -> list[np.ndarray]:
     """Foreground probabilities at each image's own size."""
-    from segbench.engine.evaluate import predict_probs
-
     batch = np.stack([resize_image(im, height, width) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
     probs = predict_probs(model, x, amp_dtype, tta=tta)
@@ -78,3 +86,112 @@ def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     if not ok:
         raise SegbenchError(f"cannot encode {path} as PNG")
     write_atomic(path, png.tobytes())
+
+
+@dataclass
+class Predictor:
+    """A run's model (or an ensemble of runs' models) with what predicting needs from the run:
+    its decoding, resolution, autocast dtype and the resolved threshold and TTA."""
+
+    model: torch.nn.Module
+    members: list[RunDir]
+    cfg: object                 # the (first) run's config: decoding and resolution
+    settings: Eval
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    epoch: object
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.cfg.resolution.height), int(self.cfg.resolution.width)
+
+    def describe(self) -> str:
+        if len(self.members) == 1:
+            return str(self.members[0].path)
+        return (f"an ensemble of {len(self.members)} runs "
+                f"({', '.join(m.name() for m in self.members)})")
+
+    def probabilities(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        height, width = self.size
+        return predict_images(self.model, images, height=height, width=width, device=self.device,
+                              amp_dtype=self.amp_dtype, tta=self.settings.tta)
+
+
+def find_predictor_runs(paths: list[str]) -> list[RunDir]:
+    """One run directory, or several runs (or a folder of runs): an ensemble's members."""
+    one = Path(str(paths[0])).expanduser()
+    if len(paths) == 1 and (RunDir(one).is_run() or not one.is_dir()
+                            or not any(one.rglob("config.yaml"))):
+        return [RunDir.open(one)]
+    from segbench.ensemble import check_members, find_members
+
+    members, searched = find_members(paths)
+    check_members(members, same_test=False, one_configuration=searched)
+    return members
+
+
+def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: dict | None) -> Predictor:
+    """The members' model on `device`, with threshold and TTA from the command line where given,
+    else the runs' own (segbench.inference.eval_settings)."""
+    first = members[0]
+    first.checkpoint_path(checkpoint)  # best | last
+    cfg = first.read_config()
+    settings = eval_settings(given_eval, [m.read_config().get("eval", {}) for m in members])
+    if len(members) == 1:
+        model, state, _ = first.load_model(checkpoint, device, cfg)
+        epoch = state.get("epoch")
+        amp_dtype = autocast_dtype(device, cfg.trainer.get("precision", "auto"))
+    else:
+        from segbench.ensemble import load_ensemble
+
+        model, states = load_ensemble(members, checkpoint, device)
+        epoch, amp_dtype = ", ".join(str(st.get("epoch")) for st in states), None
+    return Predictor(model.eval(), members, cfg, settings, device, amp_dtype, epoch)
+
+
+AREA_FIELDS = ["image", "width", "height", "foreground_pixels", "foreground_fraction", "mask",
+               "overlay", "error"]
+
+
+def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_size: int) -> dict:
+    """<stem>_mask.png (0/255), <stem>_overlay.png per readable file and areas.csv in `out_dir`;
+    unreadable files are skipped with a warning and listed in areas.csv with their error.
+    Returns {"predicted": n, "skipped": [(file, error)]}."""
+    read_image = image_reader(predictor.cfg)  # the run's own decoding (e.g. its CT window)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = dict(zip(files, output_stems(files)))
+    rows, skipped = [], []
+    for start in range(0, len(files), batch_size):
+        batch = []
+        for f in files[start:start + batch_size]:
+            try:
+                batch.append((f, read_image(f)))
+            except SegbenchError as err:
+                log.warning("skipping %s", err)
+                skipped.append((f, str(err)))
+        if batch:
+            probs = predictor.probabilities([image for _, image in batch])
+            rows += [write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
+                     for (f, image), prob in zip(batch, probs)]
+    write_areas(out_dir / "areas.csv", rows + [{"image": f.name, "error": err} for f, err in skipped])
+    return {"predicted": len(rows), "skipped": skipped}
+
+
+def write_prediction(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: np.ndarray,
+                     threshold: float) -> dict:
+    """One image's mask and overlay; its areas.csv row."""
+    mask = (prob >= threshold).astype(np.uint8)
+    write_png(out_dir / f"{stem}_mask.png", mask * 255)
+    write_png(out_dir / f"{stem}_overlay.png", (overlay(image, mask, mask) * 255).round().astype(np.uint8))
+    area = int(mask.sum())
+    return {"image": file.name, "width": image.shape[1], "height": image.shape[0],
+            "foreground_pixels": area, "foreground_fraction": f"{area / mask.size:.6f}",
+            "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": ""}
+
+
+def write_areas(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=AREA_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())

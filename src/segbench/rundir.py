@@ -9,7 +9,7 @@
       history.csv      one row per epoch
       checkpoints/     last.pt (every epoch), best.pt (best value of the monitored metric)
       metrics.json     the test metrics of best.pt, model facts, timings, environment
-      per_case.csv  per_volume.csv  curves.png  predictions.png  predictions.npz
+      per_case.csv  per_volume.csv  curves.png  predictions.png  predictions.npz  cases.npz
       confusion_matrix.png  tb/
       trackers.json    the experiment trackers' run ids (a resumed run continues the same runs)
 
@@ -52,6 +52,7 @@ PER_VOLUME = "per_volume.csv"
 CURVES = "curves.png"
 PREDICTIONS = "predictions.png"
 PREDICTION_SAMPLES = "predictions.npz"
+CASES = "cases.npz"  # every test case's predicted mask, for the report's galleries (cases.py)
 CONFUSION = "confusion_matrix.png"
 CHECKPOINTS = "checkpoints"
 TENSORBOARD = "tb"

@@ -64,7 +64,8 @@ class Trainer:
 
 @dataclass(frozen=True)
 class Eval:
-    threshold: float = _rule(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+    threshold: float = _rule(lambda v: 0 <= v <= 1, "a probability in [0, 1] (a pixel is "
+                             "foreground when sigmoid(logit) >= threshold)")
     tta: bool
     num_predictions: int = _non_negative("an integer >= 0")
     surface_metrics: bool

@@ -23,13 +23,26 @@ from segbench.atomic import os_error_message
 
 log = logging.getLogger("segbench")
 
-NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export")
+NAMES = ("train", "eval", "report", "ensemble", "predict", "download", "verify", "info", "export",
+         "preview", "explain")
 
 
 def load(name: str) -> ModuleType:
     if name not in NAMES:
         raise SegbenchError(f"unknown command {name!r}; commands: {', '.join(NAMES)}")
     return importlib.import_module(f"segbench.commands.{name}")
+
+
+def prepare_argv(name: str, argv: list[str]) -> list[str]:
+    """The command line as Hydra gets it, for the CLI and the Python API alike: group choices
+    checked (one line naming the options), numeric choices quoted, then the command's own
+    prepare() (paths, required keys, resume); SegbenchError to refuse."""
+    from segbench.cli_args import check_group_choices, quote_numeric_choices
+
+    module = load(name)
+    check_group_choices(argv)
+    argv = quote_numeric_choices(argv)
+    return module.prepare(argv) if hasattr(module, "prepare") else argv
 
 
 class HydraTask:

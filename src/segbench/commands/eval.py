@@ -1,7 +1,9 @@
-"""`segbench eval run_dir=<dir>`: the run's checkpoint on its recorded split, once more.
+"""`segbench eval run_dir=<dir>`: the run's checkpoint on its recorded split, once more, or on
+another labelled set (`dataset=folder dataset.root=<dir>`: external validation).
 
 Results go to <run_dir>/eval/<time>/ (metrics.json, per_case.csv, figures); a plain re-evaluation
-of best.pt on the test split is compared with the metrics recorded at the end of training.
+of best.pt on the test split is compared with the metrics recorded at the end of training. An
+ensemble directory (`segbench ensemble`'s output) is evaluated through its members.
 """
 
 from __future__ import annotations
@@ -11,12 +13,29 @@ import math
 from pathlib import Path
 
 from segbench import SegbenchError
-from segbench.cli_args import path_arguments
+from segbench.cli_args import override_key, path_arguments
 
 CONFIG = "eval"
-HELP = "re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true]"
+HELP = ("re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true] "
+        "[dataset=folder dataset.root=<other labelled set>]")
 
-prepare = path_arguments("run_dir", must_exist=("run_dir",))
+_paths = path_arguments("run_dir", ("dataset.root",), must_exist=("run_dir",))
+
+
+def prepare(argv: list[str]) -> list[str]:
+    """run_dir (positional or not) must exist; an external set's folder too, before an eval
+    folder is made."""
+    out = _paths(argv)
+    keys = {override_key(a): a.split("=", 1)[1] for a in out if "=" in a}
+    if "dataset.root" in keys:
+        if "dataset" not in keys:
+            raise SegbenchError("dataset.root without dataset=: name the external set's kind too, "
+                                "e.g. dataset=folder dataset.root=<images+masks folder>")
+        root = Path(keys["dataset.root"].strip("'\"")).expanduser()
+        if not root.exists():
+            raise SegbenchError(f"dataset.root={root}: no such folder; pass the external set's "
+                                "folder (images/ and masks/ for dataset=folder)")
+    return out
 
 log = logging.getLogger("segbench.eval")
 
@@ -24,60 +43,72 @@ log = logging.getLogger("segbench.eval")
 NOT_COMPARED = ("surface_seconds",)
 
 
-def _own(value, fallback):
-    """A command option, or the run's own setting where the option is null."""
-    return fallback if value is None else value
-
-
 def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
     from segbench import rundir
-    from segbench.data import build_datasets, native_masks
-    from segbench.data.pinning import recorded_splits
-    from segbench.engine.device import autocast_dtype, resolve_device
-    from segbench.engine.evaluate import evaluation_record, metric_line, pixel_spacing, test_split
-    from segbench.settings import check_threshold
+    from segbench.engine.device import resolve_device
+    from segbench.engine.evaluate import metric_line
+    from segbench.ensemble import load_subject
+    from segbench.inference import (
+        Runtime,
+        eval_batch_size,
+        eval_settings,
+        evaluate_split,
+        with_data_root,
+    )
 
     run = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
     if cfg.split not in ("test", "val"):
         raise SegbenchError(f"split={cfg.split!r}; use test or val")
+    external = cfg.get("dataset")
+    if external is not None and cfg.split != "test":
+        raise SegbenchError(f"split={cfg.split} with dataset=...: an external set is a test set; "
+                            "drop split=")
     run.checkpoint_path(cfg.checkpoint)  # best | last
     run.warn_if_unfinished("eval")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
-    train_cfg = run.read_config()
-    if cfg.data_root:
-        train_cfg.dataset.root = str(Path(cfg.data_root).expanduser())
-    own = train_cfg.get("eval", {})
-    threshold = check_threshold(_own(cfg.eval.threshold, own.get("threshold")))
-    tta = bool(_own(cfg.eval.tta, own.get("tta", False)))
-    surface_on = bool(_own(cfg.eval.get("surface_metrics"), own.get("surface_metrics", False)))
-    workers = _own(cfg.eval.get("surface_workers"), own.get("surface_workers", "auto"))
-    native = bool(_own(cfg.eval.get("native_resolution"), own.get("native_resolution", False)))
-    spacing = pixel_spacing(train_cfg, native)
-    device = resolve_device(cfg.device)
-    amp_dtype = autocast_dtype(device, train_cfg.trainer.precision)
-
-    model, state, _ = run.load_model(cfg.checkpoint, device, train_cfg)
-    splits = recorded_splits(train_cfg, run.read_split(), [cfg.split], where=f"run {run.path}",
-                             fix="point data_root=<dir> at the data it was trained on")
-    data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)
-    groups = [s.group for s in splits[cfg.split]]
-    batch = int(cfg.batch_size or train_cfg.trainer.eval_batch_size or 2 * train_cfg.trainer.batch_size)
-    summary = test_split(model, data[cfg.split], device, out_dir=out_dir, threshold=threshold,
-                         tta=tta, batch_size=batch, amp_dtype=amp_dtype,
-                         num_predictions=int(cfg.eval.num_predictions),
-                         groups=groups if any(groups) else None, surface_metrics=surface_on,
-                         pixel_spacing=spacing, surface_workers=workers,
-                         native_masks=native_masks(train_cfg, splits[cfg.split]) if native else None)
-    result = {"split": cfg.split, "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"),
-              **evaluation_record(threshold, tta, surface_on, spacing, native), cfg.split: summary}
+    run_cfg = with_data_root(run.read_config(), cfg.data_root)
+    subject, epoch = load_subject(run, cfg.checkpoint, resolve_device(cfg.device))
+    # an external set is scored on its own pixels unless the command line says otherwise
+    settings = eval_settings(cfg.eval, [run_cfg.get("eval", {})],
+                             prefer={"native_resolution": True} if external is not None else None)
+    split, about = (_external(run_cfg, external) if external is not None
+                    else _recorded(run, run_cfg, cfg.split))
+    record = evaluate_split(subject, split, settings, out_dir,
+                            Runtime(eval_batch_size(run_cfg.trainer, cfg.batch_size)))
+    summary = record[cfg.split]
+    result = {"split": cfg.split, "checkpoint": cfg.checkpoint, "epoch": epoch, **about, **record}
     run.write_metrics(result, folder=out_dir)
-    log.info("%s %s (epoch %s): %s", cfg.split, cfg.checkpoint, state.get("epoch"), metric_line(summary))
-    if cfg.split == "test" and cfg.checkpoint == "best":
-        _compare_with_training(run.read_metrics(), summary, threshold, tta, native)
+    where = f"external {about['external']['root']}" if about else cfg.split
+    log.info("%s %s (epoch %s): %s", where, cfg.checkpoint, epoch, metric_line(summary))
+    if not about and cfg.split == "test" and cfg.checkpoint == "best":
+        _compare_with_training(run.read_metrics(), summary, settings.threshold, settings.tta,
+                               settings.native_resolution)
     log.info("wrote %s", out_dir)
     return result
+
+
+def _recorded(run, run_cfg, name: str):
+    """The run's own split, as split.json recorded it."""
+    from segbench.data.pinning import recorded_splits
+    from segbench.inference import Split
+
+    splits = recorded_splits(run_cfg, run.read_split(), [name], where=f"run {run.path}",
+                             fix="point data_root=<dir> at the data it was trained on")
+    return Split(run_cfg, splits[name], name), {}
+
+
+def _external(run_cfg, dataset):
+    """Another labelled set (dataset=<name> dataset.root=<dir>), read as the run reads images."""
+    from segbench.inference import Split, external_config, external_record, external_samples
+
+    data_cfg = external_config(run_cfg, dataset)
+    samples, rule = external_samples(data_cfg)
+    about = external_record(data_cfg, samples, rule)
+    log.info("external set: %s, %d image(s) (%s) at %s, fingerprint %s", about["dataset"],
+             len(samples), rule, about["root"], about["fingerprint"])
+    return Split(data_cfg, samples), {"external": about}
 
 
 def _compare_with_training(recorded: dict | None, summary: dict, threshold: float, tta: bool,

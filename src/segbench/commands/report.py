@@ -41,7 +41,8 @@ def run(cfg) -> dict:
     searched = search_section(Path(cfg.dir).expanduser(), out_dir)
     if searched is not None:
         result["search"] = searched
-    log.info("wrote %s", os.path.relpath(out_dir / "report.md"))
+    log.info("wrote %s and the study page %s (open it in a browser)",
+             os.path.relpath(out_dir / "report.md"), os.path.relpath(out_dir / result["page"]))
     return result
 
 

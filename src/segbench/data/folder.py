@@ -82,6 +82,13 @@ def _masks(cfg: DictConfig, mask_dir):
     return first
 
 
+def has_split_files(cfg: DictConfig) -> bool:
+    """Whether the folder names its own split (train.txt, test.txt): an external set is then its
+    test split, else every pair (segbench.inference.external_samples)."""
+    root = require_root(cfg.root, "folder", LAYOUT, GET)
+    return any((root / f"{s}.txt").is_file() for s in ("train", "val", "test"))
+
+
 def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
     root = require_root(cfg.root, "folder", LAYOUT, GET)
     image_dir, mask_dir = root / cfg.get("images_dir", "images"), root / cfg.get("masks_dir", "masks")

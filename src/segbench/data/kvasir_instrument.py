@@ -26,6 +26,11 @@ GET = ("Get it with `segbench download dataset=kvasir_instrument` (or point data
 NESTED = ("kvasir-instrument",)  # the folder inside the publisher's zip
 
 
+def has_split_files(cfg: DictConfig) -> bool:
+    """The dataset's own test.txt is its test split (also as an external set)."""
+    return True
+
+
 def locate(root) -> Path:
     """The folder holding images/, masks/, train.txt and test.txt."""
     root = require_root(root, "kvasir_instrument", LAYOUT, GET)

@@ -28,6 +28,11 @@ def _build_one(spec: dict):
         raise SegbenchError(f"augmentation: bad arguments for {name}: {err}") from None
 
 
+def build_transform(spec: dict):
+    """One preset entry as an albumentations transform (the preview draws them one by one)."""
+    return _build_one(spec)
+
+
 # Transforms that swap height and width: on a non-square resolution they would change the size.
 SQUARE_ONLY = {"Transpose", "RandomRotate90", "D4", "SquareSymmetry"}
 

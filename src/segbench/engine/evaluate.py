@@ -212,8 +212,10 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
     when surface_metrics, in mm when pixel_spacing is set). With `native_masks` (the masks at
     their size on disk) every metric is computed at that size, probabilities resized to it.
+    cases.npz keeps every case's predicted mask for the report's galleries.
     `progress`: wraps the loader (the training run's progress bar or lines). `shard`: several
     processes evaluate a share each; rank 0 writes and returns the metrics, the others return {}."""
+    from segbench.cases import save_cases
     from segbench.data.dataset import NativeMaskDataset
     from segbench.viz import plot_confusion, plot_predictions
 
@@ -224,7 +226,12 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     result = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
                       progress=progress,
                       threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
-                      channels_last=channels_last, scores=True, keep_predictions=surface_metrics)
+                      channels_last=channels_last, scores=True, keep_predictions=True)
+    plain = None
+    if tta:  # the same split without TTA: the gallery shows the cases TTA changed most
+        plain = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
+                         threshold=threshold, amp_dtype=amp_dtype, channels_last=channels_last,
+                         keep_predictions=True)
     if not distributed.current().is_main:
         return {}
     summary = result.summary()
@@ -254,6 +261,11 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
                      out_dir / rundir.PREDICTIONS, threshold)
     save_prediction_samples(out_dir / rundir.PREDICTION_SAMPLES, [dataset.ids[i] for i in keep], images,
                             masks, probs, dice[list(keep)], threshold)
+    per_image = metrics.per_image(result.counts)  # the report's case galleries (cases.py)
+    save_cases(out_dir / rundir.CASES, list(dataset.ids), result.counts.numpy(), per_image["dice"],
+               per_image["iou"], per_image_surface["hd95"] if per_image_surface else None,
+               result.predictions, dataset.images, truths, threshold, groups, num_predictions,
+               plain=(plain.predictions, metrics.per_image(plain.counts)["dice"]) if plain else None)
     return summary
 
 

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, __version__, faults, metrics
-from segbench.data import build_datasets, list_splits, native_masks
+from segbench.data import build_datasets, list_splits
 from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.splits import split_document
@@ -48,14 +48,8 @@ from segbench.engine.device import (
     set_determinism,
 )
 from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
-from segbench.engine.evaluate import (
-    eval_loader,
-    evaluate,
-    evaluation_record,
-    metric_line,
-    pixel_spacing,
-    test_split,
-)
+from segbench.engine.evaluate import eval_loader, evaluate, metric_line, pixel_spacing
+from segbench.inference import Runtime, Split, Subject, eval_batch_size, evaluate_split, input_shape
 from segbench.loggers import Loggers, build_loggers
 from segbench.losses import build_loss, set_epoch
 from segbench.models import build_model
@@ -216,7 +210,7 @@ def build(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> Parts:
                               num_workers=workers, pin_memory=device.type == "cuda",
                               persistent_workers=workers > 0, worker_init_fn=ignore_stop_signals,
                               drop_last=len(sampler) > t.batch_size)
-    eval_batch = t.eval_batch_size or 2 * t.batch_size
+    eval_batch = eval_batch_size(t)
     val_loader = eval_loader(data["val"], eval_batch, device, workers, shard=ctx.enabled)
     val_groups = [x.group for x in splits["val"]]
     val_volumes = None
@@ -343,7 +337,7 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
     run = distributed.writer(run)  # rank 0 writes; other ranks read what it wrote
     config = OmegaConf.to_container(cfg, resolve=True)
     threshold, native = s.eval.threshold, s.eval.native_resolution
-    spacing = pixel_spacing(cfg, native)  # a bad spacing fails before training
+    pixel_spacing(cfg, native)  # a bad spacing fails before training, not at its end
     parts = build(cfg, s, run, resuming)
 
     state = TrainState()
@@ -429,7 +423,7 @@ def fit(cfg: DictConfig, s: Train, run: RunDir, resuming: bool) -> dict:
                 if distributed.any_rank(stop.requested):
                     raise Interrupted(epoch)
         loggers.flush()
-        result = test_best(cfg, s, run, parts, state, spacing, progress)
+        result = test_best(cfg, s, run, parts, state, progress)
     except BaseException as err:
         progress.close()
         loggers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt)) else "failed")
@@ -454,7 +448,7 @@ def test_steps(parts: Parts, native: bool) -> int:
     return n if native else math.ceil(n / parts.eval_batch)
 
 
-def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: TrainState, spacing,
+def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: TrainState,
               progress: RunProgress | None = None) -> dict:
     """Test once, with the checkpoint chosen on validation; the metrics.json record."""
     from segbench.viz import plot_curves
@@ -468,31 +462,26 @@ def test_best(cfg: DictConfig, s: Train, run: RunDir, parts: Parts, state: Train
     best = run.load_checkpoint("best", map_location=parts.device)
     parts.model.load_state_dict(best["model"])
     e = s.eval
-    test_samples = parts.splits["test"]
-    groups = [x.group for x in test_samples]
-    test = test_split(parts.model, parts.data["test"], parts.device, out_dir=run.path,
-                      threshold=e.threshold, tta=e.tta, batch_size=parts.eval_batch,
-                      amp_dtype=parts.amp_dtype, num_predictions=e.num_predictions,
-                      groups=groups if any(groups) else None, channels_last=parts.channels_last,
-                      num_workers=parts.workers, surface_metrics=e.surface_metrics,
-                      pixel_spacing=spacing, surface_workers=e.surface_workers,
-                      native_masks=native_masks(cfg, test_samples) if e.native_resolution else None,
-                      progress=progress.evaluation("test", test_steps(parts, e.native_resolution))
-                      if progress is not None else None, shard=ctx.enabled)
+    record = evaluate_split(
+        Subject(parts.model, parts.device, parts.amp_dtype, parts.channels_last),
+        Split(cfg, parts.splits["test"], "test", parts.data["test"]), e, run.path,
+        Runtime(parts.eval_batch, parts.workers, shard=ctx.enabled,
+                progress=progress.evaluation("test", test_steps(parts, e.native_resolution))
+                if progress is not None else None))
     device_names = distributed.gather_objects(device_name(parts.device))
     if not ctx.is_main:
         return {}
-    shape = (int(cfg.model.get("in_channels", 3)), s.resolution.height, s.resolution.width)
-    latency = inference_latency(parts.model, shape, parts.device, parts.amp_dtype) if e.latency else None
+    latency = (inference_latency(parts.model, input_shape(cfg), parts.device, parts.amp_dtype)
+               if e.latency else None)
     return {
-        "test": test,
+        "test": record.pop("test"),
         "val_best": best["val"],
         "best_epoch": state.best_epoch,
         "monitor": {"metric": parts.monitor.metric, "mode": parts.monitor.mode,
                     "best": state.best_value},
         "epochs_run": len(state.history),
         "stopped_early": state.stopped_early,
-        **evaluation_record(e.threshold, e.tta, e.surface_metrics, spacing, e.native_resolution),
+        **record,  # how the test was made (threshold, TTA, rules, units)
         "model": {"name": cfg.model.name, **parts.facts, "latency_ms": latency},
         "seed": s.seed,
         "split_sizes": {k: len(v) for k, v in parts.splits.items()},

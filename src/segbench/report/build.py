@@ -1,5 +1,5 @@
 """build_report(): read the runs, group them, compute, and write report.md, report.csv,
-tables/ (CSV and LaTeX of every table) and the figures."""
+tables/ (CSV and LaTeX of every table), the figures, and index.html with its case galleries."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
-from segbench.report import analysis, figures
+from segbench.report import analysis, figures, gallery, page
 from segbench.report.analysis import CaseTables, column_named, column_stats, mean_std
 from segbench.report.runs import ABSENT, Grouping, group_runs, load_run, pick_baseline
 from segbench.report.tables import Table, best_value, fmt, fmt_p, num
@@ -72,6 +72,9 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
 
     made = [configurations_table(g, base), results_table(g, base, columns)]
     made += cv_tables(g)
+    external = external_table(g, metrics)
+    if external is not None:
+        made.append(external)
     made += [comparison_table(metric, results, tables.level, alpha, n_resamples, seed)
              for metric, results in comparisons.items()]
     for t in made:
@@ -80,13 +83,17 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
     text = markdown(root, runs, g, base, baseline, made, comparisons, metrics, figures_made,
                     notes, axis)
     write_atomic(out_dir / "report.md", text)
+    sections, grid = gallery.draw(g.configs, out_dir, max_predictions)
+    page.study_page(out_dir, root, runs, g, base, baseline, made, comparisons, figures_made,
+                    sections, grid, notes)
     for n in notes:
         log.warning("%s", n)
     return {"runs": len(runs), "configurations": len(g.configs), "baseline": base.label,
             "finished": sum(len(c.finished) for c in g.configs), "comparisons": comparisons,
             "warnings": notes, "level": tables.level, "axis": axis.key if axis else None,
             "labels": [c.label for c in g.configs], "tables": [t.name for t in made],
-            "figures": list(figures_made)}
+            "figures": list(figures_made), "page": "index.html",
+            "galleries": [s.gallery for s in sections]}
 
 
 def _parts(g: Grouping):
@@ -169,6 +176,39 @@ def results_table(g: Grouping, base, columns) -> Table:
     csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
     return t
+
+
+def external_table(g: Grouping, metrics) -> Table | None:
+    """Internal and external test results side by side: per configuration, each metric on its
+    own test split and on every external set its runs were evaluated on (`segbench eval
+    run_dir=<run> dataset=<name> dataset.root=<dir>`); None when no run has one."""
+    sets = sorted({name for c in g.configs for r in c.finished for name in r.external})
+    if not sets:
+        return None
+    header = ["configuration", *(f"{where} {m}" for m in metrics for where in ("test", *sets))]
+    rows, csv_rows = [], []
+    for c in g.configs:
+        if not c.finished:
+            continue
+        row, raw = [c.label], [c.label]
+        for m in metrics:
+            internal = [float(r.metrics["test"].get(m, math.nan)) for r in c.finished]
+            for values in (internal, *([float(r.external[s].get(m, math.nan)) for r in c.finished
+                                        if s in r.external] for s in sets)):
+                mean, std, n = mean_std(values)
+                spread = f" ± {fmt(std)}" if not math.isnan(std) else ""
+                row.append(f"{fmt(mean)}{spread} (n={n})" if n else ABSENT)
+                raw += [num(mean), num(std), n]
+        rows.append(row)
+        csv_rows.append(raw)
+    csv_header = ["configuration", *(f"{where}_{m}_{s}" for m in metrics
+                                     for where in ("test", *sets) for s in ("mean", "std", "n"))]
+    note = ("Each run's own test split beside its latest evaluation on each external set (named "
+            "by its folder and the first characters of its files' fingerprint); mean ± sample "
+            "standard deviation over the runs evaluated there (n). External sets are scored "
+            "at native resolution unless the evaluation said otherwise (its metrics.json).")
+    return Table("external", "Internal and external test results", header, rows, note,
+                 set(), csv_header, csv_rows)
 
 
 def cv_tables(g: Grouping) -> list[Table]:
@@ -358,6 +398,8 @@ def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], co
         lines += [f"### Shared settings ({len(g.shared)} keys every configuration has)", "",
                   *_shared_lines(g.shared), ""]
     lines += ["## Results", "", by_name["results"].markdown(), ""]
+    if "external" in by_name:
+        lines += ["## External validation", "", by_name["external"].markdown(), ""]
     if "cv" in by_name:
         lines += ["## Cross-validation", "", by_name["cv"].markdown(), "", by_name["folds"].markdown(), ""]
     lines += ["## Comparison with the baseline", "",

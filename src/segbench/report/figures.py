@@ -124,7 +124,8 @@ def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
             f"mean, band = 95% interval over {_runs_word(cis, metrics[0])}, circles = each run")
 
 
-def plot_curves(configs, path: Path, legend_title: str | None = None) -> bool:
+def plot_curves(configs, path: Path, legend_title: str | None = None,
+                title: str | None = None) -> bool:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -156,7 +157,8 @@ def plot_curves(configs, path: Path, legend_title: str | None = None) -> bool:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False,
                        title=legend_title, title_fontsize=8)
-    fig.suptitle("mean over runs (band: min to max)", fontsize=9)
+    fig.suptitle((f"{title}: " if title else "") + "mean over runs (band: min to max)",
+                 fontsize=10 if title else 9)
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     return True

@@ -36,6 +36,7 @@ from segbench.rundir import (
     STATUS,
     RunDir,
     flatten,
+    read_json,
     value_text,
 )
 
@@ -54,6 +55,7 @@ class Run:
     overrides: list[str] = field(default_factory=list)  # the command line (.hydra/overrides.yaml)
     choices: dict[str, str] = field(default_factory=dict)  # Hydra's group choices
     ensemble: bool = False
+    external: dict[str, dict] = field(default_factory=dict)  # external set -> its test metrics
 
     @property
     def seed(self) -> str:
@@ -168,6 +170,7 @@ def load_run(path: Path) -> Run:
                if run_dir.has_checkpoint("last") else "")
         run.state, run.error = "broken", f"unreadable{fix}: {text}"  # the fix first: tables cut it
         return run
+    run.external = external_results(path)
     state = run_dir.state()  # a "running" run whose process is gone is "killed"
     if metrics and "test" in metrics:
         run.state, run.metrics = "finished", metrics
@@ -179,6 +182,23 @@ def load_run(path: Path) -> Run:
         if state == "failed":
             run.error = run_dir.status().get("error")
     return run
+
+
+def external_results(path: Path) -> dict[str, dict]:
+    """The run's evaluations on external sets (`segbench eval ... dataset=<name>
+    dataset.root=<dir>`, in <run>/eval/<time>/metrics.json): set name -> its test metrics, the
+    latest evaluation of each set (its dataset, folder and fingerprint name it)."""
+    out: dict[str, dict] = {}
+    for record in sorted((path / "eval").glob(f"*/{METRICS}")):
+        try:
+            doc = read_json(record)
+        except SegbenchError:
+            continue  # a cut record of one evaluation: the others still count
+        about = doc.get("external")
+        if about and isinstance(doc.get("test"), dict):
+            name = f"{Path(str(about.get('root'))).name} ({about.get('fingerprint', '?')[:8]})"
+            out[name] = doc["test"]
+    return out
 
 
 # --------------------------------------------------------------------------- configurations

@@ -1,0 +1,79 @@
+"""`segbench explain run_dir=<dir> cases=[id,...]`: Grad-CAM and mean activation at the end of the
+encoder and of the decoder for a few test cases of a run (explain.png; see segbench.explain)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from segbench import SegbenchError
+from segbench.cli_args import path_arguments
+
+CONFIG = "explain"
+HELP = "what a run's network looks at: explain run_dir=<dir> [cases=[id,...]] (Grad-CAM, activations)"
+
+prepare = path_arguments("run_dir", must_exist=("run_dir",))
+
+log = logging.getLogger("segbench.explain")
+
+
+def default_cases(run) -> list[str]:
+    """The run's worst, median and best test cases by Dice (cases.npz), else its first three."""
+    from segbench.cases import load_cases, pick
+    from segbench.rundir import CASES
+
+    cases = load_cases(run.path / CASES)
+    if cases is None:
+        return run.read_split()["splits"]["test"][:3]
+    chosen = pick(cases.dice, None, 0)
+    return [cases.ids[chosen[r]] for r in ("worst Dice", "median Dice", "best Dice")]
+
+
+def run(cfg) -> dict:
+    import numpy as np
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from segbench import rundir
+    from segbench.data import build_datasets
+    from segbench.data.pinning import recorded_splits
+    from segbench.engine.device import resolve_device
+    from segbench.explain import draw, explain, find_layers
+
+    run_dir = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
+    run_dir.checkpoint_path(cfg.checkpoint)
+    train_cfg = run_dir.read_config()
+    if cfg.data_root:
+        train_cfg.dataset.root = str(Path(cfg.data_root).expanduser())
+    wanted = ([str(c) for c in cfg.cases] if OmegaConf.is_list(cfg.cases) else
+              [str(cfg.cases)] if cfg.cases is not None else default_cases(run_dir))
+    if not wanted or len(wanted) > 12:
+        raise SegbenchError(f"cases={wanted}; name 1 to 12 test cases, e.g. cases=[{','.join(wanted[:2])}]")
+    test = run_dir.read_split()["splits"]["test"]
+    missing = [c for c in wanted if c not in test]
+    if missing:
+        raise SegbenchError(f"{', '.join(missing)} not in the run's test split; its cases are e.g. "
+                            f"{', '.join(test[:4])} (split.json, per_case.csv)")
+    splits = recorded_splits(train_cfg, run_dir.read_split(), ["test"], where=f"run {run_dir.path}",
+                             fix="point data_root=<dir> at the data it was trained on", quiet=True)
+    splits["test"] = [s for s in splits["test"] if s.id in wanted]
+    data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)["test"]
+    device = resolve_device(cfg.device)
+    model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+    threshold = float(train_cfg.eval.threshold)
+    order = {c: i for i, c in enumerate(wanted)}
+    rows, layers = [], None
+    for k in sorted(range(len(data.ids)), key=lambda k: order[data.ids[k]]):
+        image = np.asarray(data.images[k])
+        batch = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device)
+        layers = layers or find_layers(model, batch)
+        rows.append((data.ids[k], image, np.asarray(data.masks[k]), explain(model, batch, threshold, layers)))
+    out = Path(HydraConfig.get().runtime.output_dir) / "explain.png"
+    name = "/".join(run_dir.path.resolve().parts[-2:])
+    draw(rows, out, f"{name}: what the network looks at ({cfg.checkpoint}.pt, "
+                    f"epoch {state.get('epoch')}); Grad-CAM of the foreground logits over the predicted mask")
+    log.info("encoder end: %s, decoder end: %s", layers["encoder end"], layers["decoder end"])
+    log.info("wrote %s (%d cases)", os.path.relpath(out), len(rows))
+    return {"figure": str(out), "cases": [r[0] for r in rows], "layers": layers}
