@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 10 in one call (about 4 minutes on one H100; the steps' time limits add
-# up to 6): the CUDA-only tests, scripts/bench_gpu.py and one real 20-epoch training on synthetic
-# data at 256 px. Everything it makes goes to "$OUT" (logs, the benchmark's JSON, the training's
-# records and figures; no checkpoints: they are large); the console gets each step's command,
-# exit code, time and the tail of its output.
+# The GPU checks in one call (issues 10 and 19; under 10 minutes: the steps' time limits add up to
+# 590 s): the CUDA-only tests, scripts/bench_gpu.py's matrix (DataLoader vs device-resident
+# data x fp32/bf16 x compile, the seed-style loop, % of the speed of light, a step profile), the
+# 16-run study one by one vs packed, and one real 20-epoch training on the device path at 256 px.
+# Everything it makes goes to "$OUT" (logs, the benchmarks' JSON, the training's records and
+# figures; no checkpoints: they are large); the console gets each step's command, exit code, time
+# and the tail of its output.
 #
 #   OUT=/path/to/results bash scripts/gpu_check.sh        # from anywhere; runs in the repo root
 #
@@ -52,7 +54,8 @@ for i in range(torch.cuda.device_count()):
     print(' ', i, torch.cuda.get_device_name(i), 'bf16', torch.cuda.is_bf16_supported())
 missing = []
 for m in ('segmentation_models_pytorch', 'albumentations', 'hydra', 'omegaconf', 'cv2', 'scipy',
-          'tifffile', 'matplotlib', 'tensorboard', 'tqdm', 'pytest', 'segbench'):
+          'tifffile', 'matplotlib', 'tensorboard', 'tqdm', 'pytest', 'segbench',
+          'hydra_plugins.hydra_joblib_launcher'):
     try:
         importlib.import_module(m)
     except Exception as err:
@@ -62,17 +65,27 @@ sys.exit(1 if missing or not torch.cuda.is_available() else 0)
 EOF"
 
 # 1. The CUDA-only tests: AMP bf16 and fp16 + GradScaler, channels-last, pinned memory and
-#    persistent workers, a short training resumed on the GPU, DDP with NCCL (skipped on 1 GPU).
-step cuda_tests 90 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q -rA \
+#    persistent workers, the device data path with compile, a short training resumed on the GPU,
+#    DDP with NCCL (skipped on 1 GPU).
+step cuda_tests 110 "$PY" -m pytest -m cuda tests/test_cuda.py -p no:cacheprovider -q -rA \
     --durations=10
 
-# 2. The benchmark: segbench's loop vs a plain loop on the same batches (fp32/bf16/fp16,
-#    channels-last, workers), eval and eval+HD95 against inference alone.
-TAIL=15 step bench_gpu 180 "$PY" scripts/bench_gpu.py --device cuda --json "$OUT/bench_gpu.json"
+# 2. The benchmark matrix (U-Net/ResNet-34, 256 px, batch 32, 1024 images per epoch): the seed-style
+#    loop, then DataLoader (8 workers) vs device-resident data x fp32/bf16 (channels-last) x
+#    compile, images/s, % of the speed of light, peak memory; a profile of one device-path step.
+TAIL=20 step bench_gpu 170 "$PY" scripts/bench_gpu.py --device cuda --batch 32 --images 1024 \
+    --variants fp32-w,bf16-cl-w,fp32-dev,bf16-dev,bf16-cl-dev,bf16-cl-dev-c \
+    --profile bf16-cl-dev --json "$OUT/bench_gpu.json"
 
-# 3. One real training: 20 epochs of U-Net/ResNet-34 on 1100 synthetic frames (128 px, cached at
-#    256 px), bf16 autocast, channels-last, 8 workers, flips/affine augmentation; test + HD95.
-step train20 120 "$PY" -m segbench train dataset=synthetic dataset.num_train=1000 \
+# 3. A 16-run study at 128 px (2 epochs of 128 images each), one job at a time, then packed 4 per GPU.
+step bench_study 170 "$PY" scripts/bench_gpu.py --device cuda --study --study-runs 16 \
+    --study-jobs-per-gpu 4 --study-epochs 2 --study-images 128 --json "$OUT/bench_study.json"
+
+# 4. One real training on the device path (trainer.data_on_device=auto: on): 20 epochs of
+#    U-Net/ResNet-34 on 1100 synthetic frames (128 px, cached at 256 px), bf16 autocast,
+#    channels-last, flips/affine augmentation as tensor operations; validation in every epoch's
+#    time; test + HD95.
+step train20 110 "$PY" -m segbench train dataset=synthetic dataset.num_train=1000 \
     dataset.num_test=100 resolution=256 model=unet trainer.max_epochs=20 trainer.batch_size=32 \
     trainer.num_workers=8 trainer.early_stopping.patience=20 scheduler=cosine optimizer.lr=1e-3 \
     logger=none trainer.progress_bar=false "hydra.run.dir=$WORK/train20"

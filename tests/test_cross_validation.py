@@ -139,11 +139,12 @@ def _manual_ensemble_counts(runs: list[Path], test_ids: list[str]) -> tuple[np.n
     """Per test image TP, FP, FN of the mean of the fold models' sigmoid probabilities,
     computed here model by model."""
     from segbench.data import build_datasets, select_splits
+    from segbench.models import load_trained
     from segbench.rundir import RunDir
 
     probs = []
     for r in runs:
-        model, _, cfg = RunDir(r).load_model("best", "cpu")
+        model, _, cfg = load_trained(RunDir(r), "best", "cpu")
         model.eval()
         splits = select_splits(cfg, {"test": test_ids}, ["test"])
         data = build_datasets(cfg, splits, Path(cfg.paths.cache), augment=False)["test"]

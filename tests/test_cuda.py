@@ -14,7 +14,8 @@ from segbench.rundir import RunDir
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-GPU = [*TINY, "trainer.device=cuda"]
+# compile off: these tests are about other things, and compiling takes a minute per run.
+GPU = [*TINY, "trainer.device=cuda", "trainer.compile=false"]
 
 
 def _compose(*overrides):
@@ -53,35 +54,55 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(tmp_path):
 
 def test_channels_last_pinned_memory_and_persistent_workers_on_the_gpu(tmp_path):
     from segbench.engine.evaluate import eval_loader, evaluate
-    from segbench.engine.trainer import build, train_one_epoch
+    from segbench.engine.trainer import StepSettings, build, train_one_epoch
     from segbench.settings import check_train
 
-    cfg = _compose(*GPU, "trainer.num_workers=2", f"paths.cache={tmp_path / 'cache'}")
+    cfg = _compose(*GPU, "trainer.num_workers=2", "trainer.data_on_device=false",
+                   f"paths.cache={tmp_path / 'cache'}")
     s = check_train(cfg)
     (tmp_path / "run").mkdir()
-    parts = build(cfg, s, RunDir(tmp_path / "run"), resuming=False)
-    assert parts.channels_last  # auto on CUDA
+    parts = build(s, RunDir(tmp_path / "run"), resuming=False)
+    device = parts.compute.device
+    assert parts.compute.channels_last  # auto on CUDA
     weights = [p for p in parts.model.parameters() if p.dim() == 4]
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-    loader = parts.train_loader
+    loader = parts.data.train_loader
     assert loader.pin_memory and loader.persistent_workers and loader.num_workers == 2
 
-    class Stop:
-        requested = False
-
     for epoch in (1, 2):  # persistent workers serve a second epoch
-        parts.sampler.set_seed(epoch)
-        out = train_one_epoch(parts.train_model, loader, parts.loss_fn, parts.optimizer,
-                              parts.schedule, parts.scaler, device=parts.device,
-                              amp_dtype=parts.amp_dtype, grad_clip=1.0, channels_last=True,
-                              epoch=epoch, progress=None, log_every=2, stop=Stop())
+        parts.data.sampler.set_seed(epoch)
+        out = train_one_epoch(parts.train_model, loader, parts.opt, parts.compute,
+                              StepSettings(grad_clip=1.0, log_every=2), epoch)
         assert out["loss"] == out["loss"]
     # Channels-last evaluation agrees with the contiguous layout (up to kernel rounding).
-    test = eval_loader(parts.data["test"], 8, parts.device, 2)
-    a = evaluate(parts.model, test, parts.device, channels_last=True).summary()
-    b = evaluate(parts.model.to(memory_format=torch.contiguous_format), test, parts.device,
+    test = eval_loader(parts.data.datasets["test"], 8, device, 2)
+    a = evaluate(parts.model, test, device, channels_last=True).summary()
+    b = evaluate(parts.model.to(memory_format=torch.contiguous_format), test, device,
                  channels_last=False).summary()
     assert a["dice"] == pytest.approx(b["dice"], abs=2e-3)
+
+
+def test_the_device_data_path_and_compile_train_on_the_gpu(tmp_path):
+    """auto puts the split on the GPU; the strong preset's tensor form runs there; a compiled
+    model trains and its checkpoints load into an uncompiled one."""
+    from segbench.data.resident import ResidentBatches
+    from segbench.engine.trainer import build
+    from segbench.settings import check_train
+
+    cfg = _compose(*GPU, "augmentation=strong", f"paths.cache={tmp_path / 'cache'}")
+    (tmp_path / "run").mkdir()
+    parts = build(cfg, check_train(cfg), RunDir(tmp_path / "run"), resuming=False)
+    assert isinstance(parts.train_loader, ResidentBatches)
+    assert parts.train_loader.images.device.type == "cuda"
+    parts.sampler.set_seed(1)
+    images, masks, _ = next(iter(parts.train_loader))
+    assert images.is_cuda and images.dtype == torch.uint8 and set(masks.unique().tolist()) <= {0, 1}
+    proc = run_cli("train", *GPU, "augmentation=strong", "trainer.compile=true",
+                   "hydra.run.dir=compiled", cwd=tmp_path)
+    assert "data on device: the training split" in proc.stdout
+    metrics = read_json(tmp_path / "compiled" / "metrics.json")
+    assert 0 <= metrics["test"]["iou"] <= metrics["test"]["dice"] <= 1
+    RunDir(tmp_path / "compiled").load_model("best")
 
 
 def test_a_short_gpu_training_resumes_where_it_stopped(tmp_path):

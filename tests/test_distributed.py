@@ -134,15 +134,28 @@ def test_rank_1_under_torchrun_creates_no_directory(tmp_path, monkeypatch):
 def test_other_ranks_read_the_run_directory_and_write_nothing(tmp_path):
     run = RunDir(tmp_path)
     run.write_history([{"epoch": 1, "val_iou": 0.5}])
-    view = distributed._Reader(run)
+    view = distributed.FollowerRun(run)
     view.write_history([{"epoch": 2}])
     view.set_status("failed")
     view.save_checkpoint("last", {"x": 1})
     view.write_metrics({"test": {}})
+    view.write_trackers({"tensorboard": {}})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
     assert view.read_history() == [{"epoch": "1", "val_iou": "0.5"}]
     assert view.path == tmp_path and view / "x" == tmp_path / "x"
     assert distributed.writer(run) is run  # rank 0 (one process) writes
+    with pytest.raises(AttributeError, match="not for ranks other than 0"):
+        view.lock()
+    with pytest.raises(AttributeError, match="FollowerRun.READS or WRITES"):
+        view.write_something_new  # noqa: B018  (an undeclared writer never writes from every rank)
+
+
+def test_every_run_directory_method_is_declared_a_read_or_a_write_for_other_ranks(tmp_path):
+    """A new RunDir method must be sorted into FollowerRun's lists before another rank uses it."""
+    members = {name for name in dir(RunDir) if not name.startswith("_")} | {"path"}
+    v = distributed.FollowerRun
+    assert not (v.READS & v.WRITES or v.READS & v.RANK_ZERO_ONLY or v.WRITES & v.RANK_ZERO_ONLY)
+    assert members == v.READS | v.WRITES | v.RANK_ZERO_ONLY
 
 
 # --- Checks -----------------------------------------------------------------------------------
@@ -222,17 +235,14 @@ class _Schedule:
         pass
 
 
-class _Stop:
-    requested = False
-
-
 def _epoch(train_one_epoch, model, loader, optimizer, accumulate=1, scaler=None, loss_fn=None,
            amp_dtype=None):
-    return train_one_epoch(
-        model, loader, loss_fn or torch.nn.BCEWithLogitsLoss(), optimizer, _Schedule(),
-        scaler or torch.amp.GradScaler("cpu", enabled=False), device=torch.device("cpu"),
-        amp_dtype=amp_dtype, grad_clip=None, channels_last=False, epoch=1, progress=None,
-        log_every=1, stop=_Stop(), accumulate=accumulate)
+    from segbench.engine.trainer import Compute, Optimisation, StepSettings
+
+    opt = Optimisation(loss_fn or torch.nn.BCEWithLogitsLoss(), optimizer, _Schedule(),
+                       scaler or torch.amp.GradScaler("cpu", enabled=False))
+    return train_one_epoch(model, loader, opt, Compute(torch.device("cpu"), amp_dtype, False),
+                           StepSettings(grad_clip=None, accumulate=accumulate, log_every=1), epoch=1)
 
 
 # --- AMP bookkeeping on CPU -------------------------------------------------------------------

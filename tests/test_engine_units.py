@@ -1,16 +1,21 @@
-"""Checkpoint atomicity, RNG round trips, early stopping and the warm-up cosine schedule."""
+"""Checkpoint atomicity, RNG round trips, early stopping, the warm-up cosine schedule, the
+history row and the run directory's imports."""
 
 from __future__ import annotations
 
+import ast
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segbench import SegbenchError
-from segbench.engine import checkpoint
+import segbench
+from segbench import SegbenchError, checkpoint
+from segbench.engine.device import rng_state, set_rng_state
 from segbench.engine.early_stopping import EarlyStopping
+from segbench.engine.trainer import history_row
 from segbench.optim import WarmupCosine
 
 
@@ -45,12 +50,12 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     np.random.seed(2)
     torch.manual_seed(3)
     random.gauss(0, 1)  # leaves a cached Gaussian in Python's state
-    checkpoint.save_checkpoint({"rng": checkpoint.rng_state()}, tmp_path / "s.pt")
+    checkpoint.save_checkpoint({"rng": rng_state()}, tmp_path / "s.pt")
     expected = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(1).item())
     random.seed(9)
     np.random.seed(9)
     torch.manual_seed(9)
-    checkpoint.set_rng_state(checkpoint.load_checkpoint(tmp_path / "s.pt")["rng"])
+    set_rng_state(checkpoint.load_checkpoint(tmp_path / "s.pt")["rng"])
     assert (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(1).item()) == expected
 
 
@@ -73,3 +78,26 @@ def test_warmup_cosine_shape():
     assert f(4) == pytest.approx(1.0)
     assert f(12) == pytest.approx(0.01 + 0.99 * 0.5)
     assert f(20) == pytest.approx(0.01) and f(100) == pytest.approx(0.01)
+
+
+def test_the_history_row_keeps_the_columns_of_history_csv_in_order():
+    train = {"loss": 0.5, "dice": 0.6, "iou": 0.4}
+    val = {"loss": 0.7, "dice": 0.3, "iou": 0.2, "dice_micro": 0.35, "iou_micro": 0.21,
+           "precision": 0.4, "recall": 0.25, "specificity": 0.9, "n_images": 5}
+    row = history_row(3, 1e-3, train, val)
+    assert list(row) == ["epoch", "lr", "train_loss", "train_dice", "train_iou", "val_loss",
+                         "val_dice", "val_iou", "val_dice_micro", "val_iou_micro", "val_precision",
+                         "val_recall"]  # the rest of the validation summary stays out
+    assert row["epoch"] == 3 and row["val_recall"] == 0.25 and row["train_iou"] == 0.4
+    volumetric = history_row(1, 1e-3, train, {**val, "volume_dice": 0.5, "volume_dice_median": 0.6})
+    assert list(volumetric)[-2:] == ["val_volume_dice", "val_volume_dice_median"]
+
+
+def test_the_run_directory_imports_neither_the_engine_nor_the_models():
+    root = Path(segbench.__file__).parent
+    for module in ("rundir.py", "checkpoint.py"):
+        tree = ast.parse((root / module).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not [m for m in imported if m and m.startswith(("segbench.engine", "segbench.models"))], module
+

@@ -78,6 +78,20 @@ def test_a_users_model_and_loss_train_through_the_shared_loop(tmp_path, user_con
     assert mylab_parts.MarginLoss.built_with[1][1:] == (63, 64)
 
 
+def test_a_users_run_is_evaluated_and_resumed_only_as_its_user_allows(tmp_path, user_configs):
+    args = [a for a in TINY if not a.startswith("model.")]
+    search = f"hydra.searchpath=[file://{user_configs}]"
+    run_cli("train", *args, search, "model=tiny", "trainer.max_epochs=1", "hydra.run.dir=run",
+            cwd=tmp_path)
+    refused = run_cli("eval", "run_dir=run", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "export SEGBENCH_TRUSTED_MODULES=mylab_parts" in refused.stdout
+    allowed = run_cli("eval", "run_dir=run", cwd=tmp_path, env={"SEGBENCH_TRUSTED_MODULES": "mylab_parts"})
+    assert "wrote" in allowed.stdout
+    again = run_cli("train", "trainer.resume=run", cwd=tmp_path, check=False)  # folders not replayed
+    assert again.returncode == 2 and f"trainer.resume=run '{search}'" in again.stderr
+    assert "skipping" in run_cli("train", "trainer.resume=run", search, cwd=tmp_path).stdout
+
+
 def test_a_users_component_with_a_wrong_option_is_one_line(tmp_path, user_configs):
     args = [a for a in TINY if not a.startswith("model.")]
     proc = run_cli("train", *args, f"hydra.searchpath=[file://{user_configs}]", "model=tiny",

@@ -34,7 +34,7 @@ def scripted_validation(monkeypatch):
     seen = []
 
     def validate(parts, threshold, epoch, *progress):
-        seen.append(parts.val_volumes is not None)
+        seen.append(parts.data.val_volumes is not None)
         s = SCRIPT[epoch]
         return {**s, "dice_micro": s["dice"], "iou_micro": s["iou"], "precision": 0.5,
                 "recall": 0.5, "volume_dice_median": s["volume_dice"]}

@@ -82,9 +82,9 @@ def test_predict_errors_name_the_problem(tiny_run, tmp_path):
     assert one.returncode == 2
     assert "none of the 1 input file(s) could be read" in one.stdout + one.stderr
     missing = run_cli("predict", f"run_dir={tiny_run}", f"input={tmp_path / 'nope'}",
-                      f"output={tmp_path / 'o'}", cwd=tmp_path, check=False)
+                      f"output={tmp_path / 'o2'}", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stdout + missing.stderr
-    not_a_run = run_cli("predict", f"run_dir={tmp_path}", f"input={broken}", f"output={tmp_path / 'o'}",
+    not_a_run = run_cli("predict", f"run_dir={tmp_path}", f"input={broken}", f"output={tmp_path / 'o3'}",
                         cwd=tmp_path, check=False)
     assert not_a_run.returncode == 2 and "config.yaml is missing" in not_a_run.stdout + not_a_run.stderr
     no_output = run_cli("predict", f"run_dir={tiny_run}", f"input={broken}", cwd=tmp_path, check=False)

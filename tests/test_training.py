@@ -243,6 +243,7 @@ def test_data_loader_workers_end_with_the_run(tmp_path):
     # them itself, or the interpreter's exit waits for them forever.
     import multiprocessing
 
-    run_cli("train", *TINY, "trainer.num_workers=2", "hydra.run.dir=run", cwd=tmp_path)
+    run_cli("train", *TINY, "trainer.num_workers=2", "trainer.data_on_device=false",
+            "hydra.run.dir=run", cwd=tmp_path)
     assert read_json(tmp_path / "run" / "status.json")["state"] == "finished"
     assert multiprocessing.active_children() == []

@@ -45,9 +45,10 @@ class Run:
 
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
+        from segbench.models import load_trained
         from segbench.rundir import RunDir
 
-        model, _, _ = RunDir.open(self.path).load_model(checkpoint, device)
+        model, _, _ = load_trained(RunDir.open(self.path), checkpoint, device)
         return model.eval()
 
     @cached_property
@@ -64,7 +65,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
 
     run = RunDir.open(run_dir)
     history = [{k: _number(v) for k, v in row.items()} for row in run.read_history()]
-    return Run(run.path.resolve(), OmegaConf.to_container(run.read_config(), resolve=True), history,
+    return Run(run.path.resolve(), OmegaConf.to_container(run.read_config(to_build=False), resolve=True), history,
                run.read_metrics(), run.status())
 
 

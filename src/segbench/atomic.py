@@ -110,6 +110,31 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def fresh_dir(path: Path, limit: int = 1000) -> Path:
+    """Create and return a folder no other command is using: `path` itself when it does not
+    exist, else `path-2`, `path-3`, ... (mkdir fails where the folder exists, so two commands
+    started in the same second can never both get the same one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, limit + 1):
+        candidate = path if n == 1 else path.with_name(f"{path.name}-{n}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{limit} folders named {path.name}-<n> exist already", str(path))
+
+
+def holds_files(folder: Path, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether `folder` exists and holds anything but `ignore` (what a command must not mix its
+    output into; its own appended log does not count)."""
+    try:
+        return any(p.name not in ignore for p in Path(folder).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this machine."""
     try:

@@ -25,6 +25,26 @@ def asks_for_help(argv: list[str]) -> bool:
     return has_flag(argv, *HELP_FLAGS) or any(a.startswith("--cfg") or a in ("-c",) for a in argv)
 
 
+def check_non_ascii(argv: list[str]) -> None:
+    """Hydra's override grammar takes characters outside ASCII only inside quotes; its lexer
+    error ("token recognition error") does not say so. One line saying how to quote instead."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith("-"):
+            continue
+        quote_char = None
+        for ch in value:
+            if quote_char:
+                quote_char = None if ch == quote_char else quote_char
+            elif ch in "'\"":
+                quote_char = ch
+            elif ord(ch) > 127:
+                raise SegbenchError(
+                    f"{arg}: Hydra reads characters such as {ch!r} only inside quotes; quote the "
+                    f"value, e.g. \"{key}='{value}'\" (the double quotes keep the single ones from "
+                    "the shell)")
+
+
 def merge_overrides(old: list[str], new: list[str]) -> list[str]:
     """Old overrides first, each dropped where a new one sets the same key."""
     new_keys = {override_key(o) for o in new if "=" in o}

@@ -30,6 +30,7 @@ from segbench.inference import (
     input_shape,
     with_data_root,
 )
+from segbench.models import load_trained
 from segbench.models.ensemble import Ensemble
 from segbench.models.info import inference_latency
 from segbench.rundir import (
@@ -136,7 +137,7 @@ def load_ensemble(members: list[RunDir], checkpoint: str, device):
     models, states, dtypes = [], [], []
     for m in members:
         config = m.read_config()
-        model, state, _ = m.load_model(checkpoint, device, config)
+        model, state, _ = load_trained(m, checkpoint, device, config)
         models.append(model)
         states.append(state)
         dtypes.append(autocast_dtype(device, config.trainer.get("precision", "auto")))
@@ -165,7 +166,7 @@ def load_subject(run: RunDir, checkpoint: str, device) -> tuple[Subject, object]
         model, states = load_ensemble(members, checkpoint, device)
         return Subject(model, device), ", ".join(str(st.get("epoch")) for st in states)
     config = run.read_config()
-    model, state, _ = run.load_model(checkpoint, device, config)
+    model, state, _ = load_trained(run, checkpoint, device, config)
     dtype = autocast_dtype(device, config.trainer.get("precision", "auto"))
     return Subject(model.eval(), device, dtype), state.get("epoch")
 

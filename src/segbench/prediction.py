@@ -29,6 +29,7 @@ from segbench.data import image_reader
 from segbench.engine.device import autocast_dtype
 from segbench.engine.evaluate import predict_probs
 from segbench.inference import eval_settings
+from segbench.models import load_trained
 from segbench.rundir import RunDir
 from segbench.settings import Eval
 from segbench.viz import overlay
@@ -138,7 +139,7 @@ def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: d
     cfg = first.read_config()
     settings = eval_settings(given_eval, [m.read_config().get("eval", {}) for m in members])
     if len(members) == 1:
-        model, state, _ = first.load_model(checkpoint, device, cfg)
+        model, state, _ = load_trained(first, checkpoint, device, cfg)
         epoch = state.get("epoch")
         amp_dtype = autocast_dtype(device, cfg.trainer.get("precision", "auto"))
     else:

@@ -14,12 +14,19 @@ A user's own component needs no edit of segbench: a config file (in a folder put
 
 `segbench train hydra.searchpath=[file://my_configs] model=tiny` then builds `TinyNet(width=16)`
 through the same code path as a built-in model. See docs/extending.md.
+
+What a run directory's files name is another matter: a run directory is data, received from
+anyone, so a `_target_` read back from one (eval, predict, export, ensemble, the Python API) is
+imported only when this machine's user allowed its module (`SEGBENCH_TRUSTED_MODULES`, see
+docs/guarantees.md#a-run-directory-is-data-not-code); everything else comes from registered names.
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -108,6 +115,44 @@ class Registry:
             raise
         except (TypeError, ValueError) as err:
             raise SegbenchError(f"{self.kind} {label}: {err}") from None
+
+
+TRUSTED_MODULES = "SEGBENCH_TRUSTED_MODULES"  # this machine's user's allowed import prefixes
+
+
+def trusted_prefixes() -> list[str]:
+    """The module prefixes this machine's user allows a run directory to name (comma, colon or
+    space separated, e.g. `SEGBENCH_TRUSTED_MODULES=mylab,otherlab.models`)."""
+    return [p.strip(".") for p in re.split(r"[,:\s]+", os.environ.get(TRUSTED_MODULES, "")) if p.strip(".")]
+
+
+def is_trusted(path: str) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in trusted_prefixes())
+
+
+def import_paths(doc, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every `_target_` anywhere in a config tree (dicts and lists)."""
+    found = []
+    items = doc.items() if isinstance(doc, Mapping) else enumerate(doc) if isinstance(doc, list) else ()
+    for key, value in items:
+        where = f"{prefix}{key}"
+        if str(key) == "_target_":
+            found.append((where, str(value)))
+        else:
+            found += import_paths(value, f"{where}.")
+    return found
+
+
+def check_trusted(doc, source: str) -> None:
+    """Refuse (one line) a config read from `source` (a run's file) that names an import path
+    this machine's user has not allowed: opening a run directory must not run its code."""
+    for key, path in import_paths(doc):
+        if not is_trusted(path):
+            top = path.split(".")[0]
+            raise SegbenchError(
+                f"{source}: {key}={path} is an import path, and segbench does not import code named "
+                f"by a run directory (it could run anything); if you trust it, allow its package on "
+                f"this machine: export {TRUSTED_MODULES}={top} (see docs/guarantees.md)")
 
 
 def import_object(path: str, key: str = "_target_"):

@@ -70,8 +70,14 @@ ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` outpu
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
 RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
+                     "trainer.compile",
                      "trainer.progress", "trainer.log_every_steps", "paths.",
                      "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
+
+
+# How to train a finished job again rather than skip it (a sweep re-run on other data or config).
+RERUN_HINT = ("To train it again, re-run in a new folder (hydra.sweep.dir=<new folder>, or "
+              "hydra.run.dir= for one run) or move the old run away")
 
 
 # Colour and cursor escapes (a coloured library message, a progress bar) never reach a record.
@@ -93,6 +99,40 @@ def read_json(path: Path) -> dict:
         raise SegbenchError(f"{path} is missing") from None
     except (OSError, ValueError) as err:
         raise SegbenchError(f"{path} is unreadable ({err}); it is truncated or corrupt") from None
+
+
+MAX_YAML_BYTES = 1 << 20  # a run's config.yaml is a few KB; anything this big is not one
+
+
+def load_yaml(path: Path):
+    """A YAML file of a run directory as an OmegaConf object, refused (one line) before parsing
+    when it is over MAX_YAML_BYTES or uses anchors or aliases, which segbench never writes and
+    which let a small file expand to billions of nodes (a "billion laughs")."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_YAML_BYTES:
+            raise SegbenchError(f"{path} is {size / 2**20:.1f} MiB, over the {MAX_YAML_BYTES >> 20} "
+                                "MiB a run's YAML file may have; it is not a file segbench wrote")
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SegbenchError(f"{path} is missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SegbenchError(f"{path} is unreadable ({err}); it is truncated or corrupt") from None
+    try:  # the scanner only tokenizes: aliases are found without being expanded
+        if any(isinstance(t, (yaml.AnchorToken, yaml.AliasToken)) for t in yaml.scan(text)):
+            raise SegbenchError(f"{path} uses YAML anchors or aliases (&name / *name), which "
+                                "segbench never writes and does not read from a run directory; "
+                                "it is not a file segbench wrote")
+        return OmegaConf.create(text)
+    except SegbenchError:
+        raise
+    except Exception as err:  # a YAML parser error
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SegbenchError(f"{path} is unreadable: {first}") from None
 
 
 def is_bookkeeping(key: str) -> bool:
@@ -158,22 +198,26 @@ class RunDir:
 
     # ------------------------------------------------------------------ records
 
-    def read_config(self):
+    def read_config(self, to_build: bool = True):
+        """The run's config.yaml. `to_build` (anything rebuilt from it: a model, a dataset):
+        refused where it names an import path this machine's user has not allowed."""
         from omegaconf import OmegaConf
 
-        try:
-            return OmegaConf.load(self.path / CONFIG)
-        except FileNotFoundError:
-            raise SegbenchError(f"{self.path} has no {CONFIG}") from None
-        except Exception as err:  # a YAML parser error
-            raise SegbenchError(f"{self.path / CONFIG} is unreadable: {err}") from None
+        from segbench.registry import check_trusted
+
+        if not (self.path / CONFIG).is_file():
+            raise SegbenchError(f"{self.path} has no {CONFIG}")
+        config = load_yaml(self.path / CONFIG)
+        if to_build:
+            check_trusted(OmegaConf.to_container(config, resolve=False), str(self.path / CONFIG))
+        return config
 
     def settings(self) -> dict[str, str]:
         """The resolved config as `dotted.key -> value text`, bookkeeping left out (seed and
         fold kept: they tell repeats apart)."""
         from omegaconf import OmegaConf
 
-        config = OmegaConf.to_container(self.read_config(), resolve=False)
+        config = OmegaConf.to_container(self.read_config(to_build=False), resolve=False)
         return {k: value_text(v) for k, v in flatten(config).items() if not is_bookkeeping(k)}
 
     def name(self) -> str:
@@ -353,13 +397,15 @@ class RunDir:
     def has_checkpoint(self, name: str) -> bool:
         return self.checkpoint_path(name).is_file()
 
+    # The checkpoint format imports torch (about 2 s): here, not at the top, so that reading a
+    # run's records (report, status, the CLI's checks) does not pay for it.
     def save_checkpoint(self, name: str, state: dict) -> None:
-        from segbench.engine.checkpoint import save_checkpoint
+        from segbench.checkpoint import save_checkpoint
 
         save_checkpoint(state, self.checkpoint_path(name))
 
     def load_checkpoint(self, name: str, map_location="cpu") -> dict:
-        from segbench.engine.checkpoint import load_checkpoint
+        from segbench.checkpoint import load_checkpoint
 
         path = self.checkpoint_path(name)
         if not path.is_file():
@@ -378,6 +424,7 @@ class RunDir:
         started = self.has_checkpoint("last")
         finished = recorded and resume and self._metrics_readable(started)
         if finished and resume:
+            self._check_same_job(config)
             return "skip"
         if (started or recorded) and not resume:
             raise SegbenchError(
@@ -386,12 +433,25 @@ class RunDir:
         if not started:
             return "start"
         if (self.path / CONFIG).is_file():
-            changes = config_changes(_to_dict(self.read_config()), config)
+            changes = config_changes(_to_dict(self.read_config(to_build=False)), config)
             if changes:
                 raise SegbenchError(
                     "the config differs from the run being resumed, which would mix two "
                     "experiments: " + "; ".join(changes[:8]) + ". Resume with the run's own overrides")
         return "resume"
+
+    def _check_same_job(self, config: dict) -> None:
+        """A finished run is skipped (a sweep re-run) only as the run this command would train:
+        its recorded config must match, bookkeeping aside (paths, devices, logging; where the
+        data lives may differ too: the split check that follows compares the data itself)."""
+        if not (self.path / CONFIG).is_file():
+            return
+        changes = [c for c in config_changes(_to_dict(self.read_config(to_build=False)), config)
+                   if not is_bookkeeping(c.split(":", 1)[0])]
+        if changes:
+            raise SegbenchError(
+                f"{self.path} finished with another config than this command's ("
+                + "; ".join(changes[:8]) + f"); its results are not this job's. {RERUN_HINT}")
 
     def _metrics_readable(self, can_repeat: bool) -> bool:
         """Whether metrics.json holds a test record; where it cannot be read (a damaged disk),
@@ -404,19 +464,6 @@ class RunDir:
                                     f"again: train it again in another directory") from None
             log.warning("%s: testing the run's best checkpoint again", err)
             return False
-
-    # ------------------------------------------------------------------ the model
-
-    def load_model(self, checkpoint: str = "best", device="cpu", config=None):
-        """(model with the checkpoint's weights on `device`, the checkpoint, the run's config).
-        `config`: the run's config, changed by the caller (e.g. another export size)."""
-        from segbench.models import build_model
-
-        config = config if config is not None else self.read_config()
-        state = self.load_checkpoint(checkpoint, map_location=device)
-        model = build_model(config, pretrained=False)  # the checkpoint holds every weight
-        model.load_state_dict(state["model"])
-        return model.to(device), state, config
 
 
 def _to_dict(cfg) -> dict:

@@ -53,6 +53,9 @@ class Trainer:
     resume: bool | str | None  # auto | true | false | a run directory
     deterministic: bool
     channels_last: Literal["auto"] | bool
+    data_on_device: Literal["auto"] | bool
+    data_on_device_budget: float = _rule(lambda v: 0 < v <= 1, "a fraction of the device's memory in (0, 1], e.g. 0.25")
+    compile: Literal["auto"] | bool
     progress_bar: Literal["auto"] | bool
     progress_interval_s: float = _rule(lambda v: v > 0, "seconds > 0, e.g. 30")
     progress_every_steps: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
@@ -85,10 +88,22 @@ class Train:
     """What `segbench train` reads of its config before anything else (the groups' own options
     are checked by their registries when built)."""
 
-    seed: int = _non_negative("an integer >= 0")
+    # NumPy (augmentation, sampling) takes seeds below 2**32 and segbench reduces larger ones
+    # modulo 2**32: seed=4294967296 would run as seed 0 while the run recorded 4294967296.
+    seed: int = _rule(lambda v: 0 <= v < 2**32, "an integer in 0..4294967295 (NumPy's seed range; "
+                      "a larger seed would run as another one)")
     trainer: Trainer
     eval: Eval
     resolution: Resolution
+    # The composed config itself, as the factories of the registries (model, data, loss,
+    # optimizer, schedule, trackers) read it: each checks its own options when it builds.
+    config: Any = field(default=None, repr=False, compare=False, metadata={"untyped": True})
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the model's input."""
+        return (int(self.config.model.get("in_channels", 3)), self.resolution.height,
+                self.resolution.width)
 
 
 # Sections whose keys are all declared: an extra key there is a typo.
@@ -124,6 +139,8 @@ def typed(cls, node, prefix: str = "", strict: bool | None = None):
                                 f"its settings: {', '.join(f.name for f in dataclasses.fields(cls))}")
     values = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get("untyped"):
+            continue
         key = f"{prefix}{f.name}"
         raw = getter(f.name)
         if raw is _MISSING:
@@ -213,7 +230,7 @@ def _as(value, option) -> tuple[bool, Any]:
 
 def check_train(cfg) -> Train:
     """The typed settings of a training config, or a one-line SegbenchError."""
-    settings = typed(Train, cfg, strict=False)
+    settings = dataclasses.replace(typed(Train, cfg, strict=False), config=cfg)
     for group, rules in GROUP_RULES.items():
         node = cfg.get(group) or {}
         for key, (kind, predicate, allowed) in rules.items():

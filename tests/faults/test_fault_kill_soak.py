@@ -29,7 +29,7 @@ KILL_POINTS = {
     # Forked DataLoader workers outlive a killed trainer for a moment: the run's lock must not.
     "with DataLoader workers": ["renamed:last.pt:kill@2"],
 }
-EXTRA_ARGS = {"with DataLoader workers": ["trainer.num_workers=2"]}
+EXTRA_ARGS = {"with DataLoader workers": ["trainer.num_workers=2", "trainer.data_on_device=false"]}
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 
 from segbench import SegbenchError, config_dir
-from segbench.atomic import os_error_message
+from segbench.atomic import fresh_dir, holds_files, os_error_message
 
 log = logging.getLogger("segbench")
 
@@ -37,12 +37,14 @@ def prepare_argv(name: str, argv: list[str]) -> list[str]:
     """The command line as Hydra gets it, for the CLI and the Python API alike: group choices
     checked (one line naming the options), numeric choices quoted, then the command's own
     prepare() (paths, required keys, resume); SegbenchError to refuse."""
-    from segbench.cli_args import check_group_choices, quote_numeric_choices
+    from segbench.cli_args import check_group_choices, check_non_ascii, quote_numeric_choices
 
     module = load(name)
     check_group_choices(argv)
     argv = quote_numeric_choices(argv)
-    return module.prepare(argv) if hasattr(module, "prepare") else argv
+    argv = module.prepare(argv) if hasattr(module, "prepare") else argv  # quotes known paths
+    check_non_ascii(argv)
+    return argv
 
 
 class HydraTask:
@@ -55,6 +57,7 @@ class HydraTask:
         self.name = name
         self.raise_errors = raise_errors
         self.results: list[tuple[str, object]] = []  # (job output dir, run()'s value), this process
+        self.failed: list[str] = []  # output dirs of this process's sweep jobs that failed
 
     def __reduce__(self):
         return _restore_task, (self.name, self.raise_errors)
@@ -79,6 +82,7 @@ class HydraTask:
             log.error("%s", message)
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 self.results.append((output_dir, None))
+                self.failed.append(output_dir)
                 return None  # this job failed (its run dir says why); the sweep goes on
             if self.raise_errors:
                 if isinstance(err, SegbenchError):
@@ -108,16 +112,41 @@ def log_file(path: Path):
         handler.close()
 
 
+# Commands whose every call writes a new output folder: created exclusively, a suffix (-2, -3)
+# where one of that name exists (two evals in the same second, a second ensemble or export);
+# the config key that names the folder, if any, is set to the folder actually used.
+FRESH_OUTPUT = {"eval": None, "ensemble": "output", "export": None}
+# Commands that write into a folder the user names: refused where it holds files already.
+EMPTY_OUTPUT = {"predict": "output"}
+
+
 class OutputDir:
     """A Hydra callback: creates the run (or sweep) directory before Hydra does, so that a
     folder that cannot be created (read-only disk, no permission, disk full) is one line with
-    the fix and exit code 2, not Hydra's traceback."""
+    the fix and exit code 2, not Hydra's traceback; and so that no command's output lands in
+    another call's folder (FRESH_OUTPUT, EMPTY_OUTPUT)."""
 
     def __init__(self, command: str):
         self.command = command
 
     def on_run_start(self, config, **kwargs) -> None:
-        self._make(config.hydra.run.dir, "hydra.run.dir")
+        from omegaconf import open_dict, read_write
+
+        folder = Path(str(config.hydra.run.dir))
+        own_log = f"{self.command}.log"  # appended to by every call: not another call's output
+        if (self.command in EMPTY_OUTPUT and not config.get("overwrite", False)
+                and holds_files(folder, ignore=(own_log,))):
+            self._refuse(f"{EMPTY_OUTPUT[self.command]}={folder} holds files already (another "
+                         "prediction's masks would mix with these); choose an empty or new folder, "
+                         "or pass overwrite=true to write into it anyway")
+        if self.command not in FRESH_OUTPUT:
+            self._make(folder, "hydra.run.dir")
+            return
+        made = self._make(folder, "hydra.run.dir", fresh=True)
+        with read_write(config), open_dict(config):
+            config.hydra.run.dir = str(made)
+            if FRESH_OUTPUT[self.command]:
+                config[FRESH_OUTPUT[self.command]] = str(made)
 
     def on_multirun_start(self, config, **kwargs) -> None:
         self._make(config.hydra.sweep.dir, "hydra.sweep.dir")
@@ -134,17 +163,23 @@ class OutputDir:
     def on_job_end(self, config, job_return, **kwargs) -> None:
         pass
 
-    def _make(self, folder, key: str) -> None:
-        import sys
-
+    def _make(self, folder, key: str, fresh: bool = False) -> Path:
         try:
+            if fresh:
+                return fresh_dir(Path(str(folder)))
             Path(str(folder)).mkdir(parents=True, exist_ok=True)
+            return Path(str(folder))
         except OSError as err:
             message = os_error_message(err, f"{key}=<a folder you can write to>")
             if message is None:
                 raise
-            print(f"segbench {self.command}: error: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
+            self._refuse(message)
+
+    def _refuse(self, message: str):
+        import sys
+
+        print(f"segbench {self.command}: error: {message}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
@@ -184,4 +219,8 @@ def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> li
         entry()
     finally:
         sys.argv = saved
+    if task.failed and not raise_errors:  # the Python API returns them, each saying it failed
+        log.error("%d of %d job(s) of this sweep failed (each one's error is above and in its "
+                  "status.json): %s", len(task.failed), len(task.results), ", ".join(task.failed))
+        raise SystemExit(1)
     return task.results

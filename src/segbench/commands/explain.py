@@ -41,6 +41,7 @@ def run(cfg) -> dict:
     from segbench.data.pinning import recorded_splits
     from segbench.engine.device import resolve_device
     from segbench.explain import draw, explain, find_layers
+    from segbench.models import load_trained
 
     run_dir = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
     run_dir.checkpoint_path(cfg.checkpoint)
@@ -61,7 +62,7 @@ def run(cfg) -> dict:
     splits["test"] = [s for s in splits["test"] if s.id in wanted]
     data = build_datasets(train_cfg, splits, Path(train_cfg.paths.cache), augment=False)["test"]
     device = resolve_device(cfg.device)
-    model, state, _ = run_dir.load_model(cfg.checkpoint, device, train_cfg)
+    model, state, _ = load_trained(run_dir, cfg.checkpoint, device, train_cfg)
     threshold = float(train_cfg.eval.threshold)
     order = {c: i for i, c in enumerate(wanted)}
     rows, layers = [], None

@@ -22,6 +22,7 @@ log = logging.getLogger("segbench.export")
 def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    from segbench.models import load_trained
     from segbench.models.export import SUFFIX, export_model
     from segbench.rundir import RunDir
 
@@ -35,7 +36,7 @@ def run(cfg) -> dict:
     width = int(cfg.width or train_cfg.resolution.width)
     # The run's model, built for the export size (its padding follows the size).
     train_cfg.resolution.height, train_cfg.resolution.width = height, width
-    model, state, _ = run_dir.load_model(cfg.checkpoint, "cpu", train_cfg)
+    model, state, _ = load_trained(run_dir, cfg.checkpoint, "cpu", train_cfg)
     channels = int(model.mean.shape[1])
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)

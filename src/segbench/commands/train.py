@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 from segbench import SegbenchError
@@ -58,23 +59,60 @@ def _prepare(argv: list[str]) -> list[str]:
                 "trainer.resume=<run_dir> resumes one run; to resume a sweep, re-run the same "
                 "sweep command (finished runs are skipped, interrupted ones resume)")
         run_dir = Path(value).expanduser()
-        overrides_file = run_dir / ".hydra" / "overrides.yaml"
-        if not overrides_file.is_file():
-            raise SegbenchError(f"cannot resume from {run_dir}: it is not a segbench run directory "
-                                f"({overrides_file} is missing)")
-        from omegaconf import OmegaConf
-
-        old = [o for o in OmegaConf.to_container(OmegaConf.load(overrides_file))
-               if override_key(o) not in ("trainer.resume", "hydra.run.dir")]
-        hydra_file = run_dir / ".hydra" / "hydra.yaml"  # the run's own config folders, if any
-        if hydra_file.is_file():
-            old += [o for o in OmegaConf.select(OmegaConf.load(hydra_file), "hydra.overrides.hydra",
-                                                default=[])
-                    if override_key(o) == "hydra.searchpath"]
         new = argv[:i] + argv[i + 1:]
-        return merge_overrides(old, new) + ["trainer.resume=true",
-                                            quote("hydra.run.dir", str(run_dir.resolve()))]
+        return merge_overrides(_replayed_overrides(run_dir, new), new) + [
+            "trainer.resume=true", quote("hydra.run.dir", str(run_dir.resolve()))]
     return prepare_sweep(argv)
+
+
+def _replayed_overrides(run_dir: Path, new: list[str]) -> list[str]:
+    """The run's own overrides (.hydra/overrides.yaml) for its resume. A run directory is data:
+    Hydra's own keys (callbacks, launchers, search paths) are never replayed from it, and an
+    override naming an import path only where this machine's user allowed its module."""
+    from segbench.registry import TRUSTED_MODULES, is_trusted
+    from segbench.rundir import load_yaml
+
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise SegbenchError(f"cannot resume from {run_dir}: it is not a segbench run directory "
+                            f"({overrides_file} is missing)")
+    old = load_yaml(overrides_file)
+    if not isinstance(old, Sequence):
+        raise SegbenchError(f"{overrides_file} is not a list of overrides; it is not a file "
+                            "segbench wrote")
+    kept = []
+    for line in map(str, old):
+        key = override_key(line)
+        if key in ("trainer.resume", "hydra.run.dir") or key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        if "_target_" in line and not (key.endswith("._target_") and is_trusted(line.split("=", 1)[1])):
+            raise SegbenchError(
+                f"{overrides_file}: {line} names an import path, and a resume does not replay code "
+                f"named by a run directory; if you trust it, export {TRUSTED_MODULES}=<its package> "
+                "(see docs/guarantees.md)")
+        kept.append(line)
+    _check_search_path(run_dir, new)
+    return kept
+
+
+def _check_search_path(run_dir: Path, new: list[str]) -> None:
+    """A run composed with the user's own config folders (hydra.searchpath) is resumed with them
+    given again on the command line: the folders a run directory names are not searched."""
+    from omegaconf import OmegaConf
+
+    from segbench.rundir import load_yaml
+
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    if not hydra_file.is_file() or any(override_key(o) == "hydra.searchpath" for o in new):
+        return
+    recorded = [str(o) for o in OmegaConf.select(load_yaml(hydra_file), "hydra.overrides.hydra",
+                                                 default=None) or []
+                if override_key(str(o)) == "hydra.searchpath"]
+    if recorded:
+        raise SegbenchError(
+            f"{run_dir} was trained with {recorded[0]}; a resume does not search config folders "
+            "named by a run directory: give it again if you trust it: segbench train "
+            f"trainer.resume={run_dir} '{recorded[0]}'")
 
 
 def run(cfg) -> dict | None:
@@ -148,6 +186,7 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     main = distributed.current().is_main
     plan = distributed.decide(lambda: run_dir.plan(resume, config))
     if plan == "skip":
+        _check_skipped_data(cfg, run_dir)
         log.info("skipping %s: this run already finished (metrics.json is there)", run_dir.path)
         metrics = run_dir.read_metrics()
         if main and run_dir.status().get("state") != "finished":  # killed between the two
@@ -172,6 +211,20 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
             run_dir.set_status("running", **running_status())
         with log_file(run_dir / LOG) if main else contextlib.nullcontext():
             return _train(cfg, settings, distributed.writer(run_dir), resuming=plan == "resume")
+
+
+def _check_skipped_data(cfg, run_dir) -> None:
+    """A finished run is skipped only when the data is the data it was split from (its recorded
+    files): a sweep re-run on another copy of the data would otherwise keep the old results."""
+    from segbench.data.pinning import recorded_splits
+    from segbench.engine import distributed
+    from segbench.rundir import RERUN_HINT
+
+    if (run_dir / "split.json").is_file():
+        distributed.decide(lambda: recorded_splits(
+            cfg, run_dir.read_split(), where=f"finished run {run_dir.path}", quiet=True,
+            fix=f"its results belong to the data it was trained on. {RERUN_HINT}; or restore "
+                "that data") and None)
 
 
 def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
@@ -218,7 +271,7 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
 
     try:
         with _sigterm_interrupts():
-            result = fit(cfg, settings, run_dir, resuming)
+            result = fit(settings, run_dir, resuming)
     except Interrupted as stop:
         with signals_held():  # a second Ctrl-C stops the process after these two lines
             run_dir.record_final("interrupted", epoch=stop.epoch)

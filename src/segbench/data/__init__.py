@@ -54,7 +54,11 @@ def dataset_module(dataset: DictConfig | str) -> ModuleType:
     """The module of a dataset config (its `name`, or a user's module named by `_target_`)."""
     if isinstance(dataset, str):
         return DATASETS.get(dataset)
-    return DATASETS.resolve({"name": dataset.get("name"), "_target_": dataset.get("_target_")})[1]
+    label, module, _ = DATASETS.resolve({"name": dataset.get("name"), "_target_": dataset.get("_target_")})
+    if not callable(getattr(module, "list_splits", None)):  # a dataset is a module with list_splits
+        raise SegbenchError(f"dataset {label} is not a dataset module: it has no list_splits(cfg) "
+                            "(see docs/extending.md)")
+    return module
 
 
 def default_read(sample: Sample, cfg: DictConfig):

@@ -107,8 +107,10 @@ def pair(images: dict[str, Path], masks: dict[str, Path], on_unpaired: str,
 def read_ids(path: Path) -> list[str]:
     """Ids from a split file: one per line, blank lines ignored, extensions dropped."""
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as err:
+        # utf-8-sig: a byte-order mark (Windows editors) is not part of the first id; splitlines
+        # takes \r\n and \r line ends too.
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
         raise SegbenchError(f"cannot read the split file {path}: {err}") from None
     ids = [line.strip() for line in lines if line.strip()]
     ids = [i[: -len(Path(i).suffix)] if Path(i).suffix.lower() in IMAGE_SUFFIXES else i for i in ids]

@@ -81,6 +81,11 @@ def read_image(path: Path, cfg: DictConfig) -> np.ndarray:
         if hu.shape[2] != 1:
             raise SegbenchError(f"{path}: a CT slice has one channel, this one has {hu.shape[2]}")
         hu = hu[..., 0]
+    if hu.dtype.kind == "f" and not np.isfinite(hu).all():  # NaN would window to 0 silently
+        bad = int((~np.isfinite(hu)).sum())
+        raise SegbenchError(f"{path} holds {bad} NaN or infinite pixel(s) of {hu.size}: a CT slice "
+                            "holds numbers in Hounsfield units; replace them (e.g. by -1024, air) "
+                            "or leave the slice out")
     lo, hi = window(cfg)
     image = (to_unit_range(hu, lo, hi) * 255).round().astype(np.uint8)[..., None]
     channels = int(cfg.channels)

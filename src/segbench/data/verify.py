@@ -86,6 +86,7 @@ def _inspect(read, sample: Sample) -> dict:
         return {"error": str(err)}
     return {"size": f"{mask.shape[1]}x{mask.shape[0]}", "image_kind": kinds[0],
             "mask_kind": kinds[1], "values": tuple(sorted(values)), "empty": not mask.any(),
+            "full": bool(mask.all()),
             "mean": float(np.mean(image))}
 
 
@@ -162,6 +163,11 @@ def verify_dataset(cfg: DictConfig) -> dict:
         for name in splits if any(n == name for n, _ in good)}
     if good:
         report["empty_masks"]["all"] = round(float(np.mean([f["empty"] for _, f in good])), 4)
+    report["full_masks"] = {name: round(float(np.mean([f["full"] for n, f in good if n == name])), 4)
+                            for name in report["empty_masks"] if name != "all"}
+    if good:
+        report["full_masks"]["all"] = round(float(np.mean([f["full"] for _, f in good])), 4)
+        warnings += _extremes(report["empty_masks"]["all"], report["full_masks"]["all"], len(good))
     # Slices outside the body are black; most of a dataset black means a reading problem.
     report["black_images"] = sum(f["mean"] < 1 for _, f in good)
     if good and report["black_images"] > len(good) / 2:
@@ -169,6 +175,22 @@ def verify_dataset(cfg: DictConfig) -> dict:
                         "1 of 255) after reading: check the files (and dataset.window for CT)")
     report["split_text"] = {k: f"{len(v)}{_groups_text(v)}" for k, v in splits.items()}
     return report
+
+
+# Masks all background or all foreground in this share of pairs or more mean a reading problem
+# (a mask read from the wrong channel, an inverted mask) or a dataset unfit for segmentation.
+EMPTY_WARNING, FULL_WARNING = 0.9, 0.05
+
+
+def _extremes(empty: float, full: float, n: int) -> list[str]:
+    out = []
+    if empty >= EMPTY_WARNING:
+        out.append(f"{empty:.0%} of {n} masks are empty (no foreground): check that the masks are "
+                   "read as meant (their values, their channel) before training")
+    if full >= FULL_WARNING:
+        out.append(f"{full:.0%} of {n} masks are all foreground: an inverted mask, or a shape held "
+                   "in a channel that was not read, reads so; check them before training")
+    return out
 
 
 def format_report(report: dict) -> str:
@@ -192,6 +214,9 @@ def format_report(report: dict) -> str:
     if report.get("empty_masks"):
         lines.append("  empty masks  " + ", ".join(f"{k}: {v:.1%}"
                                                    for k, v in report["empty_masks"].items()))
+    if report.get("full_masks"):
+        lines.append("  full masks   " + ", ".join(f"{k}: {v:.1%}"
+                                                   for k, v in report["full_masks"].items()))
     lines += [f"  warning: {w}" for w in report["warnings"]]
     lines += [f"  PROBLEM: {p}" for p in report["problems"]]
     lines.append(f"{len(report['problems'])} problem(s) found" if report["problems"]

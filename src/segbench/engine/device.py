@@ -1,4 +1,4 @@
-"""Device, precision and seeding for the training loop."""
+"""Device, precision and seeding for the training loop (and the RNG states last.pt keeps)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,16 @@ import torch
 
 from segbench import SegbenchError
 
+# Set by the packed launcher (hydra_plugins/segbench_packed_launcher) for each job it starts.
+PACKED_DEVICE = "SEGBENCH_DEVICE"
+
 
 def resolve_device(spec: str = "auto") -> torch.device:
     spec = str(spec or "auto")
+    if spec == "auto" and os.environ.get(PACKED_DEVICE):  # the GPU slot of a packed sweep's job
+        device = torch.device(os.environ[PACKED_DEVICE])
+        torch.cuda.set_device(device)
+        return device
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -76,3 +83,44 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
     else:
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = device.type == "cuda"
+
+
+# The RNGs' states, for last.pt: a resumed run draws what an uninterrupted one would have.
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG states as tensors and plain values."""
+    np_state = np.random.get_state()
+    _, py_internal, py_gauss = random.getstate()
+    state = {
+        "python": list(py_internal),
+        "python_gauss": [py_gauss is not None, 0.0 if py_gauss is None else py_gauss],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """The states `rng_state()` saved, wherever torch.load(map_location=...) put their tensors
+    (RNG states are CPU byte tensors whatever device they seed)."""
+    has_gauss, gauss = state["python_gauss"]
+    random.setstate((3, tuple(state["python"]), gauss if has_gauss else None))
+    np.random.set_state(("MT19937", state["numpy_keys"].cpu().numpy().astype(np.uint32),
+                         state["numpy_pos"], int(state["numpy_gauss"][0]), state["numpy_gauss"][1]))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def compile_model(model: torch.nn.Module, setting, device: torch.device) -> torch.nn.Module:
+    """torch.compile of the module batches go through, where `trainer.compile` asks for it (auto:
+    CUDA only; compiling costs a minute and was not faster on 2 CPU cores). The uncompiled
+    module is kept for checkpoints (its state dict has no `_orig_mod.` prefix) and evaluation,
+    whose batch shapes vary."""
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return model
+    return torch.compile(model)

@@ -330,21 +330,31 @@ def no_sync(model, skip: bool):
     return contextlib.nullcontext()
 
 
-class _Reader:
-    """The run directory as ranks other than 0 see it: every file to read, no write. Writers of
-    RunDir are the methods named write_*, save_*, set_*, record_* and remove_*; they do nothing
-    here."""
+class FollowerRun:
+    """The run directory as ranks other than 0 use it: what they read of it, and its records as
+    writes that do nothing (rank 0 writes them). Every attribute is named in READS or WRITES;
+    any other is an AttributeError, so a new RunDir method is declared here before another rank
+    can call it, instead of being trusted (or silenced) by its name."""
 
-    WRITERS = ("write_", "save_", "set_", "record_", "remove_")
+    READS = frozenset({"path", "name", "settings", "holds_run", "is_run", "read_config", "status",
+                       "state", "read_metrics", "read_split", "read_history", "read_trackers",
+                       "checkpoint_path", "has_checkpoint", "load_checkpoint"})
+    WRITES = frozenset({"write_config", "write_hydra", "set_status", "record_final",
+                        "remove_stale_temporaries", "write_metrics", "write_split",
+                        "write_history", "write_trackers", "save_checkpoint"})
+    # Rank 0's alone (the decisions it broadcasts, its lock, its messages): an AttributeError here.
+    RANK_ZERO_ONLY = frozenset({"open", "plan", "lock", "warn_if_unfinished"})
 
     def __init__(self, run):
         self._run = run
 
     def __getattr__(self, name):
-        attr = getattr(self._run, name)
-        if name.startswith(self.WRITERS) and callable(attr):
+        if name in self.WRITES:
             return _nothing
-        return attr
+        if name in self.READS:
+            return getattr(self._run, name)
+        raise AttributeError(f"RunDir.{name} is not for ranks other than 0 (or not declared: "
+                             "add it to distributed.FollowerRun.READS or WRITES)")
 
     def __truediv__(self, name):
         return self._run / name
@@ -358,8 +368,10 @@ def _nothing(*args, **kwargs) -> None:
 
 
 def writer(run):
-    """`run` on rank 0; a view of it that writes nothing on the other ranks."""
-    return run if _context.is_main else _Reader(run)
+    """`run` on rank 0; on the other ranks a FollowerRun of it, which writes nothing."""
+    if _context.is_main or isinstance(run, FollowerRun):
+        return run
+    return FollowerRun(run)
 
 
 def check_resume(saved: dict) -> None:

@@ -145,7 +145,22 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
         if not target:
             raise
         raise SegbenchError(f"model {label}: {err}") from None
+    if not isinstance(net, nn.Module):  # what a model factory builds is a network, nothing else
+        raise SegbenchError(f"model {label if target else name} built a {type(net).__name__}, not a "
+                            "torch nn.Module; a model factory must return a network")
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))
     return SegmentationModel(net, mean, std, divisor)
+
+
+def load_trained(run, checkpoint: str = "best", device="cpu", config=None):
+    """(model with a run's checkpoint weights on `device`, the checkpoint, the run's config).
+    `run`: a RunDir (read_config, load_checkpoint; not imported: the run directory sits beside
+    the models, not below them); `config`: the run's config, changed by the caller (e.g. another
+    export size)."""
+    config = config if config is not None else run.read_config()
+    state = run.load_checkpoint(checkpoint, map_location=device)
+    model = build_model(config, pretrained=False)  # the checkpoint holds every weight
+    model.load_state_dict(state["model"])
+    return model.to(device), state, config

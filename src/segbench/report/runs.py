@@ -36,6 +36,7 @@ from segbench.rundir import (
     STATUS,
     RunDir,
     flatten,
+    load_yaml,
     read_json,
     value_text,
 )
@@ -135,7 +136,7 @@ def find_run_dirs(root: Path, exclude: Path | None = None) -> list[Path]:
 
 def _read_yaml_list(path: Path) -> list[str]:
     try:
-        return [str(o) for o in OmegaConf.load(path)] if path.is_file() else []
+        return [str(o) for o in load_yaml(path)] if path.is_file() else []
     except Exception:  # a truncated file: the run is listed, its command line is not
         return []
 
@@ -152,7 +153,7 @@ def load_run(path: Path) -> Run:
     hydra_yaml = path / ".hydra" / "hydra.yaml"
     if hydra_yaml.is_file():
         try:
-            h = OmegaConf.load(hydra_yaml)
+            h = load_yaml(hydra_yaml)  # a run's file: size and aliases checked first
             num = OmegaConf.select(h, "hydra.job.num")
             raw = OmegaConf.select(h, "hydra.runtime.choices") or {}
             choices = {str(k): str(v) for k, v in raw.items() if v is not None}

@@ -1,4 +1,6 @@
-"""Atomic checkpoints that `torch.load(path, weights_only=True)` can read.
+"""The checkpoint file format: atomic checkpoints that `torch.load(path, weights_only=True)` can
+read. It lives beside the run directory (rundir.py), which names and finds the checkpoints; what
+goes into them is the engine's (`engine.trainer.last_checkpoint`).
 
 A checkpoint holds tensors and plain Python values only (dicts, lists, numbers, strings): never a
 pickled object. It is written to a temporary file in the same folder, flushed to disk and renamed
@@ -8,11 +10,9 @@ over the old one, so a crash or kill at any moment leaves the previous checkpoin
 from __future__ import annotations
 
 import pickle
-import random
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segbench import SegbenchError
@@ -48,32 +48,3 @@ def _first_sentence(err: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip() or type(err).__name__
     first = re.split(r"(?<=[a-z])\. ", text.splitlines()[0])[0][:200]
     return first if len(first) > 20 else f"{type(err).__name__}: {first}"
-
-
-def rng_state() -> dict:
-    """Python, NumPy and torch RNG states as tensors and plain values."""
-    np_state = np.random.get_state()
-    _, py_internal, py_gauss = random.getstate()
-    state = {
-        "python": list(py_internal),
-        "python_gauss": [py_gauss is not None, 0.0 if py_gauss is None else py_gauss],
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    """The states `rng_state()` saved, wherever torch.load(map_location=...) put their tensors
-    (RNG states are CPU byte tensors whatever device they seed)."""
-    has_gauss, gauss = state["python_gauss"]
-    random.setstate((3, tuple(state["python"]), gauss if has_gauss else None))
-    np.random.set_state(("MT19937", state["numpy_keys"].cpu().numpy().astype(np.uint32),
-                         state["numpy_pos"], int(state["numpy_gauss"][0]), state["numpy_gauss"][1]))
-    torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
