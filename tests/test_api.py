@@ -64,6 +64,38 @@ def test_train_twice_in_one_process_then_evaluate_predict_and_load(tmp_path, mon
     assert written["predicted"] == 1 and (out / "a_mask.png").is_file()
 
 
+@pytest.mark.slow
+def test_a_run_prints_as_one_line_and_gives_its_per_case_table_and_probabilities(tiny_run):
+    import pandas
+
+    run = segbench.load_run(tiny_run)
+    dice = run.metrics["test"]["dice"]
+    assert repr(run) == f"Run('{tiny_run.resolve()}', finished, test dice {dice:.4f})"
+    table = run.per_case
+    assert isinstance(table, pandas.DataFrame) and len(table) == run.metrics["test"]["n_images"]
+    assert table["dice"].mean() == pytest.approx(dice, abs=1e-5)
+    images = [np.full((40, 52, 3), 90, np.uint8)]
+    (prob,) = segbench.predict(tiny_run, images, probabilities=True)
+    (mask,) = segbench.predict(tiny_run, images)
+    assert prob.dtype == np.float32 and prob.shape == (40, 52) and 0 <= prob.min() <= prob.max() <= 1
+    assert np.array_equal(prob >= run.config["eval"]["threshold"], mask)
+
+
+def test_per_case_without_pandas_is_rows(tiny_run, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pandas(name, *args, **kwargs):
+        if name == "pandas":
+            raise ImportError("no pandas here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pandas)
+    rows = segbench.load_run(tiny_run).per_case
+    assert isinstance(rows, list) and isinstance(rows[0]["dice"], float) and "image" in rows[0]
+
+
 def test_errors_are_segbench_errors_not_system_exit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SegbenchError, match="model=nope: no such option in configs/model/"):
@@ -79,6 +111,13 @@ def test_errors_are_segbench_errors_not_system_exit(tmp_path, monkeypatch):
         segbench.load_run(tmp_path / "missing")
     with pytest.raises(SegbenchError, match="output folder"):
         segbench.predict(tmp_path, tmp_path)
+
+
+def test_a_mistyped_key_from_python_is_a_segbench_error_with_the_closest_key(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SegbenchError, match="did you mean optimizer=adam"):
+        segbench.train(["optimzer=adam"])
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_keyword_overrides_are_written_as_hydra_reads_them():

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+
+import cv2
+import numpy as np
 import pytest
 import yaml
 
@@ -17,7 +21,7 @@ def test_no_command_prints_usage_and_fails(tmp_path):
 def test_unknown_command_lists_commands(tmp_path):
     proc = run_cli("trian", cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert "unknown command 'trian'" in proc.stderr
+    assert "unknown command 'trian'; did you mean train?" in proc.stderr
     assert "train" in proc.stderr and "eval" in proc.stderr
 
 
@@ -42,10 +46,59 @@ def test_unknown_option_names_the_available_ones(tmp_path):
     proc = run_cli("train", "model=unet3000", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "segbench train: error: model=unet3000: no such option in configs/model/; choose one of "
+        "segbench train: error: model=unet3000: no such option in configs/model/; did you mean "
+        "model=unet? choose one of "
         "classic_unet, deeplabv3plus, fpn, mcnet, smp, unet, unetpp (or add your own: "
         "docs/extending.md)"]
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("command, args, line", [
+    ("train", ["optimzer=adam"], "optimzer=adam: segbench train has no setting 'optimzer'; did you "
+     "mean optimizer=adam?"),
+    ("train", ["seed=1", "trainr.max_epochs=1"], "did you mean trainer.max_epochs=1?"),
+    ("train", ["model=unet++"], "model=unet++: no such option in configs/model/; did you mean "
+     "model=unetpp?"),
+    ("predict", ["run_dir=.", "input=.", "output=o", "batchsize=2"], "did you mean batch_size=2?"),
+    # eval's key for a moved dataset is data_root: the advice is the command that works
+    ("eval", ["run_dir=.", "dataset.root=elsewhere"], "did you mean data_root=elsewhere?"),
+])
+def test_an_unknown_key_or_option_suggests_the_closest_one(tmp_path, command, args, line):
+    proc = run_cli(command, *args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and line in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert "+optimzer" not in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+def test_a_job_folder_with_equals_signs_is_a_path_not_an_unknown_key(tiny_run, tmp_path):
+    job = tmp_path / "optimizer=adam" / "seed=0"
+    shutil.copytree(tiny_run, job)
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), np.full((40, 50, 3), 90, np.uint8))
+    run_cli("predict", "optimizer=adam/seed=0", f"input={frame}", "output=masks", cwd=tmp_path)
+    assert (tmp_path / "masks" / "frame_mask.png").is_file()
+
+
+def test_an_unknown_encoder_lists_the_closest_few_at_once(tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("SEGBENCH_CACHE", str(tmp_path / "cache"))
+    for _ in range(2):  # the first asks smp (and keeps the names), the second reads them
+        start = time.perf_counter()
+        proc = run_cli("train", "-m", "model.encoder=resnet18,resnet1", cwd=tmp_path, check=False)
+        seconds = time.perf_counter() - start
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
+    assert "model.encoder=resnet1: not an smp encoder; closest: resnet18, resnet152" in proc.stderr
+    assert "mit_b0" not in proc.stderr and "vgg" not in proc.stderr  # not all ninety
+    assert seconds < 1.0 and not (tmp_path / "outputs").exists()
+
+
+def test_the_model_factory_names_close_encoders_too():
+    from segbench import SegbenchError
+    from segbench.models import create_model
+
+    with pytest.raises(SegbenchError, match="model.encoder=resnt34: not an smp encoder; closest: "
+                                            "resnet34"):
+        create_model("unet", encoder="resnt34", in_channels=1, classes=1)
 
 
 @pytest.mark.parametrize("args, named", [

@@ -51,7 +51,43 @@ def test_predict_a_folder_of_mixed_sizes_and_formats(tiny_run, tmp_path):
         assert cv2.imread(str(out / row["overlay"])).shape == (h, w, 3)
     # a.png and a.jpg share a stem: their outputs keep the whole name apart.
     assert areas["a.png"]["mask"] == "a.png_mask.png" and areas["grey.bmp"]["mask"] == "grey_mask.png"
-    assert (out / "predict.log").is_file()
+    # The log sits beside the masks folder, not among the masks.
+    assert (tmp_path / "out.predict.log").is_file() and not (out / "predict.log").exists()
+
+
+@pytest.mark.slow
+def test_predict_reports_progress_and_writes_probabilities(tiny_run, tmp_path):
+    images = tmp_path / "in"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        cv2.imwrite(str(images / f"f{i}.png"), rng.integers(0, 255, (30 + i, 41, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={out}",
+                   "batch_size=2", "predict.probabilities=true", cwd=tmp_path)
+    log = proc.stdout + proc.stderr
+    # A line after the first batch (how fast it goes) and at the end; no terminal: no bar.
+    assert "predict  2/5 images (40%)" in log and "predict  5/5 images (100%)" in log
+    assert "img/s" in log and "ETA" in log and "probabilities (npy)" in log
+    areas = _areas(out)
+    for i in range(5):
+        row = areas[f"f{i}.png"]
+        prob = np.load(out / row["probability"])
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert row["probability"] == f"f{i}_prob.npy" and prob.dtype == np.float16
+        assert prob.shape == mask.shape == (30 + i, 41) and 0 <= prob.min() <= prob.max() <= 1
+        assert np.array_equal(prob.astype(np.float32) >= 0.5, mask > 0) or \
+            np.abs(prob.astype(np.float32) - 0.5).min() < 1e-3  # float16 rounding at the edge
+    png = tmp_path / "png"
+    run_cli("predict", f"run_dir={tiny_run}", f"input={images / 'f0.png'}", f"output={png}",
+            "predict.probabilities=png", cwd=tmp_path)
+    prob8 = cv2.imread(str(png / "f0_prob.png"), cv2.IMREAD_UNCHANGED)
+    assert prob8.dtype == np.uint8 and prob8.shape == (30, 41)
+    assert np.abs(prob8 / 255 - np.load(out / "f0_prob.npy").astype(np.float32)).max() <= 0.5 / 255 + 1e-3
+    bad = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={tmp_path / 'x'}",
+                  "predict.probabilities=tiff", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "predict.probabilities=tiff: use false, true" in bad.stdout + bad.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "x.predict.log").exists()
 
 
 @pytest.mark.slow

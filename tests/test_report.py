@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, run_cli
 from segbench import SegbenchError, config_dir
 from segbench.report import build_report
+from segbench.rundir import ENSEMBLE
 from segbench.stats import hierarchical_comparison
 
 IDS = [f"img_{i:02d}" for i in range(10)]
@@ -248,9 +250,19 @@ def test_report_command_on_a_sweep_dir_named_by_its_overrides(sweep, tmp_path):
 def test_a_preset_value_of_a_swept_group_is_shown(tmp_path):
     """`-m experiment=quickstart optimizer=adam,sgd` runs sgd at the preset's lr 0.003, not
     sgd.yaml's 0.01: the report shows the lr each configuration really ran with."""
-    run_cli("train", "-m", "experiment=quickstart", "optimizer=adam,sgd", *TINY,
-            "trainer.max_epochs=1", "eval.surface_metrics=false", "eval.num_predictions=2", cwd=tmp_path)
+    proc = run_cli("train", "-m", "experiment=quickstart", "optimizer=adam,sgd", *TINY,
+                   "trainer.max_epochs=1", "eval.surface_metrics=false", "eval.num_predictions=2",
+                   cwd=tmp_path)
     (sweep,) = (tmp_path / "outputs" / "multirun").iterdir()
+    # A readable folder (what it sweeps, the day), printed at the end with the next command.
+    assert sweep.name == f"optimizer_{time.strftime('%Y-%m-%d')}"
+    log = proc.stdout + proc.stderr
+    assert f"sweep finished: {sweep}" in log and f"report: segbench report outputs/multirun/{sweep.name}" in log
+    result = build_report(sweep, sweep / "report", n_resamples=200)
+    head = (sweep / "report" / "report.md").read_text().splitlines()[:3]
+    assert head[0] == f"# segbench report: {sweep.name}"
+    assert "`segbench train -m experiment=quickstart optimizer=adam,sgd dataset.num_train=24" \
+        in head[2] and head[2].endswith(" eval.surface_metrics=false eval.num_predictions=2`")
     result = build_report(sweep, tmp_path / "report", n_resamples=200)
     assert result["labels"] == ["optimizer=adam", "optimizer=sgd"]
     md = (tmp_path / "report" / "report.md").read_text()
@@ -378,3 +390,33 @@ def test_a_run_from_before_a_key_existed_pools_with_runs_where_it_is_null(tmp_pa
     fake_run(root / "new", ["seed=1"], per_image(1, 0.0), num=1)
     result = build_report(root, root / "report", n_resamples=200)
     assert result["configurations"] == 1 and result["finished"] == 2
+
+
+def test_report_words_follow_the_holm_p_and_costs_are_ranked_honestly(tmp_path):
+    """Raw p 0.027 and Holm p 0.055 straddle 0.05: no sentence of the report claims a difference.
+    Latency timed on a busy machine is never bold; an ensemble's summed training time is not
+    'best'."""
+    root = tmp_path / "runs"
+    base = dict(zip(IDS, np.linspace(0.5, 0.8, len(IDS)), strict=True))
+    step = np.arange(1, 11) * 0.01
+    step[5] *= -1  # one of ten differences negative, rank 6: Wilcoxon p = 0.0273
+    fake_run(root / "a", ["optimizer=adam"], base, num=0)
+    fake_run(root / "b", ["optimizer=sgd"], {k: v + d for (k, v), d in zip(base.items(), step)}, num=1)
+    fake_run(root / "c", ["optimizer=rmsprop"], {k: v + 0.01 * (-1) ** i
+                                                for i, (k, v) in enumerate(base.items())}, num=2)
+    (root / "c" / ENSEMBLE).write_text(json.dumps({"members": []}))  # c: an ensemble
+    for name, latency, seconds in (("a", 208.0, 600.0), ("b", 90.0, 30.0), ("c", 150.0, 6.0)):
+        doc = json.loads((root / name / "metrics.json").read_text())
+        doc["model"]["latency_ms"], doc["train_seconds"] = latency, seconds
+        (root / name / "metrics.json").write_text(json.dumps(doc))
+    result = build_report(root, root / "report", n_resamples=500)
+    comp = result["comparisons"]["dice"]["optimizer=sgd"]
+    assert comp["p_value"] == pytest.approx(0.02734375) and comp["p_holm"] == pytest.approx(0.0546875)
+    assert comp["verdict"].startswith("no difference on these 10 images at 0.05")
+    md = (root / "report" / "report.md").read_text()
+    assert "better on these" not in md and "worse on these" not in md and "significantly" not in md
+    assert "each verdict follows its p (Holm), not the raw p" in md
+    assert "| 0.055 | no difference on these 10 images" in md  # the per-axis line too
+    assert "**90.00**" not in md and "latency_ms not ranked" in md
+    assert "**0.50**" in md and "**0.10**" not in md  # b's 30 s is best, not c's members' sum
+    assert "an ensemble's train_min is its members' total and is not ranked" in md

@@ -175,3 +175,40 @@ def test_single_run_verdicts_never_claim_a_configuration_is_better():
     assert single_run_verdict(0.4, 0.01, 30, 30, "volumes").startswith("no difference on these 30 volumes")
     assert single_run_verdict(0.06, 0.1, 4, 5, "volumes").startswith("too few differing volumes (4)")
     assert single_run_verdict(1.0, 0.0, 0, 5, "images") == "identical on every test image"
+
+
+def test_verdicts_follow_the_holm_p_printed_beside_them():
+    """Raw p under 0.05, Holm p over it: the words say no difference (issue 22)."""
+    from segbench.stats import holm_verdicts
+
+    straddling = {"p_value": 0.031, "mean_diff": -0.02, "n_nonzero": 8, "n_pairs": 8,
+                  "verdict": "worse on these 8 images at 0.05", "test": "wilcoxon", "unit": "images"}
+    clear = {"p_value": 0.001, "mean_diff": 0.05, "n_nonzero": 8, "n_pairs": 8, "verdict": "",
+             "test": "wilcoxon", "unit": "images"}
+    other = {"p_value": 0.5, "mean_diff": 0.01, "n_nonzero": 8, "n_pairs": 8, "verdict": "",
+             "test": "wilcoxon", "unit": "images"}
+    holm_verdicts([straddling, clear, other])  # Holm: 0.001 x 3, 0.031 x 2, 0.5
+    assert straddling["p_holm"] == pytest.approx(0.062)
+    assert straddling["verdict"].startswith("no difference on these 8 images at 0.05")
+    assert clear["p_holm"] == pytest.approx(0.003) and clear["verdict"].startswith("better on these 8")
+
+    # Several runs a side (two-level bootstrap): p 0.042 -> Holm 0.084 is not significant.
+    boot = [{"p_value": 0.042, "mean_diff": 0.03, "n_pairs": 30, "verdict": "significantly better "
+             "at 0.05", "test": "bootstrap"},
+            {"p_value": 0.7, "mean_diff": 0.0, "n_pairs": 30, "verdict": "", "test": "bootstrap"}]
+    holm_verdicts(boot)
+    assert boot[0]["p_holm"] == pytest.approx(0.084)
+    assert boot[0]["verdict"] == "no significant difference at 0.05"
+
+    # Without a unit (a plain paired comparison) the Wilcoxon verdict words; identical stays.
+    plain = [{"p_value": 0.02, "mean_diff": 0.1, "n_nonzero": 10, "n_pairs": 10, "verdict": "x",
+              "test": "wilcoxon"},
+             {"p_value": 1.0, "mean_diff": 0.0, "n_nonzero": 0, "n_pairs": 10,
+              "verdict": "identical on every test image", "test": "wilcoxon"},
+             {"p_value": math.nan, "mean_diff": math.nan, "n_pairs": 0,
+              "verdict": "no common test images: not compared", "test": "wilcoxon"}]
+    holm_verdicts(plain)
+    assert plain[0]["p_holm"] == pytest.approx(0.04)
+    assert plain[0]["verdict"] == "significantly better at 0.05"
+    assert plain[1]["verdict"] == "identical on every test image"
+    assert plain[2]["verdict"] == "no common test images: not compared"

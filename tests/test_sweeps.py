@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
+
+import pytest
+
 from segbench import commands
 from segbench.sweeps import MAX_NAME, job_dirname, prepare_sweep, safe_name
+
+TODAY = time.strftime("%Y-%m-%d")
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # prepare_sweep makes the sweep folder and its sweep.json
 
 
 def _added(argv):
@@ -16,9 +29,11 @@ def test_single_runs_are_left_alone():
     assert prepare_sweep(argv) == argv
 
 
-def test_ad_hoc_sweep_dir_is_named_after_the_command_without_the_seed():
+def test_ad_hoc_sweep_dir_is_named_after_what_it_sweeps_and_the_day():
     added, out = _added(["-m", "optimizer=adam,sgd", "dataset.num_train=24", "seed=0,1"])
-    assert added["hydra.sweep.dir"] == "'outputs/multirun/optimizer=adam,sgd,dataset.num_train=24'"
+    assert added["hydra.sweep.dir"] == f"'outputs/multirun/optimizer_{TODAY}'"
+    record = json.loads(Path(f"outputs/multirun/optimizer_{TODAY}/sweep.json").read_text())
+    assert record["command"] == "segbench train -m optimizer=adam,sgd dataset.num_train=24 seed=0,1"
     # Constant overrides and the seed stay out of job names; what varies names the job.
     assert added["hydra.job.config.override_dirname.exclude_keys"] == \
         "[dataset.num_train,seed,trainer.resume]"
@@ -31,10 +46,28 @@ def test_ad_hoc_sweep_dir_is_named_after_the_command_without_the_seed():
 
 def test_study_sweeps_live_under_outputs_studies():
     added, _ = _added(["-m", "experiment=study/optimizers", "seed=0,1,2"])
-    assert added["hydra.sweep.dir"] == "'outputs/studies/optimizers/default'"
-    other, _ = _added(["-m", "experiment=study/optimizers", "dataset=lgg_mri", "seed=0,1,2"])
-    assert other["hydra.sweep.dir"] == "'outputs/studies/optimizers/dataset=lgg_mri'"
+    assert added["hydra.sweep.dir"] == f"'outputs/studies/optimizers_{TODAY}'"
+    # Another command of the same study the same day: its own folder, still readable.
+    other, _ = _added(["-m", "experiment=study/optimizers", "dataset=lgg_mri", "dataset.image_size=64",
+                       "augmentation=none", "seed=0,1,2"])
+    assert other["hydra.sweep.dir"] == f"'outputs/studies/optimizers_{TODAY}_2'"
     assert "experiment" in other["hydra.job.config.override_dirname.exclude_keys"]
+    search, _ = _added(["-m", "hparams_search=lr_adam", "hydra.sweeper.n_trials=3"])
+    assert search["hydra.sweep.dir"] == f"'outputs/multirun/search_lr_adam_{TODAY}'"
+
+
+def test_the_same_command_finds_its_sweep_on_another_day_and_old_names_still_resume():
+    added, _ = _added(["-m", "experiment=study/losses", "seed=0,1"])
+    Path(added["hydra.sweep.dir"].strip("'")).rename("outputs/studies/losses_2020-01-31")
+    again, _ = _added(["-m", "seed=0,1,2", "experiment=study/losses"])  # more seeds: same sweep
+    assert again["hydra.sweep.dir"] == "'outputs/studies/losses_2020-01-31'"
+    # A sweep begun under the old command-named folder is resumed there.
+    Path("outputs/studies/activations/default").mkdir(parents=True)
+    old, _ = _added(["-m", "experiment=study/activations", "seed=0,1"])
+    assert old["hydra.sweep.dir"] == "'outputs/studies/activations/default'"
+    # Printing the config makes no folder.
+    prepare_sweep(["-m", "experiment=study/resolution", "--cfg", "job"])
+    assert not list(Path("outputs/studies").glob("resolution*"))
 
 
 def test_a_users_own_sweep_dir_and_exclude_keys_win():

@@ -89,3 +89,17 @@ def test_cli_exit_codes(tmp_path, lung_stand_in):
     assert bad.returncode != 0
     out = bad.stdout + bad.stderr
     assert "case2.png" in out and "1 problem(s)" in out and "Traceback" not in out
+
+
+def test_a_folder_without_split_files_says_its_split_is_seeded(tmp_path, kvasir_source):
+    root = folder_dataset(tmp_path / "mine", n=10)
+    text = format_report(verify_dataset(verify_cfg("dataset=folder", f"dataset.root={root}")))
+    assert "test split   train: 8, test: 2 (seeded: test_fraction 0.2, split_seed 0; no " \
+           "train.txt/test.txt)" in text and "as shipped" not in text
+    (root / "train.txt").write_text("\n".join(f"case{i}" for i in range(7)) + "\n")
+    (root / "test.txt").write_text("\n".join(f"case{i}" for i in range(7, 10)) + "\n")
+    text = format_report(verify_dataset(verify_cfg("dataset=folder", f"dataset.root={root}")))
+    assert "test split   train: 7, test: 3 (as shipped)" in text
+    kvasir = format_report(verify_dataset(verify_cfg("dataset=kvasir_instrument",
+                                                     f"dataset.root={kvasir_source.root}")))
+    assert "(as shipped)" in kvasir

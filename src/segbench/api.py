@@ -43,6 +43,33 @@ class Run:
     def finished(self) -> bool:
         return self.metrics is not None and "test" in self.metrics
 
+    def __repr__(self) -> str:
+        """One line: where, how far, and the test Dice (the config and history are attributes)."""
+        state = self.status.get("state") or ("finished" if self.finished else "unknown")
+        dice = (self.metrics or {}).get("test", {}).get("dice")
+        shown = f", test dice {dice:.4f}" if isinstance(dice, (int, float)) else ""
+        return f"Run('{self.path}', {state}{shown})"
+
+    @cached_property
+    def per_case(self):
+        """The test metrics per image (per_case.csv): a pandas DataFrame when pandas is
+        installed, else a list of dicts (numbers as numbers); empty before the run finished."""
+        import csv
+
+        from segbench.rundir import PER_CASE
+
+        path = Path(self.path) / PER_CASE
+        rows = []
+        if path.is_file():
+            with open(path, newline="") as f:
+                rows = [{k: _number(v) if k not in ("image", "group", "volume") else v
+                         for k, v in row.items()} for row in csv.DictReader(f)]
+        try:
+            import pandas
+        except ImportError:
+            return rows
+        return pandas.DataFrame(rows)
+
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
         from segbench.models import load_trained
@@ -200,14 +227,15 @@ def evaluate(run_dir: str | os.PathLike, args: Sequence[str] | None = None, /, *
 
 def predict(run_dir: str | os.PathLike, images, output: str | os.PathLike | None = None, /, *,
             checkpoint: str = "best", device: str = "auto", threshold: float | None = None,
-            tta: bool | None = None):
+            tta: bool | None = None, probabilities: bool | str = False):
     """Segment images with a run's checkpoint.
 
     - `images` a path (an image or a folder of them): `segbench predict` itself, writing masks,
       overlays and areas.csv into `output` (required); returns its record with `output`.
+      `probabilities=True` (or "png") writes each image's probability too (predict.probabilities).
     - `images` a list of arrays (H x W or H x W x C, decoded as the run's dataset decodes them,
       e.g. uint8 RGB): the same prediction in memory; returns one boolean mask per image at the
-      image's own size.
+      image's own size, or with `probabilities=True` its foreground probability (float32).
     """
     if isinstance(images, (str, os.PathLike)):
         if output is None:
@@ -219,12 +247,16 @@ def predict(run_dir: str | os.PathLike, images, output: str | os.PathLike | None
             argv.append(f"eval.threshold={threshold}")
         if tta is not None:
             argv.append(f"eval.tta={str(tta).lower()}")
+        if probabilities:
+            argv.append(f"predict.probabilities={_value(probabilities)}")
         _, result = _run("predict", argv)[-1]
         return {**result, "output": str(Path(output).resolve())}
-    return _predict_arrays(run_dir, list(images), checkpoint, device, threshold, tta)
+    return _predict_arrays(run_dir, list(images), checkpoint, device, threshold, tta,
+                           bool(probabilities))
 
 
-def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tta) -> list:
+def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tta,
+                    probabilities: bool = False) -> list:
     import numpy as np
 
     from segbench.engine.device import resolve_device
@@ -246,4 +278,7 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
         raise SegbenchError("predict got no images")
     predictor = load_predictor([run], checkpoint, resolve_device(device),
                                {"threshold": threshold, "tta": tta})
-    return [p >= predictor.settings.threshold for p in predictor.probabilities(arrays)]
+    probs = predictor.probabilities(arrays)
+    if probabilities:
+        return [p.astype(np.float32) for p in probs]
+    return [p >= predictor.settings.threshold for p in probs]

@@ -64,7 +64,11 @@ def _main(argv: list[str]) -> None:
         raise SystemExit(0)
     name, rest = argv[0], argv[1:]
     if name not in commands.NAMES:
-        print(f"segbench: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        from segbench.suggest import closest
+
+        near = closest(name, commands.NAMES, 1)
+        guess = f"; did you mean {near[0]}?" if near else ""
+        print(f"segbench: unknown command {name!r}{guess}\n\n{usage()}", file=sys.stderr)
         raise SystemExit(2)
     if has_flag(rest, "-m", "--multirun") and has_flag(rest, "--cfg", "-c"):
         print(f"segbench {name}: error: --cfg prints one job's config and cannot be combined with "

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from segbench import SegbenchError, config_dir
+from segbench.suggest import check_encoder, closest
 
 HELP_FLAGS = ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc")
 
@@ -83,7 +84,8 @@ def check_group_choices(argv: list[str]) -> None:
     root = config_dir()
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key.startswith("~") or "/" in key or not (root / key.lstrip("+")).is_dir():
+        if not sep or key.startswith("~") or "/" in key or not (root / key.lstrip("+")).is_dir() \
+                or Path(arg).exists():  # a job folder given as a path: optimizer=adam/seed=0
             continue
         group = key.lstrip("+")
         value = value.strip()
@@ -99,9 +101,71 @@ def check_group_choices(argv: list[str]) -> None:
             if group == "resolution" and unknown[0].isdigit():
                 hint = (f"; for another size set resolution.height={unknown[0]} "
                         f"resolution.width={unknown[0]}")
+            close = closest(unknown[0], options, 1)
+            guess = f"did you mean {group}={close[0]}? " if close else ""
             raise SegbenchError(
-                f"{group}={unknown[0]}: no such option in configs/{group}/; choose one of "
+                f"{group}={unknown[0]}: no such option in configs/{group}/; {guess}choose one of "
                 f"{', '.join(options)}{hint} (or add your own: docs/extending.md)")
+
+
+def check_encoders(argv: list[str]) -> None:
+    """`model.encoder=resnet1` (or one value of a sweep) is refused with the closest few smp
+    encoders before torch loads, not after seconds of start-up with smp's list of ninety."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.lstrip("+") != "model.encoder" or any(c in value for c in "($["):
+            continue
+        for name in value.split(","):
+            name = name.strip().strip("'\"")
+            if name and name != "null":
+                check_encoder(name)
+
+
+def _yaml_keys(path: Path) -> tuple[list[str], list[str]]:
+    """(top-level keys, config groups of the defaults list and keys holding settings) of a
+    config file, read as plain YAML (no Hydra composition: this answers before anything heavy
+    loads)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return [], []
+    groups = []
+    for item in doc.get("defaults") or []:
+        if isinstance(item, dict):
+            for k in item:
+                groups.append(str(k).removeprefix("override ").strip())
+    groups += [k for k, v in doc.items() if isinstance(v, dict)]
+    return [k for k in doc if k != "defaults"], groups
+
+
+def check_keys(argv: list[str], config_name: str, command: str) -> None:
+    """`optimzer=adam` (a key the command does not have) is one line with the key it most
+    likely meant, not Hydra's advice to append it with `+` (which would train without it).
+    Where `hydra.searchpath` adds config folders, Hydra checks instead."""
+    if any(override_key(a) == "hydra.searchpath" for a in argv):
+        return
+    root = config_dir()
+    keys, groups = _yaml_keys(root / f"{config_name}.yaml")
+    known = {*keys, *groups, "hydra"}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key.startswith(("+", "~", "-")) or Path(arg).exists():
+            continue  # `+key=` appends on purpose; `~key` removes; flags; a path (a sweep's
+            # job folder, `optimizer=adam/seed=0`) given as a command's positional argument
+        top = key.split(".", 1)[0].split("/", 1)[0]
+        if top in known or "/" in key:
+            continue  # a path that is not there is the command's to name (`no such file`)
+        close = closest(top, sorted(known - {"hydra"}), 1)
+        if not close:
+            guess = ""
+        elif close[0] in groups or key == top:  # optimzer.lr -> optimizer.lr
+            guess = f"did you mean {close[0]}{key[len(top):]}={value}? "
+        else:  # a plain setting: eval's dataset.root -> data_root
+            guess = f"did you mean {close[0]}={value}? "
+        raise SegbenchError(f"{arg}: segbench {command} has no setting {top!r}; {guess}"
+                            f"(`segbench {command} --help` lists its groups and settings)")
 
 
 def launched_rank() -> tuple[int, int]:

@@ -81,6 +81,36 @@ def predict_images(model, images: list[np.ndarray], *, height: int, width: int, 
             for prob, image in zip(probs, images)]
 
 
+PROBABILITY_FORMATS = {"npy": "_prob.npy", "png": "_prob.png"}
+
+
+def probability_format(setting) -> str | None:
+    """`predict.probabilities`: false (none), true or npy (float16 .npy), png (8-bit PNG)."""
+    if setting in (None, False, "false", "none"):
+        return None
+    if setting is True or setting in ("true", "npy"):
+        return "npy"
+    if setting == "png":
+        return "png"
+    raise SegbenchError(f"predict.probabilities={setting}: use false, true (float16 .npy) or png "
+                        "(8-bit PNG, probability x 255)")
+
+
+def write_probability(out_dir: Path, stem: str, prob: np.ndarray, fmt: str) -> str:
+    """The foreground probability at the image's size: float16 .npy (for thresholding or fusing
+    later; 3 significant digits) or an 8-bit PNG (round(255 p)). Returns the file's name."""
+    import io
+
+    name = stem + PROBABILITY_FORMATS[fmt]
+    if fmt == "png":
+        write_png(out_dir / name, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, prob.astype(np.float16))
+        write_atomic(out_dir / name, buffer.getvalue())
+    return name
+
+
 def write_png(path: Path, rgb_or_grey: np.ndarray) -> None:
     arr = rgb_or_grey if rgb_or_grey.ndim == 2 else cv2.cvtColor(rgb_or_grey, cv2.COLOR_RGB2BGR)
     ok, png = cv2.imencode(".png", arr)
@@ -154,15 +184,22 @@ AREA_FIELDS = ["image", "width", "height", "foreground_pixels", "foreground_frac
                "overlay", "error"]
 
 
-def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_size: int) -> dict:
-    """<stem>_mask.png (0/255), <stem>_overlay.png per readable file and areas.csv in `out_dir`;
-    unreadable files are skipped with a warning and listed in areas.csv with their error.
-    Returns {"predicted": n, "skipped": [(file, error)]}."""
+def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_size: int,
+                  probabilities: str | None = None, progress_interval_s: float = 30.0) -> dict:
+    """<stem>_mask.png (0/255), <stem>_overlay.png (and with `probabilities`, npy or png, the
+    probability map) per readable file and areas.csv in `out_dir`, with progress (a bar on a
+    terminal, else lines); unreadable files are skipped with a warning and listed in areas.csv
+    with their error. Returns {"predicted": n, "skipped": [(file, error)], "seconds": s}."""
+    from segbench.progress import ItemProgress
+
     read_image = image_reader(predictor.cfg)  # the run's own decoding (e.g. its CT window)
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = dict(zip(files, output_stems(files)))
     rows, skipped = [], []
+    progress = ItemProgress(len(files), interval_s=float(progress_interval_s))
     for start in range(0, len(files), batch_size):
+        if start:
+            progress.update(batch_size)
         batch = []
         for f in files[start:start + batch_size]:
             try:
@@ -172,10 +209,17 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
                 skipped.append((f, str(err)))
         if batch:
             probs = predictor.probabilities([image for _, image in batch])
-            rows += [write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
-                     for (f, image), prob in zip(batch, probs)]
-    write_areas(out_dir / "areas.csv", rows + [{"image": f.name, "error": err} for f, err in skipped])
-    return {"predicted": len(rows), "skipped": skipped}
+            for (f, image), prob in zip(batch, probs):
+                row = write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
+                if probabilities:
+                    row["probability"] = write_probability(out_dir, stems[f], prob, probabilities)
+                rows.append(row)
+    progress.update(len(files) - progress.done)
+    seconds = progress.close()
+    fields = AREA_FIELDS[:-1] + (["probability"] if probabilities else []) + AREA_FIELDS[-1:]
+    write_areas(out_dir / "areas.csv", rows + [{"image": f.name, "error": err} for f, err in skipped],
+                fields)
+    return {"predicted": len(rows), "skipped": skipped, "seconds": seconds}
 
 
 def write_prediction(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: np.ndarray,
@@ -190,9 +234,9 @@ def write_prediction(out_dir: Path, stem: str, file: Path, image: np.ndarray, pr
             "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": ""}
 
 
-def write_areas(path: Path, rows: list[dict]) -> None:
+def write_areas(path: Path, rows: list[dict], fields: list[str] = AREA_FIELDS) -> None:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=AREA_FIELDS)
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue())

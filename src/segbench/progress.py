@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger("segbench.progress")
 
@@ -105,6 +107,10 @@ class SweepProgress(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         SWEEP.__init__()
+        if config.hydra.job.name == "train":  # where it went, and the next step, exactly
+            folder = Path(str(config.hydra.sweep.dir))
+            log.info("sweep finished: %s\nreport: segbench report %s", folder.absolute(),
+                     shlex.quote(str(folder)))
 
 
 def sweep_size(config) -> int | None:
@@ -270,3 +276,57 @@ class RunProgress:
             self.bar.close()
             self._redirect.__exit__(None, None, None)
             self.bar = None
+
+
+class ItemProgress:
+    """Progress over a known number of items (`predict`'s images): the trainer's kind of bar on
+    a terminal, else a line every `interval_s` seconds (the first batch's too, so a long job says
+    at once how fast it goes): done/total, items/s, ETA. `bar=None`: a bar when stderr is a
+    terminal."""
+
+    def __init__(self, total: int, *, what: str = "images", label: str = "predict",
+                 bar: bool | None = None, interval_s: float = 10.0):
+        import sys
+
+        self.total, self.what, self.label, self.interval_s = total, what, label, interval_s
+        self.done, self.started = 0, time.monotonic()
+        self.last_line: float | None = None
+        self.bar = self._redirect = None
+        if sys.stderr.isatty() if bar is None else bar:
+            from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, unit=what[:-1] or what,
+                            desc=label)
+            self._redirect = logging_redirect_tqdm()
+            self._redirect.__enter__()
+
+    def rate(self) -> float | None:
+        seconds = time.monotonic() - self.started
+        return self.done / seconds if self.done and seconds > 0 else None
+
+    def line(self) -> str:
+        rate = self.rate()
+        eta = (self.total - self.done) / rate if rate else None
+        pct = 100 * self.done / self.total if self.total else 100.0
+        return (f"{self.label}  {self.done}/{self.total} {self.what} ({pct:.0f}%)"
+                + (f"  {rate:.1f} {'img' if self.what == 'images' else self.what}/s" if rate else "")
+                + f"  ETA {duration(eta)}")
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if self.last_line is None or now - self.last_line >= self.interval_s or self.done >= self.total:
+            self.last_line = now
+            log.info("%s", self.line())
+
+    def close(self) -> float:
+        """Closes the bar; returns the seconds taken."""
+        if self.bar is not None:
+            self.bar.close()
+            self._redirect.__exit__(None, None, None)
+            self.bar = None
+        return time.monotonic() - self.started

@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from segbench import SegbenchError, config_dir
+from segbench.suggest import closest
 
 
 class Registry:
@@ -69,7 +70,10 @@ class Registry:
 
     def get(self, name: str):
         if name not in self._entries:
-            raise SegbenchError(f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+            near = closest(name, self.names(), 1)
+            raise SegbenchError(f"unknown {self.kind} {name!r}; "
+                                + (f"did you mean {near[0]!r}? " if near else "")
+                                + f"available: {', '.join(self.names())}"
                                 f" (or a {self.group} config with a _target_: see docs/extending.md)")
         entry = self._entries[name]
         if isinstance(entry, str):

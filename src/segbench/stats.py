@@ -8,7 +8,9 @@
 - Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided, zero differences dropped).
   With m non-zero differences the smallest two-sided p the test can give is 2 / 2**m, so with
   m < 6 it can never reach 0.05; the verdict says so instead of "no difference".
-- Holm's step-down adjustment for the several comparisons of one report.
+- Holm's step-down adjustment for the several comparisons of one report. A verdict follows the
+  p-value printed beside it after the correction (`holm_verdicts`), never the raw one: a raw
+  p of 0.03 that Holm lifts to 0.06 is not a difference at 0.05.
 - With several runs (seeds, folds) per configuration, a two-level bootstrap
   (`hierarchical_comparison`): each resample draws the test cases with replacement (the same
   draw for both configurations: the comparison stays paired) and, independently for each
@@ -62,7 +64,7 @@ def paired_comparison(candidate, baseline, *, alpha: float = 0.05, n_resamples: 
     d = a[keep] - b[keep]
     n, nonzero = int(d.size), int(np.count_nonzero(d))
     out = {"n_pairs": n, "n_nonzero": nonzero, "mean_diff": math.nan, "ci_low": math.nan,
-           "ci_high": math.nan, "p_value": math.nan, "verdict": ""}
+           "ci_high": math.nan, "p_value": math.nan, "verdict": "", "test": "wilcoxon"}
     if n == 0:
         out["verdict"] = "no common test images: not compared"
         return out
@@ -160,7 +162,7 @@ def hierarchical_comparison(candidate, baseline, *, alpha: float = 0.05,
     a, b = _clean([candidate, baseline])
     out = {"n_pairs": int(a.shape[1]), "n_runs": (int(a.shape[0]), int(b.shape[0])),
            "mean_diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
-           "verdict": ""}
+           "verdict": "", "test": "bootstrap"}
     if a.shape[1] == 0:
         out["verdict"] = "no common test cases: not compared"
         return out
@@ -175,12 +177,16 @@ def hierarchical_comparison(candidate, baseline, *, alpha: float = 0.05,
         return out
     below, above = np.count_nonzero(d <= 0), np.count_nonzero(d >= 0)
     out["p_value"] = float(min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1)))
-    if not out["p_value"] < alpha:
-        out["verdict"] = f"no significant difference at {alpha:g}"
-    else:
-        better = (out["mean_diff"] > 0) == higher_is_better
-        out["verdict"] = f"significantly {'better' if better else 'worse'} at {alpha:g}"
+    out["verdict"] = bootstrap_verdict(out["p_value"], out["mean_diff"], alpha, higher_is_better)
     return out
+
+
+def bootstrap_verdict(p: float, mean_diff: float, alpha: float = 0.05,
+                      higher_is_better: bool = True) -> str:
+    if not p < alpha:
+        return f"no significant difference at {alpha:g}"
+    better = (mean_diff > 0) == higher_is_better
+    return f"significantly {'better' if better else 'worse'} at {alpha:g}"
 
 
 def single_run_verdict(p: float, mean_diff: float, nonzero: int, n: int, unit: str,
@@ -196,3 +202,22 @@ def single_run_verdict(p: float, mean_diff: float, nonzero: int, n: int, unit: s
     better = (mean_diff > 0) == higher_is_better
     return (f"{'better' if better else 'worse'} on these {n} {unit} at {alpha:g}; one run, so "
             "seed-to-seed variance is not captured")
+
+
+def holm_verdicts(results: list[dict], *, alpha: float = 0.05, higher_is_better: bool = True) -> None:
+    """Add `p_holm` to each comparison of one table and re-decide its verdict on that corrected
+    p: the words beside a p (Holm) never claim what it does not support. A Wilcoxon comparison
+    with a `unit` ("images", "volumes": one run a side) gets single_run_verdict's words."""
+    for r, p in zip(results, holm([r["p_value"] for r in results])):
+        r["p_holm"] = p
+        if math.isnan(p) or not r["n_pairs"]:
+            continue  # not compared: nothing to decide
+        if r.get("unit"):
+            r["verdict"] = single_run_verdict(p, r["mean_diff"], r["n_nonzero"], r["n_pairs"],
+                                              r["unit"], alpha, higher_is_better)
+        elif r["verdict"].startswith("identical on every"):
+            continue  # no difference to correct
+        elif r.get("test") == "bootstrap":
+            r["verdict"] = bootstrap_verdict(p, r["mean_diff"], alpha, higher_is_better)
+        else:
+            r["verdict"] = verdict(p, r["mean_diff"], r["n_nonzero"], alpha, higher_is_better)

@@ -22,7 +22,7 @@ from segbench.atomic import TEMPORARY, write_atomic
 
 pytestmark = pytest.mark.slow
 
-APPENDED = ("train.log", "eval.log", "predict.log", "export.log")  # logs grow line by line
+APPENDED = ("train.log", "eval.log", "masks.predict.log", "export.log")  # logs grow line by line
 
 
 def test_no_record_is_ever_written_in_place(tmp_path, monkeypatch):

@@ -34,13 +34,22 @@ def load(name: str) -> ModuleType:
 
 
 def prepare_argv(name: str, argv: list[str]) -> list[str]:
-    """The command line as Hydra gets it, for the CLI and the Python API alike: group choices
-    checked (one line naming the options), numeric choices quoted, then the command's own
-    prepare() (paths, required keys, resume); SegbenchError to refuse."""
-    from segbench.cli_args import check_group_choices, check_non_ascii, quote_numeric_choices
+    """The command line as Hydra gets it, for the CLI and the Python API alike: keys and group
+    choices checked (one line naming the closest options), encoder names checked before torch
+    loads, numeric choices quoted, then the command's own prepare() (paths, required keys,
+    resume); SegbenchError to refuse."""
+    from segbench.cli_args import (
+        check_encoders,
+        check_group_choices,
+        check_keys,
+        check_non_ascii,
+        quote_numeric_choices,
+    )
 
     module = load(name)
+    check_keys(argv, module.CONFIG, name)
     check_group_choices(argv)
+    check_encoders(argv)
     argv = quote_numeric_choices(argv)
     argv = module.prepare(argv) if hasattr(module, "prepare") else argv  # quotes known paths
     check_non_ascii(argv)
@@ -80,6 +89,8 @@ class HydraTask:
             if message is None:  # an OS error segbench has no advice for
                 raise
             log.error("%s", message)
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                _remove_refused(Path(output_dir), f"{hydra_cfg.job.name}.log")
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 self.results.append((output_dir, None))
                 self.failed.append(output_dir)
@@ -118,6 +129,26 @@ def log_file(path: Path):
 FRESH_OUTPUT = {"eval": None, "ensemble": "output", "export": None}
 # Commands that write into a folder the user names: refused where it holds files already.
 EMPTY_OUTPUT = {"predict": "output"}
+
+
+# Output folders OutputDir created in this process: {folder: the topmost folder it had to make}.
+_CREATED: dict[str, Path] = {}
+
+
+def _remove_refused(folder: Path, log_name: str) -> None:
+    """A refused command leaves nothing behind: the folders this command created for its
+    output are removed again when they hold no more than its log (the console said why)."""
+    top = _CREATED.pop(str(folder.absolute()), None)
+    if top is None:
+        return
+    with contextlib.suppress(OSError):
+        if {p.name for p in folder.iterdir()} <= {log_name}:
+            (folder / log_name).unlink(missing_ok=True)
+            while True:
+                folder.rmdir()  # only an empty folder goes
+                if folder == top:
+                    break
+                folder = folder.parent
 
 
 class OutputDir:
@@ -164,11 +195,20 @@ class OutputDir:
         pass
 
     def _make(self, folder, key: str, fresh: bool = False) -> Path:
+        path = Path(str(folder)).absolute()
+        # The topmost folder this call creates: a refused command removes it again.
+        top = next((p for p in reversed([path, *path.parents]) if not p.exists()), None)
         try:
             if fresh:
-                return fresh_dir(Path(str(folder)))
-            Path(str(folder)).mkdir(parents=True, exist_ok=True)
-            return Path(str(folder))
+                made = fresh_dir(path)
+                if made != path:  # a suffixed sibling (-2, -3): only it is new
+                    top = made
+            else:
+                path.mkdir(parents=True, exist_ok=True)
+                made = path
+            if top is not None:
+                _CREATED[str(made)] = top
+            return made
         except OSError as err:
             message = os_error_message(err, f"{key}=<a folder you can write to>")
             if message is None:

@@ -29,8 +29,11 @@ def prepare(argv: list[str]) -> list[str]:
     keys = {override_key(a): a.split("=", 1)[1] for a in out if "=" in a}
     if "dataset.root" in keys:
         if "dataset" not in keys:
-            raise SegbenchError("dataset.root without dataset=: name the external set's kind too, "
-                                "e.g. dataset=folder dataset.root=<images+masks folder>")
+            value = keys["dataset.root"].strip("'\"")
+            raise SegbenchError(
+                f"dataset.root={value} without dataset=: did you mean data_root={value}? (the "
+                "run's own data, moved); for another labelled set name its kind too, e.g. "
+                f"dataset=folder dataset.root={value}")
         root = Path(keys["dataset.root"].strip("'\"")).expanduser()
         if not root.exists():
             raise SegbenchError(f"dataset.root={root}: no such folder; pass the external set's "

@@ -1,9 +1,10 @@
 """`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
 
 Each image goes through the run's own preprocessing and best checkpoint and comes back at its
-original size (see segbench.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png and
-areas.csv; unreadable files are skipped with a warning and listed in areas.csv with their error;
-the command fails only when no image could be read.
+original size (see segbench.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png,
+optionally the probabilities (`predict.probabilities`), and areas.csv; unreadable files are
+skipped with a warning and listed in areas.csv with their error; the command fails only when no
+image could be read. Its log is <output>.predict.log, beside the masks folder.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from segbench.cli_args import path_arguments
 CONFIG = "predict"
 HELP = "segment new images with a run (or an ensemble of runs): predict <run_dir...> input=<path> output=<dir>"
 
+OWN_LOG_FILE = True  # predict.log goes beside the masks folder, not among the masks
+
 prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",),
                          many=True)
 
@@ -24,15 +27,37 @@ log = logging.getLogger("segbench.predict")
 
 
 def run(cfg) -> dict:
+    from segbench.commands import log_file
+
+    out_dir = Path(cfg.output).expanduser().resolve()  # output=. has a name too
+    path = out_dir.parent / f"{out_dir.name}.predict.log"
+    existed = path.exists()
+    try:
+        with log_file(path):
+            return _run(cfg)
+    except SegbenchError:
+        if not existed:  # a refusal leaves nothing behind (the console said why)
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from segbench.engine.device import resolve_device
-    from segbench.prediction import find_predictor_runs, list_inputs, load_predictor, predict_files
+    from segbench.prediction import (
+        find_predictor_runs,
+        list_inputs,
+        load_predictor,
+        predict_files,
+        probability_format,
+    )
 
     runs = list(cfg.run_dir) if OmegaConf.is_list(cfg.run_dir) else [cfg.run_dir]
     members = find_predictor_runs(runs)
     members[0].checkpoint_path(cfg.checkpoint)  # best | last
     members[0].warn_if_unfinished("predict")
+    prob_format = probability_format(cfg.predict.probabilities)
     if int(cfg.batch_size) < 1:
         raise SegbenchError(f"batch_size={cfg.batch_size}; use 1 or more")
     source, out_dir = Path(cfg.input).expanduser(), Path(cfg.output).expanduser()
@@ -46,14 +71,17 @@ def run(cfg) -> dict:
     log.info("predicting %d image(s) with %s (%s checkpoint, epoch %s) at %dx%d%s", len(files),
              predictor.describe(), cfg.checkpoint, predictor.epoch, height, width,
              ", flip TTA" if predictor.settings.tta else "")
-    done = predict_files(predictor, files, out_dir, int(cfg.batch_size))
-    skipped = done["skipped"]
+    done = predict_files(predictor, files, out_dir, int(cfg.batch_size), prob_format,
+                         float(cfg.predict.progress_interval_s))
+    skipped, seconds = done["skipped"], done["seconds"]
     if skipped:
         log.warning("%d of %d file(s) could not be read and were skipped: %s", len(skipped),
                     len(files), ", ".join(f.name for f, _ in skipped))
     if done["predicted"] == 0:
         raise SegbenchError(f"none of the {len(files)} input file(s) could be read; see the "
                             "warnings above (each names the file and the problem)")
-    log.info("wrote %d mask(s), overlays and areas.csv to %s", done["predicted"], out_dir)
+    log.info("wrote %d mask(s), overlays%s and areas.csv to %s in %.1fs (%.1f img/s)",
+             done["predicted"], f", probabilities ({prob_format})" if prob_format else "", out_dir,
+             seconds, len(files) / seconds if seconds > 0 else 0.0)
     return {"predicted": done["predicted"], "skipped": [str(f) for f, _ in skipped],
             "members": len(members), "config": OmegaConf.to_container(cfg.eval)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -115,6 +116,17 @@ def _check_search_path(run_dir: Path, new: list[str]) -> None:
             f"trainer.resume={run_dir} '{recorded[0]}'")
 
 
+def absolute_root(cfg) -> None:
+    """Record dataset.root as an absolute path: `eval`, `ensemble` and `report` read the run's
+    data from its config.yaml, from whatever folder they are started in."""
+    dataset = cfg.get("dataset") or {}
+    root = dataset.get("root")
+    if isinstance(root, str) and root and "://" not in root:
+        absolute = os.path.abspath(os.path.expanduser(root))
+        if absolute != root:
+            dataset.root = absolute
+
+
 def run(cfg) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -125,6 +137,7 @@ def run(cfg) -> dict | None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = RunDir(hydra_cfg.runtime.output_dir)
+    absolute_root(cfg)
     launched = distributed.launcher_environment()  # torchrun's or submitit's tasks, or None
     rank = launched.rank if launched is not None else 0
     try:

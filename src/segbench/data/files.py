@@ -39,6 +39,7 @@ def require_root(root: str | Path, dataset: str, layout: str, fix: str) -> Path:
     if not path.is_dir():
         raise SegbenchError(
             f"dataset {dataset}: the root {path} does not exist. Expected layout:\n{layout}\n{fix}"
+            " (eval or ensemble of a trained run: data_root=<the folder>)"
         )
     return path
 

@@ -81,7 +81,7 @@ def recorded_splits(cfg: DictConfig, doc: dict, names=SPLIT_NAMES, where: str = 
         raise SegbenchError(
             f"the data under {where} changed since it started: {'; '.join(parts)}. A run's "
             f"split is fixed when it starts (split.json) and is never re-drawn: {fix} "
-            f"(dataset.root={cfg.dataset.get('root')}), or start a new run on the new data")
+            f"(it looked in {cfg.dataset.get('root')}), or start a new run on the new data")
     used = {i for name in SPLIT_NAMES if name in recorded for i in recorded[name]}
     added = [i for i in by_id if i not in used]
     if added and not quiet:

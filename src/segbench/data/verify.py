@@ -106,6 +106,18 @@ def _groups_text(samples: list[Sample]) -> str:
     return f" ({len(groups)} patient{'s' if len(groups) != 1 else ''})" if groups else ""
 
 
+def _pools_origin(d) -> str:
+    """Where the train/test pools come from: files that came with the data, or a seeded draw
+    (a folder without train.txt/test.txt, LGG and lung CT by test_fraction and split_seed)."""
+    if d.get("name") == "synthetic":
+        return "generated"
+    root = Path(str(d.get("root") or "")).expanduser()
+    if "test_fraction" in d and not (root / "train.txt").is_file():
+        return (f"seeded: test_fraction {d.test_fraction}, split_seed {d.get('split_seed', 0)}"
+                + ("; no train.txt/test.txt" if d.get("name") == "folder" else ""))
+    return "as shipped"
+
+
 def verify_dataset(cfg: DictConfig) -> dict:
     """The full check; returns the report (problems under "problems")."""
     d = cfg.dataset
@@ -130,6 +142,7 @@ def verify_dataset(cfg: DictConfig) -> dict:
         data_log.removeHandler(collect)
     warnings += [m for m in collect.messages if "on_unpaired=skip" not in m]
     report["pools"] = {k: len(v) for k, v in pools.items()}
+    report["pools_origin"] = _pools_origin(d)
     try:
         splits = make_splits(pools, **split_settings(d))
         report["splits"] = {k: len(v) for k, v in splits.items()}
@@ -202,7 +215,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  pairs        {report.get('pairs', 0)} image/mask pairs, "
                      f"{len(report.get('unpaired', []))} unpaired file(s), "
                      f"{len(report.get('unreadable', []))} unusable pair(s)")
-        lines.append(f"  as shipped   {counts(report['pools'])}")
+        lines.append(f"  test split   {counts(report['pools'])} "
+                     f"({report.get('pools_origin', 'as shipped')})")
     if "split_text" in report:
         lines.append(f"  splits       {counts(report['split_text'])}")
     for key, title in (("image_sizes", "image sizes"), ("image_files", "image files"),

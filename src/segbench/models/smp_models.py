@@ -17,6 +17,7 @@ from torch import nn
 from segbench import SegbenchError
 from segbench.models.pretrained import ensure_encoder_weights, weights_error
 from segbench.models.registry import register
+from segbench.suggest import check_encoder
 
 # Encoder output stride each architecture asks for by default (smp's own defaults).
 _DEFAULT_OUTPUT_STRIDE = {"DeepLabV3": 8, "DeepLabV3Plus": 16, "PAN": 16}
@@ -93,6 +94,7 @@ def _create_smp(arch: str, encoder: str = "resnet34", encoder_weights: str | Non
         kwargs["upsampling"] = 2**depth
     if isinstance(kwargs.get("decoder_atrous_rates"), list):
         kwargs["decoder_atrous_rates"] = tuple(kwargs["decoder_atrous_rates"])
+    check_encoder(encoder)  # a few close names, not smp's ninety
     if encoder_weights is not None:
         ensure_encoder_weights(encoder, encoder_weights)
     try:

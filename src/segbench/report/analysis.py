@@ -25,9 +25,8 @@ from segbench.rundir import PER_CASE, PER_VOLUME
 from segbench.stats import (
     hierarchical_comparison,
     hierarchical_mean_ci,
-    holm,
+    holm_verdicts,
     paired_comparison,
-    single_run_verdict,
 )
 
 LOWER_IS_BETTER = ("hd95", "assd")
@@ -42,6 +41,8 @@ class Column:
     scale: float = 1.0
     optional: bool = False      # shown only when some run has it
     cost: bool = False          # a cost column (parameters, FLOPs, latency, training time)
+    ranked: bool = True         # bold the best: not for latency timed on a shared, busy machine
+    ensembles_ranked: bool = True  # False: an ensemble's value is its members' sum, not its own
 
 
 COLUMNS = (
@@ -58,8 +59,8 @@ COLUMNS = (
     Column("params_M", ("model.params",), False, 2, 1e-6, cost=True),
     Column("GFLOPs", ("model.gflops",), False, 2, optional=True, cost=True),
     Column("latency_ms", ("model.latency_ms", "latency_ms", "benchmark.latency_ms"), False, 2,
-           optional=True, cost=True),
-    Column("train_min", ("train_seconds",), False, 2, 1 / 60, cost=True),
+           optional=True, cost=True, ranked=False),
+    Column("train_min", ("train_seconds",), False, 2, 1 / 60, cost=True, ensembles_ranked=False),
 )
 CV_COLUMNS = (("val_dice", "val_best.dice"), ("val_iou", "val_best.iou"))
 
@@ -205,15 +206,11 @@ def compare(configs, baseline, metrics, *, alpha, n_resamples, seed, tables: Cas
                 mb = tb.mean(axis=0) if tb.size else np.array([])
                 r = paired_comparison(mc, mb, alpha=alpha, n_resamples=n_resamples, seed=seed,
                                       higher_is_better=higher)
-                if r["n_pairs"]:
-                    r["verdict"] = single_run_verdict(r["p_value"], r["mean_diff"], r["n_nonzero"],
-                                                      r["n_pairs"], level, alpha, higher)
-                r["method"] = "Wilcoxon over cases (one run)"
+                r.update(method="Wilcoxon over cases (one run)", unit=level)
             r.update(level=level, runs=runs)
             results[c.label] = r
-        labels = list(results)
-        for label, p in zip(labels, holm([results[k]["p_value"] for k in labels])):
-            results[label]["p_holm"] = p
+        # The verdicts are decided here, on the Holm p printed beside them.
+        holm_verdicts(list(results.values()), alpha=alpha, higher_is_better=higher)
         out[metric] = results
     return out
 

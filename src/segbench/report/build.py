@@ -148,7 +148,9 @@ def results_table(g: Grouping, base, columns) -> Table:
     names = [k for k, _ in label_parts(done[0].settings, g.label_keys)] if g.label_keys else []
     names = [n or "model" for n in names] or ["configuration"]
     stats = {c.label: [column_stats(c, col) for col in columns] for c in done}
-    best = [best_value([s[i][0] for s in stats.values()], col.higher_is_better)
+    best = [best_value([stats[c.label][i][0] for c in done
+                        if col.ensembles_ranked or not c.is_ensemble],
+                       col.higher_is_better if col.ranked else None)
             for i, col in enumerate(columns)]
     header = [*names, "n", *(col.name for col in columns)]
     rows, bold, csv_rows = [], set(), []
@@ -161,7 +163,8 @@ def results_table(g: Grouping, base, columns) -> Table:
             spread = not math.isnan(std) and std > 0  # params and FLOPs do not vary over seeds
             row.append(fmt(mean, col.digits) + (f" ± {fmt(std, col.digits)}" if spread else ""))
             raw += [num(mean), num(std)]
-            if best[j] is not None and not math.isnan(mean) and mean == best[j]:
+            rankable = col.ensembles_ranked or not c.is_ensemble
+            if best[j] is not None and rankable and not math.isnan(mean) and mean == best[j]:
                 bold.add((i, len(cells) + 1 + j))
         rows.append(row)
         csv_rows.append(raw)
@@ -169,9 +172,16 @@ def results_table(g: Grouping, base, columns) -> Table:
     meaning = {"params_M": "millions of parameters", "GFLOPs": "one image at the run's resolution",
                "latency_ms": "one image's forward pass on the run's device",
                "train_min": "training time (an ensemble: its members' total)"}
+    unranked = [col.name for col in columns if not col.ranked]
     note = ("Test split; mean ± sample standard deviation over finished runs (n = seeds x folds); "
             "best per column in bold (higher is better except hd95 and the cost columns; epochs "
-            "not ranked). " + "; ".join(f"{c}: {meaning[c]}" for c in costs)
+            "not ranked"
+            + (f"; {', '.join(unranked)} not ranked: timed on a shared machine, its spread is "
+               "the machine's load as much as the model's cost" if unranked else "")
+            + ("; an ensemble's train_min is its members' total and is not ranked"
+               if any(c.is_ensemble for c in done) and "train_min" in [c.name for c in columns]
+               else "")
+            + "). " + "; ".join(f"{c}: {meaning[c]}" for c in costs)
             + ". dice/iou average per-image values, _micro pool the split's pixels.")
     csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
@@ -286,7 +296,8 @@ def comparison_table(metric, results, level, alpha, n_resamples, seed) -> Table:
         parts.append(f"one run on a side: Wilcoxon signed-rank p and a {n_resamples}-resample "
                      f"bootstrap over {unit} of the per-case means; seed-to-seed variance is not "
                      "captured")
-    parts.append(f"Holm correction over the {len(results)} comparisons of this table")
+    parts.append(f"Holm correction over the {len(results)} comparisons of this table; each "
+                 "verdict follows its p (Holm), not the raw p")
     header = ["configuration", "runs", unit, f"Δ {metric}", f"{100 * (1 - alpha):g}% CI", "p",
               "p (Holm)", "verdict"]
     csv_header = ["configuration", "runs", "baseline_runs", "cases", "level", "method", "diff",
@@ -353,10 +364,12 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
                     rows.append([parts[c.label][a] + (" (baseline)" if c is base else ""),
                                  f"{fmt(mean)} ± {fmt(std)}", str(n),
                                  fmt(comp["mean_diff"]) if comp else "-",
-                                 fmt_p(comp["p_value"]) if comp else "-"])
-            t = Table("axis", a, [a or "model", primary, "n", "Δ vs baseline", "p"], rows,
-                      f"Mean ± std over runs; Δ and p from the {primary} comparison above "
-                      "(p unadjusted there; see its Holm column).")
+                                 fmt_p(comp["p_holm"]) if comp else "-",
+                                 comp["verdict"] if comp else "-"])
+            t = Table("axis", a, [a or "model", primary, "n", "Δ vs baseline", "p (Holm)",
+                                  "verdict"], rows,
+                      f"Mean ± std over runs; Δ, p (Holm) and verdict from the {primary} "
+                      "comparison above.")
             out.append(f"**{a or 'model'}**\n\n" + t.markdown() + "\n")
     elif len(axes) == 2:
         a, b = axes
@@ -368,6 +381,29 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
                       f"Test {primary}, mean over each configuration's runs.")
             out.append(f"Test {primary} (mean over runs), {a} down, {b} across:\n\n" + t.markdown() + "\n")
     return "\n".join(out)
+
+
+def report_title(root: Path) -> str:
+    """The sweep's folder name (`optimizers_2026-12-03`); a long command-named folder of an
+    older sweep is cut, after its study's name."""
+    folder = root.resolve()
+    name = folder.name
+    if len(name) <= 60:
+        return name
+    return f"{folder.parent.name}/{name[:40]}…"
+
+
+def _command_line(root: Path) -> list[str]:
+    """The sweep's command, from the sweep.json that `segbench train -m` writes."""
+    import json
+
+    from segbench.sweeps import RECORD
+
+    try:
+        record = json.loads((Path(root) / RECORD).read_text())
+        return [f"Sweep started {record['started']}: `{record['command']}`", ""]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _shared_lines(shared: dict[str, str]) -> list[str]:
@@ -385,7 +421,7 @@ def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], co
     for r in runs:
         states[r.state] += 1
     by_name = {t.name: t for t in made}
-    lines = [f"# segbench report: {root.resolve().name}", "",
+    lines = [f"# segbench report: {report_title(root)}", "", *_command_line(root),
              f"{len(runs)} runs in {len(g.configs)} configurations under `{root}`: "
              + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".", ""]
     lines += ["## What ran", "",
