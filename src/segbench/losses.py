@@ -58,9 +58,15 @@ class Weighted(nn.Module):
 
 
 def loss_target(masks: torch.Tensor, task: Task | None) -> torch.Tensor:
-    """The loss's target from a batch of uint8 masks (N x 1 x H x W; multilabel N x C x H x W)."""
+    """The loss's target from a batch of uint8 label maps (N x 1 x H x W, segbench.data.labels):
+    class indices (multiclass), one channel per class (multilabel: the bits unpacked; already
+    N x C x H x W is taken as it is), else the float mask."""
     if task is not None and task.kind == "multiclass":
         return masks[:, 0].long()
+    if task is not None and task.kind == "multilabel" and masks.shape[1] == 1:
+        from segbench.metrics import unpack_labels
+
+        return unpack_labels(masks, task)
     return masks.float()
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from segbench.task import BINARY, IGNORE, Task
+
 EMPTY_RULE = "dice = iou = 1 when prediction and ground truth are both empty"
 COUNT_NAMES = ("tp", "fp", "fn", "tn")
 SCORE_BINS = 1 << 20
@@ -271,3 +273,60 @@ def volume_summary_classes(counts, groups, names, foreground) -> dict[str, float
     for key, values in means.items():
         out[key] = float(np.mean(values))
     return out
+
+
+# --- One task's tensors ------------------------------------------------------------------------
+# Masks of every task arrive as (N, 1, H, W) uint8 label maps (segbench.data.labels): {0, 1},
+# class indices, or one bit per class (multilabel); IGNORE marks ignored pixels.
+
+
+def probabilities(logits: torch.Tensor, task: Task = BINARY) -> torch.Tensor:
+    """Sigmoid per channel (binary, multilabel) or softmax over the classes (multiclass)."""
+    return torch.softmax(logits, 1) if task.kind == "multiclass" else torch.sigmoid(logits)
+
+
+def unpack_labels(masks: torch.Tensor, task: Task) -> torch.Tensor:
+    """(N, C, H, W) float targets of a multilabel batch: bit k of the label map is class k, and
+    ignored pixels are IGNORE in every channel."""
+    bits = torch.arange(task.channels, device=masks.device, dtype=torch.uint8).view(1, -1, 1, 1)
+    labels = masks[:, :1]
+    out = ((labels >> bits) & 1).float()
+    return torch.where(labels == IGNORE, torch.full_like(out, IGNORE), out)
+
+
+def predicted_labels(probs: torch.Tensor, task: Task, threshold: float) -> torch.Tensor:
+    """(N, H, W) predictions as the task stores masks: bool foreground (binary), class indices
+    (multiclass, argmax) or one bit per class (multilabel)."""
+    if task.kind == "multiclass":
+        return probs.argmax(1).to(torch.uint8)
+    if task.kind == "multilabel":
+        bits = (1 << torch.arange(task.channels, device=probs.device)).view(1, -1, 1, 1)
+        return ((probs >= threshold).long() * bits).sum(1).to(torch.uint8)
+    return probs[:, 0] >= threshold
+
+
+def task_confusion(probs: torch.Tensor, masks: torch.Tensor, task: Task = BINARY,
+                   threshold: float = 0.5) -> torch.Tensor:
+    """Per-image counts: (N, 4) for a binary task without ignored pixels (`confusion`, as before
+    tasks existed), else (N, C, 4) (binary with ignore_index: C = 1)."""
+    if task.kind == "multiclass":
+        return class_confusion(probs.argmax(1), masks[:, 0], task.channels, ignore=IGNORE)
+    if task.kind == "multilabel":
+        return label_confusion(probs, unpack_labels(masks, task), threshold, ignore=IGNORE)
+    if task.ignore_index is not None:
+        return label_confusion(probs, masks, threshold, ignore=IGNORE)[:, 0]
+    return confusion(probs, masks, threshold)
+
+
+def task_summary(counts, task: Task = BINARY) -> dict[str, float]:
+    """`summarize` of a binary task; per class and the mean over foreground classes otherwise."""
+    c = _counts(counts)
+    if c.ndim == 2:
+        return summarize(c)
+    return summarize_classes(c, task.names, task.foreground)
+
+
+def task_per_image(counts, task: Task = BINARY) -> dict[str, np.ndarray]:
+    c = _counts(counts)
+    return per_image(c) if c.ndim == 2 else per_image_classes(c, task.names, task.foreground)
+

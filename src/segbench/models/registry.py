@@ -13,7 +13,7 @@ from torch import nn
 
 from segbench import SegbenchError
 from segbench.registry import Registry, check_options
-from segbench.task import task_of
+from segbench.task import BINARY, task_of
 
 # name -> factory of a plain nn.Module; meta "divisor": kwargs -> what height and width must be
 # multiples of (None: any size).
@@ -49,10 +49,11 @@ class SegmentationModel(nn.Module):
     sees a size it cannot take.
     """
 
-    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None):
+    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None, task=BINARY):
         super().__init__()
         self.net = net
         self.divisor = divisor
+        self.task = task  # what the logits mean: softmax or sigmoid probabilities (segbench.task)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -151,7 +152,7 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))
-    return SegmentationModel(net, mean, std, divisor)
+    return SegmentationModel(net, mean, std, divisor, task_of(cfg.get("dataset") or {}))
 
 
 def load_trained(run, checkpoint: str = "best", device="cpu", config=None):
