@@ -114,16 +114,24 @@ def test_truncated_ct_slice_is_named(tmp_path, lung_stand_in):
 
 def test_odd_mask_values_are_binarized_with_one_warning(tmp_path, caplog):
     root = folder_dataset(tmp_path / "mine", n=6, mask_values=(0, 128))
-    mask = cv2.imread(str(root / "masks" / "case1.png"), cv2.IMREAD_GRAYSCALE)
-    mask[:2, :2] = 7
-    cv2.imwrite(str(root / "masks" / "case1.png"), mask)
     cfg = folder_cfg(root)
     with caplog.at_level(logging.WARNING):
         data = build_datasets(cfg, list_splits(cfg), None)
     warnings = [r.getMessage() for r in caplog.records if "outside {0, 1, 255}" in r.getMessage()]
-    assert len(warnings) == 1 and "[7, 128]" in warnings[0] and "binarized" in warnings[0]
+    assert len(warnings) == 1 and "[128]" in warnings[0] and "binarized" in warnings[0]
     for name in ("train", "val", "test"):
         assert set(np.unique(data[name].masks).tolist()) == {0, 1}
+
+
+def test_label_values_in_a_binary_task_are_an_error_naming_the_file(tmp_path):
+    root = folder_dataset(tmp_path / "mine", n=6, mask_values=(0, 128))
+    mask = cv2.imread(str(root / "masks" / "case1.png"), cv2.IMREAD_GRAYSCALE)
+    mask[:2, :2] = 7
+    cv2.imwrite(str(root / "masks" / "case1.png"), mask)
+    cfg = folder_cfg(root)
+    with pytest.raises(SegbenchError, match=r"case1\.png: mask holds the values 0, 7, 128.*"
+                                            r"dataset\.task=multiclass dataset\.classes="):
+        build_datasets(cfg, list_splits(cfg), None)
 
 
 def test_binary_masks_raise_no_warning(tmp_path, caplog):

@@ -281,4 +281,12 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
     probs = predictor.probabilities(arrays)
     if probabilities:
         return [p.astype(np.float32) for p in probs]
+    task = getattr(predictor.model, "task", None)
+    if task is not None and task.kind != "binary":  # label maps: class indices or class bits
+        import torch
+
+        from segbench.metrics import predicted_labels
+
+        return [predicted_labels(torch.from_numpy(p)[None], task, predictor.settings.threshold)[0]
+                .numpy() for p in probs]
     return [p >= predictor.settings.threshold for p in probs]

@@ -29,7 +29,9 @@ from segbench.data import build_datasets, dataset_module, native_masks
 from segbench.data.pinning import file_record
 from segbench.data.source import Sample
 from segbench.engine.evaluate import evaluation_record, pixel_spacing, test_split
+from segbench.metrics import CLASS_RULE
 from segbench.settings import Eval, typed
+from segbench.task import BINARY, task_of
 
 # Settings that change the numbers: an ensemble's members must agree on them.
 SCORING = ("threshold", "tta", "surface_metrics", "native_resolution")
@@ -138,8 +140,12 @@ def evaluate_split(subject: Subject, split: Split, settings: Eval, out_dir: Path
                          progress=runtime.progress, shard=runtime.shard)
     if not summary:
         return {}
-    return {split.name: summary, **evaluation_record(settings.threshold, settings.tta,
-                                                     settings.surface_metrics, spacing, native)}
+    record = {split.name: summary, **evaluation_record(settings.threshold, settings.tta,
+                                                       settings.surface_metrics, spacing, native)}
+    task = task_of(cfg.dataset)
+    if task != BINARY:  # what the per-class figures mean (docs/metrics.md, "Several classes")
+        record["task"] = {**task.describe(), "class_rule": CLASS_RULE}
+    return record
 
 
 # --------------------------------------------------------------------------- an external set

@@ -1,4 +1,10 @@
-"""Losses on logits (N x 1 x H x W) against binary float targets, from the `loss` config group.
+"""Losses on logits against the task's targets, from the `loss` config group.
+
+Targets (`loss_target`): binary, float N x 1 x H x W in {0, 1}; multiclass, long N x H x W class
+indices (logits N x C x H x W, softmax); multilabel, float N x C x H x W (C sigmoid channels).
+Pixels marked IGNORE (dataset.ignore_index) count in no loss. A loss with a multi-class form
+takes the `task` (segbench.task.Task) from the context; one without is refused for a multiclass
+or multilabel task, with one line.
 
 segmentation-models-pytorch's losses are used where they exist (Dice, Jaccard, focal, Tversky,
 Lovasz); what is written here is what smp does not provide (weighted BCE from the data,
@@ -26,7 +32,8 @@ from torch import nn
 
 from segbench import SegbenchError
 from segbench.distance import signed_distance
-from segbench.registry import Registry
+from segbench.registry import Registry, accepts
+from segbench.task import IGNORE, Task
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +57,79 @@ class Weighted(nn.Module):
         return sum(w * m(logits, target) for w, m in zip(self.weights, self.terms, strict=True))
 
 
+def loss_target(masks: torch.Tensor, task: Task | None) -> torch.Tensor:
+    """The loss's target from a batch of uint8 label maps (N x 1 x H x W, segbench.data.labels):
+    class indices (multiclass), one channel per class (multilabel: the bits unpacked; already
+    N x C x H x W is taken as it is), else the float mask."""
+    if task is not None and task.kind == "multiclass":
+        return masks[:, 0].long()
+    if task is not None and task.kind == "multilabel" and masks.shape[1] == 1:
+        from segbench.metrics import unpack_labels
+
+        return unpack_labels(masks, task)
+    return masks.float()
+
+
+def _mode(task: Task | None) -> str:
+    return "binary" if task is None else task.kind
+
+
+def _ignore(task: Task | None) -> int | None:
+    return IGNORE if task is not None and task.ignore_index is not None else None
+
+
+def _classes(task: Task | None, include_background: bool) -> list[int] | None:
+    """The channels a region loss averages: all, or the foreground of a multiclass task."""
+    if task is None or task.kind != "multiclass" or include_background:
+        return None
+    return list(task.foreground)
+
+
+class MaskedBCE(nn.Module):
+    """BCE with logits, averaged over the pixels that are not IGNORE (multilabel, or binary
+    with an ignore_index)."""
+
+    def __init__(self, pos_weight: float | None = None):
+        super().__init__()
+        self.pos_weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
+
+    def forward(self, logits, target):
+        valid = target != IGNORE
+        pos_weight = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+        loss = F.binary_cross_entropy_with_logits(logits, target * valid, reduction="none",
+                                                  pos_weight=pos_weight)
+        return (loss * valid).sum() / valid.sum().clamp(min=1)
+
+
+def _no_form(name: str, task: Task, use: str) -> SegbenchError:
+    return SegbenchError(f"loss {name} has no {task.kind} form; use {use}")
+
+
 @register("bce")
-def bce():
+def bce(task: Task | None = None):
+    if _mode(task) == "multiclass":
+        raise _no_form("bce", task, "loss=ce (softmax cross-entropy) or loss=bce_dice (CE + Dice)")
+    if _mode(task) == "multilabel" or _ignore(task) is not None:
+        return MaskedBCE()
     return nn.BCEWithLogitsLoss()
+
+
+@register("ce")
+def ce(class_weights, label_smoothing: float, task: Task | None = None):
+    if _mode(task) != "multiclass":
+        raise SegbenchError("loss ce is the softmax cross-entropy of a multiclass task; for "
+                            f"{_mode(task)} masks use loss=bce")
+    weight = None
+    if class_weights is not None:
+        weight = [float(w) for w in class_weights]
+        if len(weight) != task.channels or min(weight) < 0:
+            raise SegbenchError(f"loss.class_weights: give {task.channels} weights >= 0, one per "
+                                f"class in the order {', '.join(task.names)}")
+        weight = torch.tensor(weight)
+    if not 0 <= float(label_smoothing) < 1:
+        raise SegbenchError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing}")
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing),
+                               ignore_index=_ignore(task) if _ignore(task) is not None else -100)
 
 
 def foreground_share(masks) -> float:
@@ -86,26 +163,32 @@ def weighted_bce(pos_weight, train_masks=None):
 
 
 @register("dice")
-def dice(smooth: float):
+def dice(smooth: float, include_background: bool, task: Task | None = None):
     from segmentation_models_pytorch.losses import DiceLoss
 
-    return DiceLoss(mode="binary", from_logits=True, smooth=float(smooth))
+    return DiceLoss(mode=_mode(task), classes=_classes(task, include_background),
+                    from_logits=True, smooth=float(smooth), ignore_index=_ignore(task))
 
 
 @register("bce_dice")
-def bce_dice(bce_weight: float, dice_weight: float, smooth: float):
-    return Weighted([(float(bce_weight), bce()), (float(dice_weight), dice(smooth=smooth))])
+def bce_dice(bce_weight: float, dice_weight: float, smooth: float,
+             include_background: bool, task: Task | None = None):
+    # A multiclass task's cross-entropy term is the softmax CE: CE + Dice, nnU-Net's default.
+    first = (ce(None, 0.0, task) if _mode(task) == "multiclass" else bce(task))
+    return Weighted([(float(bce_weight), first),
+                     (float(dice_weight), dice(smooth, include_background, task))])
 
 
 @register("jaccard")
-def jaccard(smooth: float):
+def jaccard(smooth: float, include_background: bool, task: Task | None = None):
     from segmentation_models_pytorch.losses import JaccardLoss
 
-    return JaccardLoss(mode="binary", from_logits=True, smooth=float(smooth))
+    return JaccardLoss(mode=_mode(task), classes=_classes(task, include_background),
+                       from_logits=True, smooth=float(smooth), ignore_index=_ignore(task))
 
 
 @register("focal")
-def focal(alpha: float | None, gamma: float):
+def focal(alpha: float | None, gamma: float, task: Task | None = None):
     from segmentation_models_pytorch.losses import FocalLoss
 
     gamma = float(gamma)
@@ -115,7 +198,11 @@ def focal(alpha: float | None, gamma: float):
                             "infinite gradient on confidently right pixels)")
     if alpha is not None and not 0 <= float(alpha) <= 1:
         raise SegbenchError(f"loss.alpha must be in [0, 1] or null, got {alpha}")
-    return FocalLoss(mode="binary", alpha=None if alpha is None else float(alpha), gamma=gamma)
+    # Multilabel: the binary form over every channel's pixels (smp's multilabel form cannot
+    # index its ignore mask, and the binary one is that loss averaged over channels anyway).
+    mode = "binary" if _mode(task) == "multilabel" else _mode(task)
+    return FocalLoss(mode=mode, alpha=None if alpha is None else float(alpha), gamma=gamma,
+                     ignore_index=_ignore(task))
 
 
 def _check_tversky(alpha, beta) -> tuple[float, float]:
@@ -126,11 +213,14 @@ def _check_tversky(alpha, beta) -> tuple[float, float]:
 
 
 @register("tversky")
-def tversky(alpha: float, beta: float, smooth: float):
+def tversky(alpha: float, beta: float, smooth: float, include_background: bool,
+            task: Task | None = None):
     from segmentation_models_pytorch.losses import TverskyLoss
 
     alpha, beta = _check_tversky(alpha, beta)
-    return TverskyLoss(mode="binary", from_logits=True, alpha=alpha, beta=beta, smooth=float(smooth))
+    return TverskyLoss(mode=_mode(task), classes=_classes(task, include_background),
+                       from_logits=True, alpha=alpha, beta=beta, smooth=float(smooth),
+                       ignore_index=_ignore(task))
 
 
 class FocalTversky(nn.Module):
@@ -141,12 +231,10 @@ class FocalTversky(nn.Module):
     below 1: that point is taken out of the power here, so the gradient stays finite (0).
     """
 
-    def __init__(self, alpha: float, beta: float, gamma: float, smooth: float):
+    def __init__(self, alpha: float, beta: float, gamma: float, smooth: float,
+                 task: Task | None, include_background: bool):
         super().__init__()
-        from segmentation_models_pytorch.losses import TverskyLoss
-
-        self.tversky = TverskyLoss(mode="binary", from_logits=True, alpha=alpha, beta=beta,
-                                   smooth=smooth)
+        self.tversky = tversky(alpha, beta, smooth, include_background, task)
         self.exponent = 1.0 / gamma
 
     def forward(self, logits, target):
@@ -157,11 +245,12 @@ class FocalTversky(nn.Module):
 
 
 @register("focal_tversky")
-def focal_tversky(alpha: float, beta: float, gamma: float, smooth: float):
+def focal_tversky(alpha: float, beta: float, gamma: float, smooth: float,
+                  include_background: bool, task: Task | None = None):
     alpha, beta = _check_tversky(alpha, beta)
     if not float(gamma) > 0:
         raise SegbenchError(f"loss.gamma must be > 0 (the paper uses 1..3), got {gamma}")
-    return FocalTversky(alpha, beta, float(gamma), float(smooth))
+    return FocalTversky(alpha, beta, float(gamma), float(smooth), task, include_background)
 
 
 class LogCosh(nn.Module):
@@ -178,15 +267,17 @@ class LogCosh(nn.Module):
 
 
 @register("log_cosh_dice")
-def log_cosh_dice(smooth: float):
-    return LogCosh(dice(smooth=smooth))
+def log_cosh_dice(smooth: float, include_background: bool, task: Task | None = None):
+    return LogCosh(dice(smooth, include_background, task))
 
 
 @register("lovasz")
-def lovasz(per_image: bool):
+def lovasz(per_image: bool, task: Task | None = None):
     from segmentation_models_pytorch.losses import LovaszLoss
 
-    return LovaszLoss(mode="binary", per_image=bool(per_image), from_logits=True)
+    # multiclass: Lovasz-softmax; binary and multilabel: the Lovasz hinge.
+    return LovaszLoss(mode=_mode(task), per_image=bool(per_image), from_logits=True,
+                      ignore_index=_ignore(task))
 
 
 def _diagonal(target: torch.Tensor) -> float:
@@ -283,6 +374,14 @@ def build_loss(cfg, context: dict | None = None) -> nn.Module:
     factory gets the entries it names as parameters (and the whole context as `context`)."""
     spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     context = dict(context or {})
+    task = context.get("task")
+    if task is not None and (task.kind != "binary" or task.ignore_index is not None):
+        label, factory, _ = LOSSES.resolve(spec)
+        if not accepts(factory, "task"):
+            what = task.kind if task.kind != "binary" else "binary task with an ignore_index"
+            raise SegbenchError(
+                f"loss {label} has no {what} form; use one of "
+                f"{', '.join(n for n in LOSSES.names() if accepts(LOSSES.get(n), 'task'))}")
     return LOSSES.build(spec, context={**context, "context": context})
 
 

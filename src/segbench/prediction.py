@@ -27,7 +27,7 @@ from segbench import SegbenchError
 from segbench.atomic import write_atomic
 from segbench.data import image_reader
 from segbench.engine.device import autocast_dtype
-from segbench.engine.evaluate import predict_probs
+from segbench.engine.evaluate import model_task, predict_probs
 from segbench.inference import eval_settings
 from segbench.models import load_trained
 from segbench.rundir import RunDir
@@ -71,14 +71,17 @@ def resize_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
 @torch.no_grad()
 def predict_images(model, images: list[np.ndarray], *, height: int, width: int, device,
                    amp_dtype=None, tta: bool = False) -> list[np.ndarray]:
-    """Foreground probabilities at each image's own size."""
+    """Probabilities at each image's own size: H x W foreground probabilities (binary), or
+    C x H x W class probabilities (multiclass: softmax; multilabel: one sigmoid per class)."""
     batch = np.stack([resize_image(im, height, width) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
     probs = predict_probs(model, x, amp_dtype, tta=tta)
+    binary = model_task(model).kind == "binary"
     # Bilinear back to each image's size, exactly as eval.native_resolution scores test images.
-    return [torch.nn.functional.interpolate(prob[None], size=image.shape[:2], mode="bilinear",
-                                            align_corners=False)[0, 0].cpu().numpy()
-            for prob, image in zip(probs, images)]
+    out = [torch.nn.functional.interpolate(prob[None], size=image.shape[:2], mode="bilinear",
+                                           align_corners=False)[0].cpu().numpy()
+           for prob, image in zip(probs, images)]
+    return [p[0] for p in out] if binary else out
 
 
 PROBABILITY_FORMATS = {"npy": "_prob.npy", "png": "_prob.png"}
@@ -193,6 +196,11 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
     from segbench.progress import ItemProgress
 
     read_image = image_reader(predictor.cfg)  # the run's own decoding (e.g. its CT window)
+    task = model_task(predictor.model)
+    if task.kind != "binary" and probabilities == "png":
+        raise SegbenchError(f"predict.probabilities=png is one foreground map per image; a "
+                            f"{task.kind} run's probabilities are one map per class: use "
+                            "predict.probabilities=true (float16 .npy, classes first)")
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = dict(zip(files, output_stems(files)))
     rows, skipped = [], []
@@ -210,13 +218,18 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
         if batch:
             probs = predictor.probabilities([image for _, image in batch])
             for (f, image), prob in zip(batch, probs):
-                row = write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
+                row = (write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
+                       if task.kind == "binary" else
+                       write_labels(out_dir, stems[f], f, image, prob, task,
+                                    predictor.settings.threshold))
                 if probabilities:
                     row["probability"] = write_probability(out_dir, stems[f], prob, probabilities)
                 rows.append(row)
     progress.update(len(files) - progress.done)
     seconds = progress.close()
     fields = AREA_FIELDS[:-1] + (["probability"] if probabilities else []) + AREA_FIELDS[-1:]
+    if task.kind != "binary":
+        fields = fields[:5] + [f"pixels_{n}" for n in task.names] + fields[5:]
     write_areas(out_dir / "areas.csv", rows + [{"image": f.name, "error": err} for f, err in skipped],
                 fields)
     return {"predicted": len(rows), "skipped": skipped, "seconds": seconds}
@@ -232,6 +245,54 @@ def write_prediction(out_dir: Path, stem: str, file: Path, image: np.ndarray, pr
     return {"image": file.name, "width": image.shape[1], "height": image.shape[0],
             "foreground_pixels": area, "foreground_fraction": f"{area / mask.size:.6f}",
             "mask": f"{stem}_mask.png", "overlay": f"{stem}_overlay.png", "error": ""}
+
+
+def write_labels(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: np.ndarray,
+                 task, threshold: float) -> dict:
+    """One image's label map and overlay (several classes); its areas.csv row. Multiclass: a
+    palette PNG whose pixel values are the declared mask values and whose colours are the
+    classes'; multilabel: one 0/255 PNG per class (`<stem>_<class>_mask.png`)."""
+    from segbench.metrics import predicted_labels
+    from segbench.viz import class_palette, colour_labels
+
+    labels = predicted_labels(torch.from_numpy(prob)[None], task, threshold)[0].numpy()
+    row = {"image": file.name, "width": image.shape[1], "height": image.shape[0], "error": ""}
+    if task.kind == "multiclass":
+        values = np.array(task.values)
+        write_palette_png(out_dir / f"{stem}_mask.png", values[labels], task, class_palette(task))
+        row["mask"] = f"{stem}_mask.png"
+        for k, name in enumerate(task.names):
+            row[f"pixels_{name}"] = int((labels == k).sum())
+    else:
+        for k, name in enumerate(task.names):
+            layer = ((labels >> k) & 1).astype(np.uint8)
+            write_png(out_dir / f"{stem}_{name}_mask.png", layer * 255)
+            row[f"pixels_{name}"] = int(layer.sum())
+        row["mask"] = f"{stem}_<class>_mask.png"
+    fg = np.isin(labels, task.foreground) if task.kind == "multiclass" else labels > 0
+    row["foreground_pixels"] = int(fg.sum())
+    row["foreground_fraction"] = f"{fg.mean():.6f}"
+    shown = (colour_labels(labels, task, image) * 255).round().astype(np.uint8)
+    write_png(out_dir / f"{stem}_overlay.png", shown)
+    row["overlay"] = f"{stem}_overlay.png"
+    return row
+
+
+def write_palette_png(path: Path, values: np.ndarray, task, palette: np.ndarray) -> None:
+    """A palette (P mode) PNG: pixel values are the mask values, shown in each class's colour."""
+    from PIL import Image
+
+    if values.max(initial=0) > 255:
+        write_png(path, values.astype(np.uint16))  # 16-bit values have no palette form
+        return
+    img = Image.fromarray(values.astype(np.uint8), mode="P")
+    colours = np.zeros((256, 3), np.uint8)
+    for value, rgb in zip(task.values, palette, strict=True):
+        colours[value] = rgb
+    img.putpalette(colours.ravel().tolist())
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
 
 
 def write_areas(path: Path, rows: list[dict], fields: list[str] = AREA_FIELDS) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from segbench import SegbenchError
+from segbench.task import task_of
 
 
 def _rule(predicate, allowed: str):
@@ -238,6 +239,7 @@ def check_train(cfg) -> Train:
                 if not predicate(value):
                     raise SegbenchError(f"{group}.{key}={_show(node[key])}: use {allowed}")
     dataset = cfg.get("dataset") or {}
+    task_of(dataset)  # the task's declaration, checked before anything is built
     folds, fold = dataset.get("folds"), dataset.get("fold")
     if folds is None and fold is not None:
         raise SegbenchError(f"dataset.fold={fold} without dataset.folds: set the number of folds "

@@ -141,3 +141,68 @@ def plot_confusion(tp: int, fp: int, fn: int, tn: int, path: Path, title: str = 
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
+
+
+# Class colours of multi-class figures: Okabe & Ito's palette after the background (black), so
+# that every figure and predict's palette PNGs draw a class alike.
+CLASS_COLOURS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00",
+                 "#CC79A7", "#999999"]
+
+
+def class_palette(task) -> np.ndarray:
+    """(C, 3) uint8 RGB of each class: the dataset's palette where it gives one, else
+    CLASS_COLOURS (a multilabel task's classes start at the first colour after black)."""
+    if task.palette:
+        return np.array(task.palette, np.uint8)
+    start = 0 if task.kind == "multiclass" else 1
+    return np.array([np.round(_rgb(CLASS_COLOURS[(start + k) % len(CLASS_COLOURS)]) * 255)
+                     for k in range(task.channels)], np.uint8)
+
+
+def colour_labels(labels: np.ndarray, task, image: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) float RGB of a label map as the task stores it (class indices, or one bit per
+    class: overlapping classes mix), over `image` where given; ignored pixels stay as they are."""
+    palette = class_palette(task).astype(np.float32) / 255
+    base = (np.zeros((*labels.shape, 3), np.float32) if image is None else
+            (np.repeat(image, 3, 2) if image.shape[2] == 1 else image[..., :3]).astype(np.float32) / 255)
+    out = base.copy()
+    if task.kind == "multiclass":
+        for k in task.foreground:
+            where = labels == k
+            out[where] = 0.35 * base[where] + 0.65 * palette[k] if image is not None else palette[k]
+    else:
+        for k in range(task.channels):
+            where = ((labels >> k) & 1).astype(bool) & (labels != 255)
+            out[where] = 0.35 * out[where] + 0.65 * palette[k] if image is not None else palette[k]
+    return out
+
+
+def plot_class_predictions(images, truths, preds, titles, path: Path, task) -> Figure | None:
+    """One row per image: image | ground truth | prediction | prediction over the image, each
+    class in its colour, with a legend of the class names."""
+    from matplotlib.patches import Patch
+
+    n = len(images)
+    if n == 0:
+        return None
+    fig = Figure(figsize=(10, 2.6 * n + 0.6), layout="constrained")
+    axes = fig.subplots(n, 4, squeeze=False)
+    for row, (image, truth, pred, title) in enumerate(zip(images, truths, preds, titles, strict=True)):
+        shown = image[..., 0] if image.shape[2] == 1 else image
+        panels = [(shown, "image"), (colour_labels(truth, task), "ground truth"),
+                  (colour_labels(pred, task), "prediction"),
+                  (colour_labels(pred, task, image), "prediction over image")]
+        for col, (panel, name) in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    palette = class_palette(task)
+    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k]) for k in task.foreground],
+               loc="outside lower center", ncol=min(6, len(task.foreground)), fontsize=9,
+               frameon=False)
+    save_figure(fig, path, dpi=100)
+    return fig

@@ -27,6 +27,7 @@ def run(cfg) -> dict:
 
     from segbench.models import load_trained
     from segbench.models.export import SUFFIX, card_markdown, export_model, model_card
+    from segbench.models.registry import output_channels
     from segbench.rundir import PER_CASE, RunDir
 
     run_dir = RunDir.open(cfg.run_dir)
@@ -62,7 +63,7 @@ def run(cfg) -> dict:
         "checkpoint": cfg.checkpoint, "epoch": state.get("epoch"), "model": train_cfg.model.name,
         "input": {"name": "image", "shape": ["batch", channels, *size], "dtype": "float32",
                   "range": [0.0, 1.0], "exported_at": [height, width]},
-        "output": {"name": "logits", "shape": ["batch", int(train_cfg.model.get("classes", 1)), *size],
+        "output": {"name": "logits", "shape": ["batch", output_channels(train_cfg), *size],
                    "foreground": f"sigmoid(logits) >= {train_cfg.eval.threshold}"},
         "normalisation": {"mean": [round(float(v), 6) for v in model.mean.flatten()],
                           "std": [round(float(v), 6) for v in model.std.flatten()]},

@@ -21,10 +21,12 @@ from segbench import SegbenchError
 from segbench.data.cache import cached_arrays
 from segbench.data.dataset import SegmentationDataset
 from segbench.data.io import read_image, read_mask
+from segbench.data.labels import check_binary, read_task_mask
 from segbench.data.source import Sample
 from segbench.data.splits import make_splits, split_settings
 from segbench.data.transforms import build_augmentation
 from segbench.registry import Registry
+from segbench.task import BINARY, task_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,12 @@ def dataset_module(dataset: DictConfig | str) -> ModuleType:
 
 def default_read(sample: Sample, cfg: DictConfig):
     image = read_image(sample.image, int(cfg.channels))
-    mask, values = read_mask(sample.mask)
+    task = task_of(cfg)
+    if task == BINARY:
+        mask, values = read_mask(sample.mask)
+        check_binary(values, sample.mask)
+    else:
+        mask, values = read_task_mask(sample.mask, task)
     if image.shape[:2] != mask.shape:
         raise SegbenchError(
             f"image {sample.image} is {image.shape[1]}x{image.shape[0]} but its mask {sample.mask} "
@@ -132,7 +139,7 @@ def build_datasets(cfg: DictConfig, splits: dict[str, list[Sample]], cache_root:
         transform = (build_augmentation(cfg.get("augmentation"), (height, width))
                      if augment and name == "train" else None)
         data.datasets[name] = SegmentationDataset(images, masks, [s.id for s in samples], transform)
-    if unexpected:
+    if unexpected and task_of(cfg.dataset) == BINARY:
         log.warning("masks hold values outside {0, 1, 255} (%s): binarized as value > 0",
                     sorted(unexpected)[:20])
     return data

@@ -28,6 +28,7 @@ from segbench.data.files import (
 )
 from segbench.data.source import Sample
 from segbench.data.splits import carve_test
+from segbench.task import task_of
 
 LAYOUT = """  <root>/images/<name>.png (or .jpg .jpeg .tif .tiff .bmp)
   <root>/masks/<name>.png   (same name; dataset.mask_suffix=_mask for <name>_mask.png)
@@ -57,6 +58,30 @@ def _grouper(pattern: str | None):
     return group
 
 
+def _masks(cfg: DictConfig, mask_dir):
+    """{name: mask path}; for a multilabel task with one folder per class (masks/<class>/), the
+    first class's files, after checking that every class folder holds the same names."""
+    strip = cfg.get("mask_suffix") or ""
+    task = task_of(cfg)
+    if task.kind != "multilabel" or not (mask_dir / task.names[0]).is_dir():
+        return files_by_stem(mask_dir, strip=strip)
+    per_class = {}
+    for name in task.names:
+        folder = mask_dir / name
+        if not folder.is_dir():
+            raise SegbenchError(f"dataset folder: {folder}/ is missing: a multilabel task with "
+                                f"classes {', '.join(task.names)} needs one mask folder per class")
+        per_class[name] = files_by_stem(folder, strip=strip)
+    first = per_class[task.names[0]]
+    for name, files in per_class.items():
+        missing = sorted(set(first) - set(files))
+        if missing:
+            raise SegbenchError(f"dataset folder: {mask_dir / name}/ has no mask for "
+                                f"{listing(missing, 5)} (class {name}); every class folder needs "
+                                "one mask per image, an empty one where the class is absent")
+    return first
+
+
 def has_split_files(cfg: DictConfig) -> bool:
     """Whether the folder names its own split (train.txt, test.txt): an external set is then its
     test split, else every pair (segbench.inference.external_samples)."""
@@ -71,8 +96,7 @@ def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
         if not folder.is_dir():
             raise SegbenchError(f"dataset folder: {folder}/ is missing. Expected layout:\n{LAYOUT}")
     where = f"folder ({root})"
-    pairs = pair(files_by_stem(image_dir),
-                 files_by_stem(mask_dir, strip=cfg.get("mask_suffix") or ""),
+    pairs = pair(files_by_stem(image_dir), _masks(cfg, mask_dir),
                  cfg.get("on_unpaired", "error"), where)
     if not pairs:
         raise SegbenchError(f"dataset folder: no image/mask pairs in {image_dir} and {mask_dir}. "

@@ -2,7 +2,8 @@
 
 Each frame is textured tissue (reddish, with folds, vessels, pale patches and vignetting) with one
 to three instrument shafts entering from the border: shaded cylinders with a specular stripe,
-sometimes with open jaws at the tip. Specular spots on the tissue, blur and sensor noise make
+sometimes with open jaws at the tip. `dataset.task=multiclass` labels shaft (1) and tip (2: the
+last fifth of the shaft and the jaws) apart: configs/experiment/quickstart_multiclass.yaml. Specular spots on the tissue, blur and sensor noise make
 pixel-level thresholds fail; the shapes make it learnable. `difficulty` pushes tool colours
 toward the tissue's, adds pale tissue patches and noise.
 """
@@ -75,6 +76,9 @@ def _instrument(rng, size, img, mask, difficulty):
     tip_r = np.hypot(xx - end[0], yy - end[1])
     shaft |= tip_r <= width / 2  # rounded end
     shape = shaft.copy()
+    # The tip (class 2 of the multiclass mode): the last fifth of the shaft, its rounded end and
+    # the jaws. Drawn from the geometry alone, so the binary frames are unchanged by it.
+    tip = shaft & ((along >= 0.8 * length) | (tip_r <= width / 2))
     if rng.random() < 0.5:  # open jaws at the tip
         for sign in (-1, 1):
             jaw_dir = _rotate(direction, sign * rng.uniform(0.25, 0.5))
@@ -82,7 +86,9 @@ def _instrument(rng, size, img, mask, difficulty):
             qx, qy = xx - end[0], yy - end[1]
             ja = qx * jaw_dir[0] + qy * jaw_dir[1]
             jc = -qx * jaw_dir[1] + qy * jaw_dir[0]
-            shape |= (ja >= 0) & (ja <= jaw_len) & (np.abs(jc) <= width / 4)
+            jaw = (ja >= 0) & (ja <= jaw_len) & (np.abs(jc) <= width / 4)
+            shape |= jaw
+            tip |= jaw
 
     # Metallic or dark plastic, tinted toward the tissue colour by `difficulty`.
     metal = rng.random() < 0.6
@@ -102,6 +108,7 @@ def _instrument(rng, size, img, mask, difficulty):
     img *= (1 - 0.35 * shadow * (~shape))[..., None]
     img[shape] = tool[shape]
     mask[shape] = 1
+    mask[tip] = 2
 
 
 def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
@@ -110,7 +117,7 @@ def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
 
 
 def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.ndarray, np.ndarray]:
-    """One frame: (uint8 HxWx3 RGB image, uint8 HxW mask with values {0, 1})."""
+    """One frame: (uint8 HxWx3 RGB image, uint8 HxW labels: 0 tissue, 1 shaft, 2 tip)."""
     img = _tissue(rng, size, difficulty)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])):
@@ -132,8 +139,9 @@ def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.n
 
 
 def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size: int,
-             difficulty: float) -> Path:
-    """Write the frames into a folder named by its parameters (reused when it exists)."""
+             difficulty: float, labels: bool = False) -> Path:
+    """`labels`: masks hold 0 (tissue), 1 (shaft), 2 (tip) instead of 0/255."""
+    # Write the frames into a folder named by its parameters (reused when it exists).
     if not 0.0 <= difficulty <= 1.0:
         raise SegbenchError(f"dataset.difficulty must be in [0, 1], got {difficulty}")
     if num_train < 2 or num_test < 1:
@@ -142,6 +150,8 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         raise SegbenchError(f"dataset.image_size must be >= 32, got {image_size}")
     params = dict(seed=seed, num_train=num_train, num_test=num_test, image_size=image_size,
                   difficulty=difficulty, version=GENERATOR_VERSION)
+    if labels:  # binary folders keep their names (and caches) from before the multiclass mode
+        params["labels"] = "tissue,shaft,tip"
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
     folder = Path(root).expanduser() / key
     if (folder / "params.json").is_file():
@@ -158,7 +168,7 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         img, mask = render(np.random.default_rng(ss), image_size, difficulty)
         name = f"{'train' if i < num_train else 'test'}_{i:05d}.png"
         cv2.imwrite(str(tmp / "images" / name), img[..., ::-1])
-        cv2.imwrite(str(tmp / "masks" / name), mask * 255)
+        cv2.imwrite(str(tmp / "masks" / name), mask if labels else (mask > 0).astype(np.uint8) * 255)
     (tmp / "params.json").write_text(json.dumps(params, indent=2))
     try:
         tmp.rename(folder)
@@ -170,7 +180,8 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
 def list_splits(cfg) -> dict[str, list[Sample]]:
     folder = generate(Path(cfg.root), seed=cfg.seed, num_train=cfg.num_train,
                       num_test=cfg.num_test, image_size=cfg.image_size,
-                      difficulty=float(cfg.difficulty))
+                      difficulty=float(cfg.difficulty),
+                      labels=cfg.get("task", "binary") == "multiclass")
     splits: dict[str, list[Sample]] = {"train": [], "test": []}
     for path in sorted((folder / "images").glob("*.png")):
         split = path.stem.split("_")[0]

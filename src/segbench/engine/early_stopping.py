@@ -40,13 +40,15 @@ def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0
 
 
 def resolve_monitor(metric: str, mode: str, dataset_default: str, volumetric: bool,
-                    dataset_name: str) -> Monitor:
+                    dataset_name: str, task: str = "binary") -> Monitor:
     """The run's monitor: `trainer.monitor` (auto: the dataset's `monitor`; auto there: per-volume
-    Dice for volumetric data, else per-image IoU), checked against what the data can give."""
+    Dice for volumetric data, else per-image IoU; several classes: the mean foreground Dice),
+    checked against what the data can give."""
     if metric == "auto":
         metric = dataset_default or "auto"
     if metric == "auto":
-        metric = "val_volume_dice" if volumetric else "val_iou"
+        metric = ("val_volume_dice" if volumetric else
+                  "val_iou" if task == "binary" else "val_dice")
     if metric not in MONITORS:
         raise SegbenchError(f"trainer.monitor={metric}: not a validation metric; use auto or one of "
                             f"{', '.join(MONITORS)}")

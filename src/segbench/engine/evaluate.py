@@ -29,24 +29,28 @@ from segbench import SegbenchError, metrics, rundir, surface
 from segbench.atomic import write_atomic
 from segbench.engine import distributed
 from segbench.engine.device import autocast
+from segbench.losses import loss_target
 from segbench.models.ensemble import Ensemble
+from segbench.task import BINARY, IGNORE, Task
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class EvalResult:
-    counts: torch.Tensor                # (N, 4) TP, FP, FN, TN per image, on the CPU
+    counts: torch.Tensor                # (N, 4) TP, FP, FN, TN per image (several classes:
+                                        # (N, C, 4), segbench.metrics.task_confusion), on the CPU
     loss: float | None = None
     kept: dict[int, np.ndarray] = field(default_factory=dict)  # index -> probability map
     scores: torch.Tensor | None = None  # metrics.score_histogram summed over the split
     predictions: list[np.ndarray] | None = None  # per image: bool predicted mask (H, W)
     volume_counts: torch.Tensor | None = None  # (V, 4) counts pooled per volume, on the CPU
+    task: Task = BINARY
 
     def summary(self) -> dict[str, float]:
-        out = metrics.summarize(self.counts)
+        out = metrics.task_summary(self.counts, self.task)
         if self.volume_counts is not None:
-            dice = metrics.per_image(self.volume_counts)["dice"]
+            dice = metrics.task_per_image(self.volume_counts, self.task)["dice"]
             out["volume_dice"] = float(dice.mean())
             out["volume_dice_median"] = float(np.median(dice))
         if self.scores is not None:
@@ -61,6 +65,7 @@ def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False
     """Foreground probabilities; with tta the mean over identity, h-flip and v-flip. `logits`:
     the identity pass when the caller already ran it. An `Ensemble` averages its members'
     probabilities (each member with its own autocast dtype)."""
+    task = model_task(model)
     if isinstance(model, Ensemble):
         probs = model.probabilities(images)
         if tta:
@@ -70,12 +75,17 @@ def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False
         return probs
     device = images.device
     with autocast(device, amp_dtype):
-        probs = torch.sigmoid((model(images) if logits is None else logits).float())
+        probs = metrics.probabilities((model(images) if logits is None else logits).float(), task)
         if tta:
             for dim in (3, 2):
-                probs += torch.sigmoid(model(images.flip(dim)).float()).flip(dim)
+                probs += metrics.probabilities(model(images.flip(dim)).float(), task).flip(dim)
             probs /= 3
     return probs
+
+
+def model_task(model) -> Task:
+    """What a model's logits mean (segbench.task): set by build_model; binary for a bare net."""
+    return getattr(model, "task", BINARY)
 
 
 @torch.no_grad()
@@ -91,12 +101,13 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
     whose sampler is a distributed.ShardSampler evaluates this process's share and returns the
     whole split's result, gathered from every process."""
     model.eval()
+    task = model_task(model)
     counts, loss_sum, seen = [], torch.zeros((), device=device), 0
     indices = []
     volume_counts = None
     if volumes is not None:
         volumes = volumes.to(device)
-        volume_counts = torch.zeros(int(volumes.max()) + 1, 4, dtype=torch.long, device=device)
+    scores = scores and task.kind == "binary"  # pixel AUROC/AP: one foreground class only
     histogram = torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device) if scores else None
     predictions = []
     kept: dict[int, np.ndarray] = {}
@@ -109,7 +120,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         if loss_fn is not None:
             with autocast(device, amp_dtype):
                 logits = model(images)
-            loss_sum += loss_fn(logits.float(), masks.float()) * len(images)
+            loss_sum += loss_fn(logits.float(), loss_target(masks, task)) * len(images)
             probs = predict_probs(model, images, amp_dtype, tta, logits=logits)
         else:
             probs = predict_probs(model, images, amp_dtype, tta)
@@ -118,20 +129,26 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         if masks.shape[-2:] != probs.shape[-2:]:  # native-resolution masks: score at their size
             probs = torch.nn.functional.interpolate(probs, size=masks.shape[-2:], mode="bilinear",
                                                     align_corners=False)
-        counts.append(metrics.confusion(probs, masks, threshold))
-        if volume_counts is not None:
+        counts.append(metrics.task_confusion(probs, masks, task, threshold))
+        if volumes is not None:
+            if volume_counts is None:
+                volume_counts = counts[-1].new_zeros((int(volumes.max()) + 1, *counts[-1].shape[1:]))
             volume_counts.index_add_(0, volumes[index.to(device)], counts[-1].long())
         if histogram is not None:
             histogram += metrics.score_histogram(probs, masks)
         if keep_predictions:
-            predictions.append(probs[:, 0] >= threshold)
+            predictions.append(metrics.predicted_labels(probs, task, threshold))
         if keep_set:
             for row, i in enumerate(index.tolist()):
-                if i in keep_set:
-                    kept[i] = model_probs[row, 0].float().cpu().numpy()
+                if i in keep_set:  # a probability map; several classes: the predicted labels
+                    kept[i] = (model_probs[row, 0].float().cpu().numpy() if task.kind == "binary"
+                               else metrics.predicted_labels(model_probs[row:row + 1], task,
+                                                             threshold)[0].cpu().numpy())
         indices.append(index)
     masks_out = [p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None
     counts = torch.cat(counts) if counts else torch.zeros((0, 4), dtype=torch.long, device=device)
+    if volumes is not None and volume_counts is None:
+        volume_counts = torch.zeros(int(volumes.max()) + 1, 4, dtype=torch.long, device=device)
     if isinstance(loader.sampler, distributed.ShardSampler):  # this process's share: gather the rest
         index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
         counts = distributed.gather_rows(counts, index, len(loader.dataset))
@@ -155,6 +172,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
         scores=histogram.cpu() if histogram is not None else None,
         predictions=masks_out,
         volume_counts=volume_counts.cpu() if volume_counts is not None else None,
+        task=task,
     )
 
 
@@ -234,6 +252,9 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
                          keep_predictions=True)
     if not distributed.current().is_main:
         return {}
+    if result.task != BINARY:
+        return _test_classes(result, dataset, truths, out_dir, keep, groups, surface_metrics,
+                             pixel_spacing, surface_workers, threshold, num_predictions)
     summary = result.summary()
     summary.update(zip(metrics.COUNT_NAMES, (int(v) for v in result.counts.sum(0).tolist()), strict=True))
     per_image_surface = None
@@ -267,6 +288,88 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
                result.predictions, dataset.images, truths, threshold, groups, num_predictions,
                plain=(plain.predictions, metrics.per_image(plain.counts)["dice"]) if plain else None)
     return summary
+
+
+def class_masks(labels: np.ndarray, task: Task, k: int) -> np.ndarray:
+    """Class k's binary mask of a label map as the task stores it (ignored pixels: not in it)."""
+    labels = np.asarray(labels)
+    if task.kind == "multilabel":
+        return ((labels >> k) & 1).astype(bool) & (labels != IGNORE)
+    return labels == k
+
+
+def foreground_union(labels, task: Task) -> np.ndarray:
+    """Where any foreground class is (the galleries' one-colour view of several classes)."""
+    labels = np.asarray(labels)
+    if task.kind == "multilabel":
+        return (labels > 0) & (labels != IGNORE)
+    return np.isin(labels, task.foreground)
+
+
+def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_metrics: bool,
+                  pixel_spacing, surface_workers, threshold: float, num_predictions: int) -> dict:
+    """test_split's records for several classes: metrics per class and their foreground mean,
+    per_case.csv (and per_volume.csv) with a column per class, the prediction figure in class
+    colours; the galleries (cases.npz) show the union of the foreground classes."""
+    from segbench.cases import save_cases
+    from segbench.viz import plot_class_predictions
+
+    task, counts = result.task, result.counts
+    summary = result.summary()
+    per_image_surface: dict[str, np.ndarray] = {}
+    if surface_metrics:
+        for k, name in zip(task.foreground, task.foreground_names, strict=True):
+            s = surface.surface_metrics([class_masks(p, task, k) for p in result.predictions],
+                                        [class_masks(t, task, k) for t in truths], pixel_spacing,
+                                        workers=surface_workers)
+            per_image_surface[f"hd95_{name}"], per_image_surface[f"assd_{name}"] = s["hd95"], s["assd"]
+            summary.update({f"{key}_{name}": v for key, v in
+                            metrics.summarize_surface(s["hd95"], s["assd"]).items()})
+        for key in ("hd95", "assd"):  # the foreground classes' mean of each class's mean
+            values = [summary[f"{key}_{n}"] for n in task.foreground_names]
+            ok = [v for v in values if not np.isnan(v)]
+            summary[key] = float(np.mean(ok)) if ok else float("nan")
+    per_image = metrics.task_per_image(counts, task)
+    write_class_table(out_dir / rundir.PER_CASE, "image", dataset.ids, per_image, task,
+                      groups, per_image_surface)
+    if groups:
+        names, pooled = metrics.per_group(counts.numpy().reshape(len(counts), -1), groups)
+        pooled = pooled.reshape(len(names), task.channels, 4)
+        write_class_table(out_dir / rundir.PER_VOLUME, "volume", names,
+                          metrics.task_per_image(pooled, task), task)
+        summary.update(metrics.volume_summary_classes(counts.numpy(), groups, task.names,
+                                                      task.foreground))
+    images = [np.asarray(dataset.images[i]) for i in keep]
+    plot_class_predictions(images, [np.asarray(truths[i]) for i in keep],
+                           [result.kept[i] for i in keep],
+                           [f"{dataset.ids[i]}\nDice {per_image['dice'][i]:.3f}" for i in keep],
+                           out_dir / rundir.PREDICTIONS, task)
+    union = [foreground_union(p, task) for p in result.predictions]
+    union_truth = [foreground_union(t, task) for t in truths]
+    union_counts = np.array([[(u & t).sum(), (u & ~t).sum(), (~u & t).sum(), (~u & ~t).sum()]
+                             for u, t in zip(union, union_truth, strict=True)], np.int64)
+    save_cases(out_dir / rundir.CASES, list(dataset.ids), union_counts, per_image["dice"],
+               per_image["iou"], None, union, dataset.images, union_truth, threshold, groups,
+               num_predictions)
+    return summary
+
+
+def write_class_table(path: Path, key: str, ids, values: dict, task: Task, groups=None,
+                      surface_values: dict | None = None) -> None:
+    """per_case.csv / per_volume.csv of several classes: the foreground mean, then each class."""
+    metric_names = ["dice", "iou", "precision", "recall"]
+    columns = [*metric_names, *(f"{m}_{n}" for n in task.names for m in ("dice", "iou")),
+               *(f"gt_pixels_{n}" for n in task.names), *(f"pred_pixels_{n}" for n in task.names)]
+    extra = list(surface_values or {})
+    f = io.StringIO()
+    w = csv.writer(f)
+    w.writerow([key, *(["group"] if groups else []), *columns, *extra])
+    for i, name in enumerate(ids):
+        w.writerow([name, *([groups[i]] if groups else []),
+                    *(f"{values[c][i]:.6f}" if "pixels" not in c else int(values[c][i])
+                      for c in columns),
+                    *(f"{surface_values[c][i]:.6f}" for c in extra)])
+    write_atomic(path, f.getvalue())
 
 
 def save_prediction_samples(path: Path, ids, images, masks, probs, dice, threshold: float,

@@ -58,7 +58,7 @@ from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monit
 from segbench.engine.evaluate import eval_loader, evaluate, metric_line, pixel_spacing
 from segbench.inference import Runtime, Split, Subject, eval_batch_size, evaluate_split
 from segbench.loggers import Loggers, build_loggers
-from segbench.losses import build_loss, set_epoch
+from segbench.losses import build_loss, loss_target, set_epoch
 from segbench.models import build_model
 from segbench.models.info import inference_latency, model_facts
 from segbench.optim import build_optimizer, build_scheduler
@@ -66,6 +66,7 @@ from segbench.progress import RunProgress
 from segbench.rundir import RunDir
 from segbench.settings import Train
 from segbench.settings import Trainer as TrainerSettings
+from segbench.task import BINARY, Task, task_of
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +181,11 @@ class StepSettings:
     grad_clip: float | None = None
     accumulate: int = 1                  # batches per optimizer step
     log_every: int = 50                  # steps between running-loss (and NaN) checks
+    task: Task = BINARY                  # what masks and logits mean (segbench.task)
 
     @classmethod
-    def of(cls, t: TrainerSettings) -> StepSettings:
-        return cls(t.grad_clip, t.accumulate_grad_batches, t.log_every_steps)
+    def of(cls, t: TrainerSettings, task: Task = BINARY) -> StepSettings:
+        return cls(t.grad_clip, t.accumulate_grad_batches, t.log_every_steps, task)
 
 
 @dataclass
@@ -231,7 +233,8 @@ def build(s: Train, run: RunDir, resuming: bool) -> Parts:
     data = make_loaders(s, compute, splits, datasets)
     monitor = resolve_monitor(s.trainer.monitor, s.trainer.monitor_mode,
                               str(s.config.dataset.get("monitor", "auto")),
-                              data.val_volumes is not None, s.config.dataset.name)
+                              data.val_volumes is not None, s.config.dataset.name,
+                              task_of(s.config.dataset).kind)
     model, train_model, opt = make_optimisation(s, compute, model, data, monitor)
     t = s.trainer
     early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta, monitor.mode)
@@ -318,7 +321,8 @@ def make_optimisation(s: Train, compute: Compute, model: torch.nn.Module, data: 
     """The loss, the model wrapped for several processes, the optimizer, its schedule and the
     gradient scaler; returns (model, the module to train through, Optimisation)."""
     cfg, t = s.config, s.trainer
-    loss_fn = build_loss(cfg.loss, {"train_masks": data.datasets["train"].masks}).to(compute.device)
+    loss_fn = build_loss(cfg.loss, {"train_masks": data.datasets["train"].masks,
+                                    "task": task_of(cfg.dataset)}).to(compute.device)
     model, train_model = distributed.wrap(model, t.sync_batchnorm)
     train_model = compile_model(train_model, t.compile, compute.device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
@@ -381,7 +385,8 @@ def train_one_epoch(model, loader, opt: Optimisation, compute: Compute, steps: S
         images = images.to(device, non_blocking=True)
         if compute.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        target = masks.to(device, non_blocking=True).float()
+        masks = masks.to(device, non_blocking=True)
+        target = loss_target(masks, steps.task)
         if first:
             opt.optimizer.zero_grad(set_to_none=True)
         with distributed.no_sync(model, skip=not last):
@@ -393,7 +398,8 @@ def train_one_epoch(model, loader, opt: Optimisation, compute: Compute, steps: S
             optimizer_step(model, opt, steps.grad_clip)
         loss_sum += loss.detach() * len(images)
         seen += len(images)
-        counts.append(metrics.confusion(torch.sigmoid(logits.detach().float()), target))
+        counts.append(metrics.task_confusion(metrics.probabilities(logits.detach().float(),
+                                                                  steps.task), masks, steps.task))
         # The one host sync of the loop, every `log_every` steps: running loss and NaN check
         # (over all processes, so that they stop together).
         if step % steps.log_every == 0 or step == n:
@@ -401,7 +407,7 @@ def train_one_epoch(model, loader, opt: Optimisation, compute: Compute, steps: S
         faults.point("train_step")
         if distributed.any_rank(stop is not None and stop.requested):
             raise Interrupted(epoch - 1)
-    summary = metrics.summarize(distributed.gather_cat(torch.cat(counts)))
+    summary = metrics.task_summary(distributed.gather_cat(torch.cat(counts)), steps.task)
     return {"loss": running_loss(loss_sum, seen), "dice": summary["dice"], "iou": summary["iou"]}
 
 
@@ -452,9 +458,12 @@ VAL_COLUMNS = ("loss", "dice", "iou", "dice_micro", "iou_micro", "precision", "r
                "volume_dice", "volume_dice_median")
 
 
-def history_row(epoch: int, lr: float, train: dict, val: dict) -> dict:
+def history_row(epoch: int, lr: float, train: dict, val: dict, classes: tuple[str, ...] = ()) -> dict:
+    """`classes`: the class names of a multi-class task, whose per-class validation Dice
+    (`val_dice_<class>`) follows the summary columns."""
     return {"epoch": epoch, "lr": lr, **{f"train_{k}": train[k] for k in TRAIN_COLUMNS},
-            **{f"val_{k}": val[k] for k in VAL_COLUMNS if k in val}}
+            **{f"val_{k}": val[k] for k in VAL_COLUMNS if k in val},
+            **{f"val_dice_{c}": val[f"dice_{c}"] for c in classes if f"dice_{c}" in val}}
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -544,9 +553,10 @@ def run_epoch(epoch: int, s: Train, parts: Parts, state: TrainState, out: Output
     epoch_start = time.time()
     lr = begin_epoch(epoch, s, parts)
     train = train_one_epoch(parts.train_model, parts.data.train_loader, parts.opt, parts.compute,
-                            StepSettings.of(s.trainer), epoch, out.progress, stop)
+                            StepSettings.of(s.trainer, parts.model.task), epoch, out.progress, stop)
     val = validate(parts, s.eval.threshold, epoch, out.progress)
-    row = history_row(epoch, lr, train, val)
+    task = parts.model.task
+    row = history_row(epoch, lr, train, val, task.names if task.kind != "binary" else ())
     improved = update_schedule_and_stopping(epoch, row, parts, state)
     state.finish_epoch(row, epoch_start)
     save_checkpoints(out.run, parts, state, val if improved else None)

@@ -13,6 +13,9 @@ import contextlib
 import torch
 from torch import nn
 
+from segbench.metrics import probabilities
+from segbench.task import BINARY
+
 
 class Ensemble(nn.ModuleList):
     def __init__(self, members, amp_dtypes=None):
@@ -21,16 +24,23 @@ class Ensemble(nn.ModuleList):
         if len(self.amp_dtypes) != len(self):
             raise ValueError("one autocast dtype per member is needed")
 
+    @property
+    def task(self):
+        """The members' task (segbench.task; ensemble.py checks that they share one)."""
+        return getattr(self[0], "task", BINARY)
+
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """The mean of the members' sigmoid probabilities (float32)."""
+        """The mean of the members' probabilities (float32): sigmoid, or softmax for a
+        multiclass task."""
         total = None
         for member, dtype in zip(self, self.amp_dtypes, strict=True):
             cast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(images.device.type, dtype=dtype))
             with cast:
-                p = torch.sigmoid(member(images).float())
+                p = probabilities(member(images).float(), self.task)
             total = p if total is None else total + p
         return total / len(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.logit(self.probabilities(images))
+        probs = self.probabilities(images)
+        return probs.clamp_min(1e-12).log() if self.task.kind == "multiclass" else torch.logit(probs)

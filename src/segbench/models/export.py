@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from segbench import SegbenchError
+from segbench.task import task_of
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +217,8 @@ def model_card(info: dict, config: dict, metrics: dict | None, split: dict,
     return {
         "model": {k: model.get(k) for k in ("name", "arch", "encoder") if model.get(k) is not None}
                  | {"params": (metrics or {}).get("model", {}).get("params")},
-        "classes": int(model.get("classes", 1)),
+        "classes": int(info["output"]["shape"][1]),
+        "task": task_of(data).describe(),
         "input": info["input"],
         "preprocessing": {
             "resize": f"to {res.get('height')}x{res.get('width')} (the training resolution): "

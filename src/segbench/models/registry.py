@@ -13,6 +13,7 @@ from torch import nn
 
 from segbench import SegbenchError
 from segbench.registry import Registry, check_options
+from segbench.task import BINARY, task_of
 
 # name -> factory of a plain nn.Module; meta "divisor": kwargs -> what height and width must be
 # multiples of (None: any size).
@@ -48,10 +49,11 @@ class SegmentationModel(nn.Module):
     sees a size it cannot take.
     """
 
-    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None):
+    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None, task=BINARY):
         super().__init__()
         self.net = net
         self.divisor = divisor
+        self.task = task  # what the logits mean: softmax or sigmoid probabilities (segbench.task)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -91,11 +93,29 @@ def check_resolution(name: str, divisor: int | None, height: int, width: int, pa
     )
 
 
+def output_channels(cfg: DictConfig) -> int:
+    """The model's output channels: the task's (1 binary, one per class otherwise); a
+    `model.classes` that disagrees with the task is a one-line error."""
+    task = task_of(cfg.get("dataset") or {})
+    given = cfg.model.get("classes", "auto")
+    if given in (None, "auto") or int(given) == task.channels:
+        return task.channels
+    if task.kind == "binary":
+        raise SegbenchError(
+            f"model.classes={given}, but dataset.task is binary (one output channel); for several "
+            "classes declare them: dataset.task=multiclass dataset.classes='{0: background, 1: a, "
+            "2: b}' and leave model.classes=auto")
+    raise SegbenchError(f"model.classes={given}, but dataset.task={task.kind} declares "
+                        f"{task.channels} classes ({', '.join(task.names)}); leave model.classes=auto")
+
+
 def model_kwargs(cfg: DictConfig) -> dict:
     """The model factory's keyword arguments (the config's keys that are not segbench's own)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     for key in ("name", "_target_", "pad_to_multiple", "size_divisor"):
         kwargs.pop(key, None)
+    if "classes" in kwargs:
+        kwargs["classes"] = output_channels(cfg)
     return kwargs
 
 
@@ -132,7 +152,7 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))
-    return SegmentationModel(net, mean, std, divisor)
+    return SegmentationModel(net, mean, std, divisor, task_of(cfg.get("dataset") or {}))
 
 
 def load_trained(run, checkpoint: str = "best", device="cpu", config=None):

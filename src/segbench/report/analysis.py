@@ -96,10 +96,23 @@ def column_stats(config: Configuration, column: Column) -> tuple[float, float, i
     return float(values.mean()), std, int(values.size)
 
 
+def class_columns(runs) -> list[Column]:
+    """The test Dice of each foreground class of multi-class runs (metrics.json's `task`), in the
+    order the runs name them."""
+    names: dict[str, None] = {}
+    for r in runs:
+        task = (r.metrics or {}).get("task") or {}
+        background = set(task.get("background") or [])
+        names.update((n, None) for n in task.get("classes") or [] if n not in background)
+    return [Column(f"dice_{n}", (f"test.dice_{n}",), True, optional=True) for n in names]
+
+
 def shown_columns(configs: list[Configuration]) -> list[Column]:
     runs = [r for c in configs for r in c.finished]
-    return [col for col in COLUMNS
-            if not col.optional or any(not math.isnan(metric_value(r.metrics, col)) for r in runs)]
+    columns = [col for col in COLUMNS
+               if not col.optional or any(not math.isnan(metric_value(r.metrics, col)) for r in runs)]
+    first_cost = next((i for i, c in enumerate(columns) if c.cost or c.name == "epochs"), len(columns))
+    return columns[:first_cost] + class_columns(runs) + columns[first_cost:]
 
 
 # --------------------------------------------------------------------------- per-case tables
