@@ -43,9 +43,10 @@ def scripted_validation(monkeypatch):
     return seen
 
 
-def _train(tmp_path, lgg, *overrides, name="run"):
+def _train(tmp_path, lgg, *overrides, name="run", smoothing="0"):
     run_cli("train", *LGG_TINY, f"dataset.root={lgg.root}", "trainer.max_epochs=4",
-            "scheduler=none", *overrides, f"hydra.run.dir={name}", cwd=tmp_path)
+            "scheduler=none", f"trainer.monitor_smoothing={smoothing}", *overrides,
+            f"hydra.run.dir={name}", cwd=tmp_path)
     return RunDir(tmp_path / name)
 
 
@@ -53,12 +54,31 @@ def test_volumetric_data_selects_best_pt_on_volume_dice_by_default(tmp_path, lgg
                                                                      scripted_validation):
     run = _train(tmp_path, lgg_stand_in)
     m = run.read_metrics()
-    assert m["monitor"] == {"metric": "val_volume_dice", "mode": "max", "best": 0.70}
+    assert m["monitor"] == {"metric": "val_volume_dice", "mode": "max", "best": 0.70,
+                            "smoothing": 0.0, "best_from_epoch": 1}
     assert m["best_epoch"] == 3 and m["val_best"]["volume_dice"] == 0.70
     assert run.load_checkpoint("best")["epoch"] == 3
     assert all(scripted_validation)  # the validation split came with its volumes
     history = run.read_history()
     assert [float(r["val_volume_dice"]) for r in history] == [0.1, 0.4, 0.7, 0.65]
+
+
+def test_lgg_smooths_its_monitor_and_selection_can_wait(tmp_path, lgg_stand_in,
+                                                       scripted_validation):
+    # lgg_mri's monitor_smoothing (0.9): the moving average of 0.1, 0.4, 0.7, 0.65 rises every
+    # epoch, so best.pt is the last epoch, not the noisy maximum of epoch 3.
+    run = _train(tmp_path, lgg_stand_in, smoothing="auto")
+    m, history = run.read_metrics(), run.read_history()
+    ema = [0.1, 0.9 * 0.1 + 0.1 * 0.4]
+    ema += [0.9 * ema[-1] + 0.1 * 0.7]
+    ema += [0.9 * ema[-1] + 0.1 * 0.65]
+    assert [float(r["val_monitor"]) for r in history] == pytest.approx(ema)
+    assert m["best_epoch"] == 4 and m["monitor"]["smoothing"] == 0.9
+    assert m["monitor"]["best"] == pytest.approx(ema[-1])
+    # best_from_epoch: slice IoU is best in epoch 1, but epochs 1 and 2 may not be chosen.
+    late = _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou", "trainer.best_from_epoch=3",
+                  name="late").read_metrics()
+    assert late["best_epoch"] == 3 and late["monitor"]["best_from_epoch"] == 3
 
 
 def test_trainer_monitor_switches_the_selection(tmp_path, lgg_stand_in, scripted_validation):

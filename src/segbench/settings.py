@@ -49,6 +49,9 @@ class Trainer:
     grad_clip: float | None = _rule(lambda v: v is None or v > 0, "null or a number > 0")
     monitor: str                          # auto | a validation metric (engine.early_stopping.MONITORS)
     monitor_mode: Literal["auto", "max", "min"]
+    monitor_smoothing: Literal["auto"] | float = _rule(lambda v: v == "auto" or 0 <= v < 1,
+                                                       "auto or a number in [0, 1), e.g. 0.9")
+    best_from_epoch: int = _positive()
     early_stopping: EarlyStopping
     resume: bool | str | None  # auto | true | false | a run directory
     deterministic: bool

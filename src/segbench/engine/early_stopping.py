@@ -24,6 +24,19 @@ VOLUMETRIC = ("val_volume_dice",)
 class Monitor:
     metric: str
     mode: str  # max | min
+    # Selection on a small, noisy validation split (trainer.monitor_smoothing, best_from_epoch):
+    # the value read is an exponential moving average, smoothing * previous + (1 - smoothing) *
+    # this epoch's (nnU-Net keeps one of its validation Dice); epochs before `start` neither
+    # pick best.pt nor count for early stopping.
+    smoothing: float = 0.0
+    start: int = 1
+
+    def smoothed(self, value: float, previous: float | None) -> float:
+        if self.smoothing == 0 or previous is None or math.isnan(previous):
+            return value
+        if math.isnan(value):
+            return previous
+        return self.smoothing * previous + (1 - self.smoothing) * value
 
     def better(self, value: float, than: float | None, min_delta: float = 0.0) -> bool:
         return improves(value, than, self.mode, min_delta)
@@ -40,7 +53,8 @@ def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0
 
 
 def resolve_monitor(metric: str, mode: str, dataset_default: str, volumetric: bool,
-                    dataset_name: str, task: str = "binary") -> Monitor:
+                    dataset_name: str, task: str = "binary", smoothing: float = 0.0,
+                    start: int = 1) -> Monitor:
     """The run's monitor: `trainer.monitor` (auto: the dataset's `monitor`; auto there: per-volume
     Dice for volumetric data, else per-image IoU; several classes: the mean foreground Dice),
     checked against what the data can give."""
@@ -61,7 +75,7 @@ def resolve_monitor(metric: str, mode: str, dataset_default: str, volumetric: bo
         mode = MONITORS[metric]
     if mode not in ("max", "min"):
         raise SegbenchError(f"trainer.monitor_mode={mode}; use auto, max or min")
-    return Monitor(metric, mode)
+    return Monitor(metric, mode, float(smoothing), int(start))
 
 
 class EarlyStopping:

@@ -117,6 +117,7 @@ class TrainState:
     epoch: int = 0                       # the last finished epoch
     best_value: float | None = None      # best value of the monitored metric so far, its epoch
     best_epoch: int = 0
+    monitor_ema: float | None = None     # the smoothed monitor (trainer.monitor_smoothing)
     train_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
     stopped_early: bool = False
@@ -234,7 +235,8 @@ def build(s: Train, run: RunDir, resuming: bool) -> Parts:
     monitor = resolve_monitor(s.trainer.monitor, s.trainer.monitor_mode,
                               str(s.config.dataset.get("monitor", "auto")),
                               data.val_volumes is not None, s.config.dataset.name,
-                              task_of(s.config.dataset).kind)
+                              task_of(s.config.dataset).kind,
+                              *selection(s.trainer, s.config.dataset))
     model, train_model, opt = make_optimisation(s, compute, model, data, monitor)
     t = s.trainer
     early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta, monitor.mode)
@@ -576,13 +578,29 @@ def begin_epoch(epoch: int, s: Train, parts: Parts) -> float:
     return parts.opt.optimizer.param_groups[0]["lr"]
 
 
+def selection(t, dataset) -> tuple[float, int]:
+    """(smoothing, first epoch best.pt may come from): trainer.monitor_smoothing (auto: the
+    dataset's `monitor_smoothing`, else 0) and trainer.best_from_epoch."""
+    smoothing = t.monitor_smoothing
+    if smoothing == "auto":
+        smoothing = float(dataset.get("monitor_smoothing", 0.0) or 0.0)
+    return float(smoothing), int(t.best_from_epoch)
+
+
 def update_schedule_and_stopping(epoch: int, row: dict, parts: Parts, state: TrainState) -> bool:
-    """One value, read alike by the schedule, early stopping and the best checkpoint; returns
-    whether it improved on the best so far."""
-    value = row[parts.monitor.metric]
-    parts.opt.schedule.step_epoch(row)
-    parts.early.step(value, epoch)
-    improved = parts.monitor.better(value, state.best_value)
+    """One value, read alike by the schedule, early stopping and the best checkpoint (the
+    monitor, smoothed where trainer.monitor_smoothing asks: history.csv's `val_monitor`);
+    returns whether it improved on the best so far."""
+    monitor = parts.monitor
+    value = monitor.smoothed(row[monitor.metric], state.monitor_ema)
+    state.monitor_ema = value
+    if monitor.smoothing:
+        row["val_monitor"] = value
+    parts.opt.schedule.step_epoch({**row, monitor.metric: value})
+    improved = False
+    if epoch >= monitor.start:
+        parts.early.step(value, epoch)
+        improved = monitor.better(value, state.best_value)
     if improved:
         state.best_value, state.best_epoch = value, epoch
     state.stopped_early = parts.early.should_stop
@@ -670,7 +688,8 @@ def test_best(s: Train, run: RunDir, parts: Parts, state: TrainState,
         "val_best": best["val"],
         "best_epoch": state.best_epoch,
         "monitor": {"metric": parts.monitor.metric, "mode": parts.monitor.mode,
-                    "best": state.best_value},
+                    "best": state.best_value, "smoothing": parts.monitor.smoothing,
+                    "best_from_epoch": parts.monitor.start},
         "epochs_run": len(state.history),
         "stopped_early": state.stopped_early,
         **record,  # how the test was made (threshold, TTA, rules, units)
