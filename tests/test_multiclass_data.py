@@ -141,3 +141,26 @@ def test_resizing_keeps_label_maps_exact():
     for h, w in ((16, 16), (64, 48)):
         _, out = resize_pair(image, lab, h, w)
         assert set(np.unique(out)) <= {0, 1, 2, 255}
+
+
+def test_verify_names_the_undeclared_labels_once_and_reports_the_task(tmp_path):
+    from segbench.data.verify import format_report, verify_dataset
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(root / "images" / f"c{i}.png")
+        Image.fromarray(np.where(labels() == 255, 0, labels()).astype(np.uint8)).save(
+            root / "masks" / f"c{i}.png")
+    base = {"dataset": {"name": "folder", "root": str(root), "channels": 3, "test_fraction": 0.2,
+                        "val_fraction": 0.2, "train_fraction": 1.0, "split_seed": 0,
+                        "on_unpaired": "error", "folds": None, "fold": None}}
+    report = verify_dataset(OmegaConf.create(base))
+    assert len(report["problems"]) == 1
+    assert "values 0, 1, 2" in report["problems"][0] and "(6 files: c0.png" in report["problems"][0]
+    declared = OmegaConf.create(base)
+    declared.dataset.task, declared.dataset.classes = "multiclass", CLASSES
+    report = verify_dataset(declared)
+    assert report["problems"] == [] and not any("binarized" in w for w in report["warnings"])
+    assert "task         multiclass (0: background, 1: shaft, 2: tip)" in format_report(report)

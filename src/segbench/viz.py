@@ -91,27 +91,39 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
     return np.clip(out, 0, 1)
 
 
+def show(ax, panel: np.ndarray, vmax: float | None = None) -> None:
+    """One picture in an axis without ticks: grey for a 2-D array (0..vmax), else RGB."""
+    ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0 if vmax else None,
+              vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def panel_rows(rows: list[list[tuple]], titles: list[str], extra_height: float = 0.5) -> Figure:
+    """A figure of one row of (picture, column name, vmax) panels per image, the column names
+    over the first row and each row's title at its left."""
+    fig = Figure(figsize=(10, 2.6 * len(rows) + extra_height), layout="constrained")
+    axes = fig.subplots(len(rows), len(rows[0]), squeeze=False)
+    for row, (panels, title) in enumerate(zip(rows, titles, strict=True)):
+        for col, (panel, name, vmax) in enumerate(panels):
+            show(axes[row, col], panel, vmax)
+            if row == 0:
+                axes[row, col].set_title(name, fontsize=10)
+        axes[row, 0].set_ylabel(title, fontsize=8)
+    return fig
+
+
 def plot_predictions(images, masks, probs, titles, path: Path, threshold: float = 0.5) -> Figure | None:
     """One row per image: image | ground truth | prediction | overlay (with a colour key)."""
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         return None
-    fig = Figure(figsize=(10, 2.6 * n + 0.5), layout="constrained")
-    axes = fig.subplots(n, 4, squeeze=False)
-    for row, (image, mask, prob, title) in enumerate(zip(images, masks, probs, titles, strict=True)):
+    rows = []
+    for image, mask, prob in zip(images, masks, probs, strict=True):
         pred = (prob >= threshold).astype(np.uint8)
         shown = image[..., 0] if image.shape[2] == 1 else image
-        panels = [(shown, "image"), (mask, "ground truth"), (pred, "prediction"),
-                  (overlay(image, mask, pred), "overlay")]
-        for col, (panel, name) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0,
-                      vmax=255 if panel is shown else 1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=10)
-        axes[row, 0].set_ylabel(title, fontsize=8)
+        rows.append([(shown, "image", 255), (mask, "ground truth", 1), (pred, "prediction", 1),
+                     (overlay(image, mask, pred), "overlay", 1)])
+    fig = panel_rows(rows, titles)
     colour_key(fig)
     save_figure(fig, path, dpi=100)
     return fig
@@ -182,24 +194,14 @@ def plot_class_predictions(images, truths, preds, titles, path: Path, task) -> F
     class in its colour, with a legend of the class names."""
     from matplotlib.patches import Patch
 
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         return None
-    fig = Figure(figsize=(10, 2.6 * n + 0.6), layout="constrained")
-    axes = fig.subplots(n, 4, squeeze=False)
-    for row, (image, truth, pred, title) in enumerate(zip(images, truths, preds, titles, strict=True)):
-        shown = image[..., 0] if image.shape[2] == 1 else image
-        panels = [(shown, "image"), (colour_labels(truth, task), "ground truth"),
-                  (colour_labels(pred, task), "prediction"),
-                  (colour_labels(pred, task, image), "prediction over image")]
-        for col, (panel, name) in enumerate(panels):
-            ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if row == 0:
-                ax.set_title(name, fontsize=10)
-        axes[row, 0].set_ylabel(title, fontsize=8)
+    rows = [[(image[..., 0] if image.shape[2] == 1 else image, "image", 255),
+             (colour_labels(truth, task), "ground truth", None),
+             (colour_labels(pred, task), "prediction", None),
+             (colour_labels(pred, task, image), "prediction over image", None)]
+            for image, truth, pred in zip(images, truths, preds, strict=True)]
+    fig = panel_rows(rows, titles, extra_height=0.6)
     palette = class_palette(task)
     fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k]) for k in task.foreground],
                loc="outside lower center", ncol=min(6, len(task.foreground)), fontsize=9,

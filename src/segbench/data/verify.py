@@ -23,6 +23,7 @@ from segbench.data import EXPECTED_MASK_VALUES, dataset_module, default_read
 from segbench.data.files import UnpairedFiles, listing
 from segbench.data.source import Sample
 from segbench.data.splits import make_splits, split_settings
+from segbench.task import task_of
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,24 @@ def _pools_origin(d) -> str:
     return "as shipped"
 
 
+def _grouped(errors: list[str], shown: int = 10) -> str:
+    """The errors, those that differ only in the file they name said once with the files listed
+    (ten masks holding the same undeclared labels are one line, not ten)."""
+    by_text: dict[str, list[str]] = {}
+    for e in errors:
+        path, sep, rest = e.partition(": ")
+        key, name = (rest, Path(path).name) if sep and Path(path).exists() else (e, "")
+        by_text.setdefault(key, []).append(name)
+    parts = []
+    for text, names in list(by_text.items())[:shown]:
+        named = [n for n in names if n]
+        files = (f" ({len(named)} files: {', '.join(named[:5])}{', ...' if len(named) > 5 else ''})"
+                 if len(named) > 1 else f" ({named[0]})" if named else "")
+        parts.append(text + files)
+    more = len(by_text) - shown
+    return " | ".join(parts) + (f" ... and {more} more" if more > 0 else "")
+
+
 def verify_dataset(cfg: DictConfig) -> dict:
     """The full check; returns the report (problems under "problems")."""
     d = cfg.dataset
@@ -158,17 +177,18 @@ def verify_dataset(cfg: DictConfig) -> dict:
     good = [(name, f) for (name, _), f in zip(samples, facts, strict=True) if "error" not in f]
     if errors:
         report["unreadable"] = errors
-        problems.append(f"{len(errors)} image/mask pair(s) cannot be used: "
-                        + " | ".join(errors[:10]) + (f" ... and {len(errors) - 10} more"
-                                                    if len(errors) > 10 else ""))
+        problems.append(f"{len(errors)} image/mask pair(s) cannot be used: " + _grouped(errors))
     report["pairs"] = len(samples)
     report["image_sizes"] = dict(Counter(f["size"] for _, f in good).most_common())
     report["image_files"] = dict(Counter(f["image_kind"] for _, f in good).most_common())
     report["mask_files"] = dict(Counter(f["mask_kind"] for _, f in good).most_common())
     value_sets = Counter(str(set(f["values"])) for _, f in good)
     report["mask_value_sets"] = dict(value_sets.most_common())
+    task = task_of(d)
+    if task.kind != "binary":
+        report["task"] = task.describe()
     odd = sorted({v for _, f in good for v in f["values"]} - EXPECTED_MASK_VALUES)
-    if odd:
+    if odd and task.kind == "binary":
         warnings.append(f"masks hold values outside {{0, 1, 255}} ({odd[:20]}): they are "
                         "binarized as value > 0; check that this is what the masks mean")
     report["empty_masks"] = {
@@ -211,6 +231,13 @@ def format_report(report: dict) -> str:
         return ", ".join(f"{k}: {v}" for k, v in d.items()) or "-"
 
     lines = [f"dataset {report['dataset']} at {report['root']}"]
+    if "task" in report:
+        task = report["task"]
+        values = task.get("mask_values")
+        classes = (", ".join(f"{v}: {n}" for v, n in zip(values, task["classes"], strict=True))
+                   if values else ", ".join(task["classes"]))
+        lines.append(f"  task         {task['task']} ({classes}"
+                     f"{'; ignore ' + str(task['ignore_index']) if 'ignore_index' in task else ''})")
     if "pools" in report:
         lines.append(f"  pairs        {report.get('pairs', 0)} image/mask pairs, "
                      f"{len(report.get('unpaired', []))} unpaired file(s), "

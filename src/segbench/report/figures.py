@@ -16,7 +16,7 @@ import numpy as np
 
 from segbench.report.analysis import Axis, read_rows
 from segbench.rundir import HISTORY, PREDICTION_SAMPLES
-from segbench.viz import PALETTE, colour_key, overlay, save_figure
+from segbench.viz import PALETTE, colour_key, overlay, save_figure, show
 
 CURVE_KEYS = ("val_dice", "val_iou", "val_loss", "train_loss")
 
@@ -201,9 +201,7 @@ def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
                            f"Dice {float(s['dice'][j]):.3f}"))
         for col, (panel, title, note) in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
+            show(ax, panel)
             if row == 0:
                 ax.set_title(title, fontsize=7)
             ax.set_xlabel(note, fontsize=7)
