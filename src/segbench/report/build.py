@@ -182,7 +182,11 @@ def results_table(g: Grouping, base, columns) -> Table:
                if any(c.is_ensemble for c in done) and "train_min" in [c.name for c in columns]
                else "")
             + "). " + "; ".join(f"{c}: {meaning[c]}" for c in costs)
-            + ". dice/iou average per-image values, _micro pool the split's pixels.")
+            + ". dice/iou average per-image values, _micro pool the split's pixels."
+            + (" Several classes: dice, iou, ... are the mean over the foreground classes of each "
+               "class's figure; dice_<class> is that class's per-image mean (docs/metrics.md)."
+               if any(col.name.startswith("dice_") and col.name != "dice_micro" for col in columns)
+               else ""))
     csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
     return t
