@@ -138,3 +138,11 @@ def test_task_declarations():
                        ({"task": "multilabel"}, "needs dataset.classes")]:
         with pytest.raises(SegbenchError, match=words):
             task_of(bad)
+
+
+def test_class_argmax_is_argmax_with_first_index_on_ties():
+    from segbench.metrics import class_argmax
+
+    g = torch.Generator().manual_seed(7)
+    probs = torch.rand(3, 4, 9, 9, generator=g).round(decimals=1)  # many ties
+    assert torch.equal(class_argmax(probs).long(), probs.argmax(1))

@@ -46,8 +46,12 @@ def class_confusion(pred: torch.Tensor, target: torch.Tensor, classes: int,
     valid = target < classes if ignore is None else target != ignore
     if ignore is None and not bool(valid.all()):
         raise ValueError(f"target holds a class index >= {classes}")
-    index = (torch.arange(n, device=pred.device)[:, None] * classes + target) * classes + pred
-    matrix = torch.bincount(index[valid], minlength=n * classes * classes).view(n, classes, classes)
+    index = (torch.arange(n, device=pred.device)[:, None] * classes
+             + target.clamp(max=classes - 1)) * classes + pred
+    # Ignored pixels go to one extra bin that is dropped: no masked copy of the whole batch.
+    index = torch.where(valid, index, n * classes * classes)
+    matrix = torch.bincount(index.flatten(), minlength=n * classes * classes + 1)[:-1]
+    matrix = matrix.view(n, classes, classes)
     tp = matrix.diagonal(dim1=1, dim2=2)
     fp = matrix.sum(1) - tp      # predicted c, truth another class
     fn = matrix.sum(2) - tp      # truth c, predicted another class
@@ -294,11 +298,22 @@ def unpack_labels(masks: torch.Tensor, task: Task) -> torch.Tensor:
     return torch.where(labels == IGNORE, torch.full_like(out, IGNORE), out)
 
 
+def class_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) uint8 index of each pixel's largest channel (the first on a tie, as argmax).
+    One comparison per class: torch's argmax over the channel dimension of an N x C x H x W
+    tensor strides through memory and was 6x slower on the CPU (scripts/bench_eval_classes.py)."""
+    best, index = probs[:, 0], torch.zeros(probs[:, 0].shape, dtype=torch.uint8, device=probs.device)
+    for c in range(1, probs.shape[1]):
+        index = torch.where(probs[:, c] > best, c, index)
+        best = torch.maximum(best, probs[:, c])
+    return index
+
+
 def predicted_labels(probs: torch.Tensor, task: Task, threshold: float) -> torch.Tensor:
     """(N, H, W) predictions as the task stores masks: bool foreground (binary), class indices
     (multiclass, argmax) or one bit per class (multilabel)."""
     if task.kind == "multiclass":
-        return probs.argmax(1).to(torch.uint8)
+        return class_argmax(probs)
     if task.kind == "multilabel":
         bits = (1 << torch.arange(task.channels, device=probs.device)).view(1, -1, 1, 1)
         return ((probs >= threshold).long() * bits).sum(1).to(torch.uint8)
@@ -310,7 +325,7 @@ def task_confusion(probs: torch.Tensor, masks: torch.Tensor, task: Task = BINARY
     """Per-image counts: (N, 4) for a binary task without ignored pixels (`confusion`, as before
     tasks existed), else (N, C, 4) (binary with ignore_index: C = 1)."""
     if task.kind == "multiclass":
-        return class_confusion(probs.argmax(1), masks[:, 0], task.channels, ignore=IGNORE)
+        return class_confusion(class_argmax(probs), masks[:, 0], task.channels, ignore=IGNORE)
     if task.kind == "multilabel":
         return label_confusion(probs, unpack_labels(masks, task), threshold, ignore=IGNORE)
     if task.ignore_index is not None:
