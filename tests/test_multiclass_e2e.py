@@ -75,6 +75,14 @@ def test_three_classes_train_with_per_class_records(three_class_run):
     assert {"val_dice_disc", "val_dice_square", "val_dice_background"} <= set(header)
     rows = list(csv.DictReader(open(Path(run.path) / "per_case.csv")))
     assert {"dice_disc", "dice_square", "hd95_disc"} <= set(rows[0])
+    from segbench.cases import load_cases
+    from segbench.task import task_of
+
+    cases = load_cases(Path(run.path) / "cases.npz")  # the galleries draw each class in colour
+    assert task_of(cases.task).names == ("background", "disc", "square")
+    shown = next(iter(cases.pred_labels))
+    assert set(np.unique(cases.truth_labels[shown])) <= {0, 1, 2}
+    assert cases.pred_labels[shown].shape == cases.predictions[shown].shape
 
 
 def test_per_class_dice_equals_monai_on_the_predicted_label_maps(three_class_run):

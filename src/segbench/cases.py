@@ -10,6 +10,7 @@ resolution (the gallery resizes an image to its mask).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,12 @@ class Cases:
     threshold: float
     plain: list[np.ndarray] | None = None   # with eval.tta: each case's mask without TTA
     plain_dice: np.ndarray | None = None
+    # Several classes: the shown cases' label maps (as the task stores them) and the task
+    # (segbench.task spec: task, classes, ignore_index, palette), for drawing each class in its
+    # colour; `predictions`/`truths` are then the union of the foreground classes.
+    pred_labels: dict[int, np.ndarray] | None = None
+    truth_labels: dict[int, np.ndarray] | None = None
+    task: dict | None = None
 
     def index(self) -> dict[str, int]:
         return {c: i for i, c in enumerate(self.ids)}
@@ -98,11 +105,24 @@ def _unpack(bits, shapes, offsets) -> list[np.ndarray]:
             for i, (h, w) in enumerate(shapes)]
 
 
+def _flat(arrays) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 arrays of several sizes as one flat array and its offsets (shapes kept apart)."""
+    flat = [np.asarray(a, np.uint8).ravel() for a in arrays]
+    offsets = np.cumsum([0, *(len(f) for f in flat)]).astype(np.int64)
+    return (np.concatenate(flat) if flat else np.zeros(0, np.uint8)), offsets
+
+
+def _unflat(flat, shapes, offsets) -> list[np.ndarray]:
+    return [flat[offsets[i]:offsets[i + 1]].reshape(int(h), int(w)) for i, (h, w) in enumerate(shapes)]
+
+
 def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions, images, truths,
-               threshold: float, groups=None, spread: int = 6, plain=None) -> None:
+               threshold: float, groups=None, spread: int = 6, plain=None, labels=None) -> None:
     """Write cases.npz; `images` and `truths` are indexable per case (the split's arrays), only
     the picked cases are read from them. `plain`: (masks, Dice) of the same split without TTA,
-    where the run evaluated with it; the cases TTA changed most are kept too."""
+    where the run evaluated with it; the cases TTA changed most are kept too. `labels`: (every
+    case's predicted label map, the truth label maps indexable per case, the task spec) of a
+    multi-class run, whose `predictions` and `truths` are the union of its foreground classes."""
     hd95 = None if hd95 is None else np.asarray(hd95, np.float32)
     shown = set(pick(np.asarray(dice), hd95, spread).values())
     if plain is not None:
@@ -122,6 +142,11 @@ def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions
     if plain is not None:
         arrays["plain_bits"], _, arrays["plain_offsets"] = _pack(plain[0])
         arrays["plain_dice"] = np.asarray(plain[1], np.float32)
+    if labels is not None:
+        pred_labels, truth_labels, task = labels
+        arrays["pred_labels"], arrays["label_offsets"] = _flat([pred_labels[i] for i in shown])
+        arrays["truth_labels"], _ = _flat([truth_labels[i] for i in shown])
+        arrays["task"] = json.dumps(task)
     write_atomic(Path(path), lambda f: np.savez_compressed(f, **arrays))
 
 
@@ -142,4 +167,15 @@ def load_cases(path: Path) -> Cases | None:
                      strip_dice=float(z["strip_dice"]), threshold=float(z["threshold"]),
                      plain=(_unpack(z["plain_bits"], shapes, z["plain_offsets"])
                             if "plain_bits" in z.files else None),
-                     plain_dice=z["plain_dice"] if "plain_dice" in z.files else None)
+                     plain_dice=z["plain_dice"] if "plain_dice" in z.files else None,
+                     **_labels(z, shapes[shown], shown))
+
+
+def _labels(z, shapes, shown) -> dict:
+    if "pred_labels" not in z.files:
+        return {}
+    return {"pred_labels": dict(zip(shown, _unflat(z["pred_labels"], shapes, z["label_offsets"]),
+                                    strict=True)),
+            "truth_labels": dict(zip(shown, _unflat(z["truth_labels"], shapes, z["label_offsets"]),
+                                     strict=True)),
+            "task": json.loads(str(z["task"]))}

@@ -48,6 +48,15 @@ class Task:
     def foreground_names(self) -> tuple[str, ...]:
         return tuple(self.names[i] for i in self.foreground)
 
+    def spec(self) -> dict:
+        """The declaration task_of() reads back into this Task (JSON-safe)."""
+        classes = (dict(zip(self.values, self.names, strict=True)) if self.kind == "multiclass"
+                   else list(self.names))
+        out: dict = {"task": self.kind, "classes": classes, "ignore_index": self.ignore_index}
+        if self.palette:
+            out["palette"] = {n: list(c) for n, c in zip(self.names, self.palette, strict=True)}
+        return out
+
     def describe(self) -> dict:
         """The task as metrics.json states it."""
         out: dict = {"task": self.kind, "classes": list(self.names)}

@@ -350,7 +350,7 @@ def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_
                              for u, t in zip(union, union_truth, strict=True)], np.int64)
     save_cases(out_dir / rundir.CASES, list(dataset.ids), union_counts, per_image["dice"],
                per_image["iou"], None, union, dataset.images, union_truth, threshold, groups,
-               num_predictions)
+               num_predictions, labels=(result.predictions, truths, task.spec()))
     return summary
 
 

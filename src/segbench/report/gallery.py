@@ -20,7 +20,8 @@ import numpy as np
 from segbench.cases import Cases, load_cases, pick, tta_changed
 from segbench.report.figures import wrap
 from segbench.rundir import CASES
-from segbench.viz import OVERLAY, overlay, save_figure
+from segbench.task import task_of
+from segbench.viz import OVERLAY, class_palette, colour_labels, overlay, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,15 @@ def _key(fig, contours=tuple(CONTOURS)) -> None:
                frameon=False)
 
 
+def _class_key(fig, task) -> None:
+    from matplotlib.patches import Patch
+
+    palette = class_palette(task)
+    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k]) for k in task.foreground],
+               loc="outside lower center", ncol=min(6, len(task.foreground)), fontsize=8,
+               frameon=False)
+
+
 def metrics_text(cases: Cases, i: int) -> str:
     text = f"Dice {cases.dice[i]:.3f}  IoU {cases.iou[i]:.3f}"
     if cases.hd95 is not None:
@@ -109,22 +119,33 @@ def case_gallery(label: str, cases: Cases, path: Path) -> dict[str, str]:
             roles.setdefault(chosen[role], []).append(role)
     fig = Figure(figsize=(7.2, 2.35 * len(roles) + 1.0), layout="constrained")
     axes = fig.subplots(len(roles), 3, squeeze=False)
+    task = task_of(cases.task) if cases.task else None
     for row, (i, names) in enumerate(roles.items()):
         pred, truth = cases.predictions[i], cases.truths[i]
         image = image_at(cases.images[i], pred.shape)
         for ax in axes[row]:
             _show(ax, image)
-        _contour(axes[row, 1], truth, CONTOURS["ground truth"])
-        _contour(axes[row, 1], pred, CONTOURS["prediction"])
-        axes[row, 2].imshow(overlay(image, truth, pred), interpolation="nearest")
+        if task is None:
+            _contour(axes[row, 1], truth, CONTOURS["ground truth"])
+            _contour(axes[row, 1], pred, CONTOURS["prediction"])
+            axes[row, 2].imshow(overlay(image, truth, pred), interpolation="nearest")
+        else:  # several classes: truth and prediction, each class in its colour
+            axes[row, 1].imshow(colour_labels(cases.truth_labels[i], task, image), interpolation="nearest")
+            axes[row, 2].imshow(colour_labels(cases.pred_labels[i], task, image), interpolation="nearest")
         axes[row, 0].set_ylabel(f"{', '.join(names)}\n{cases.ids[i]}", fontsize=8)
         axes[row, 1].set_xlabel(metrics_text(cases, i), fontsize=8)
         axes[row, 2].set_xlabel(f"{pred.shape[1]}x{pred.shape[0]} px", fontsize=8)
         if row == 0:
-            for ax, title in zip(axes[0], ("image", "contours", "TP / FP / FN"), strict=True):
+            titles = (("image", "contours", "TP / FP / FN") if task is None
+                      else ("image", "ground truth", "prediction"))
+            for ax, title in zip(axes[0], titles, strict=True):
                 ax.set_title(title, fontsize=9)
-    fig.suptitle(wrap(f"{label}: worst, median and best test cases", 60), fontsize=10)
-    _key(fig)
+    what = "" if task is None else " (Dice: mean over the foreground classes)"
+    fig.suptitle(wrap(f"{label}: worst, median and best test cases{what}", 60), fontsize=10)
+    if task is None:
+        _key(fig)
+    else:
+        _class_key(fig, task)
     save_figure(fig, path, dpi=100)
     return {cases.ids[i]: ", ".join(names) for i, names in roles.items()}
 
