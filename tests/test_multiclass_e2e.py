@@ -135,6 +135,7 @@ def test_report_names_the_classes(three_class_run, tmp_path):
     text = "\n".join(p.read_text() for p in tables)
     assert "dice_disc" in text and "dice_square" in text  # a column per foreground class
     assert "dice_background" not in text
+    assert "### dice_square" in text  # compared with the same statistics as the summary
 
 
 def test_overlapping_classes_train_as_multilabel(tmp_path):

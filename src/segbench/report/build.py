@@ -40,6 +40,9 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
         raise SegbenchError(f"none of the {len(runs)} run directories below {root} has a readable "
                             "config.yaml; nothing to compare")
     base = pick_baseline(g.configs, baseline)
+    # Several classes: each foreground class's Dice is compared too, with the same statistics.
+    metrics += tuple(c.name for c in analysis.class_columns([r for c in g.configs for r in c.finished])
+                     if c.name not in metrics)
     notes: list[str] = list(g.notes)
     monitors = {c.label: monitor_of(c) for c in g.configs if c.finished and not c.is_ensemble}
     if len(set(monitors.values())) > 1:
