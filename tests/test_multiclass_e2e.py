@@ -166,3 +166,27 @@ def test_binary_task_refuses_label_maps_and_model_classes(tmp_path):
     with pytest.raises(segbench.SegbenchError, match="model.classes=3, but dataset.task is binary"):
         segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}", "model.classes=3",
                         f"hydra.run.dir={tmp_path / 'run2'}"])
+
+
+def test_tta_ensemble_and_onnx_follow_the_task(three_class_run, tmp_path):
+    from conftest import read_json, run_cli
+
+    run, root = three_class_run
+    tta = segbench.evaluate(run.path, ["eval.tta=true"])["test"]
+    for name in ("disc", "square"):
+        assert 0 <= tta[f"iou_{name}"] <= tta[f"dice_{name}"] <= 1
+    # an ensemble of the run with a second seed: the members' softmax probabilities averaged
+    second = segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}", "seed=1",
+                             "dataset.task=multiclass",
+                             "dataset.classes={0: background, 1: disc, 2: square}",
+                             f"hydra.run.dir={tmp_path / 'seed1'}"])
+    proc = run_cli("ensemble", str(run.path), str(second.path), f"output={tmp_path / 'ens'}",
+                   "eval.latency=false", cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr
+    ens = read_json(tmp_path / "ens" / "metrics.json")
+    assert ens["task"]["classes"] == ["background", "disc", "square"]
+    assert 0 <= ens["test"]["dice_square"] <= 1
+    proc = run_cli("export", f"run_dir={run.path}", "format=onnx", cwd=tmp_path)
+    info = read_json(next(Path(run.path).glob("export*/model.onnx.json")))
+    assert info["output"]["shape"][1] == 3 and info["card"]["classes"] == 3
+    assert info["card"]["task"]["task"] == "multiclass" and info["max_abs_diff"] <= 1e-4
