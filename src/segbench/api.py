@@ -260,7 +260,8 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
     import numpy as np
 
     from segbench.engine.device import resolve_device
-    from segbench.prediction import load_predictor
+    from segbench.engine.evaluate import model_task
+    from segbench.prediction import load_predictor, predicted_mask
     from segbench.rundir import RunDir
 
     run = RunDir.open(run_dir)
@@ -281,12 +282,5 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
     probs = predictor.probabilities(arrays)
     if probabilities:
         return [p.astype(np.float32) for p in probs]
-    task = getattr(predictor.model, "task", None)
-    if task is not None and task.kind != "binary":  # label maps: class indices or class bits
-        import torch
-
-        from segbench.metrics import predicted_labels
-
-        return [predicted_labels(torch.from_numpy(p)[None], task, predictor.settings.threshold)[0]
-                .numpy() for p in probs]
-    return [p >= predictor.settings.threshold for p in probs]
+    task = model_task(predictor.model)  # several classes: label maps (indices or class bits)
+    return [predicted_mask(p, task, predictor.settings.threshold) for p in probs]

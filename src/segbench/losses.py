@@ -32,6 +32,7 @@ from torch import nn
 
 from segbench import SegbenchError
 from segbench.distance import signed_distance
+from segbench.metrics import unpack_labels
 from segbench.registry import Registry, accepts
 from segbench.task import IGNORE, Task
 
@@ -64,8 +65,6 @@ def loss_target(masks: torch.Tensor, task: Task | None) -> torch.Tensor:
     if task is not None and task.kind == "multiclass":
         return masks[:, 0].long()
     if task is not None and task.kind == "multilabel" and masks.shape[1] == 1:
-        from segbench.metrics import unpack_labels
-
         return unpack_labels(masks, task)
     return masks.float()
 

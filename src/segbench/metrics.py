@@ -320,6 +320,11 @@ def predicted_labels(probs: torch.Tensor, task: Task, threshold: float) -> torch
     return probs[:, 0] >= threshold
 
 
+def count_shape(task: Task) -> tuple[int, ...]:
+    """The shape of one image's counts from `task_confusion`: (4,) binary, (C, 4) otherwise."""
+    return (4,) if task.kind == "binary" else (task.channels, 4)
+
+
 def task_confusion(probs: torch.Tensor, masks: torch.Tensor, task: Task = BINARY,
                    threshold: float = 0.5) -> torch.Tensor:
     """Per-image counts: (N, 4) for a binary task without ignored pixels (`confusion`, as before

@@ -99,11 +99,19 @@ def probability_format(setting) -> str | None:
                         "(8-bit PNG, probability x 255)")
 
 
+def predicted_mask(prob: np.ndarray, task, threshold: float) -> np.ndarray:
+    """One image's prediction from `predict_images`' probabilities: a bool mask (binary), or a
+    uint8 label map as the task stores masks (class indices, or one bit per class)."""
+    if task.kind == "binary":
+        return prob >= threshold
+    from segbench.metrics import predicted_labels
+
+    return predicted_labels(torch.from_numpy(prob)[None], task, threshold)[0].numpy()
+
+
 def write_probability(out_dir: Path, stem: str, prob: np.ndarray, fmt: str) -> str:
     """The foreground probability at the image's size: float16 .npy (for thresholding or fusing
     later; 3 significant digits) or an 8-bit PNG (round(255 p)). Returns the file's name."""
-    import io
-
     name = stem + PROBABILITY_FORMATS[fmt]
     if fmt == "png":
         write_png(out_dir / name, np.round(np.clip(prob, 0, 1) * 255).astype(np.uint8))
@@ -252,24 +260,21 @@ def write_labels(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: 
     """One image's label map and overlay (several classes); its areas.csv row. Multiclass: a
     palette PNG whose pixel values are the declared mask values and whose colours are the
     classes'; multilabel: one 0/255 PNG per class (`<stem>_<class>_mask.png`)."""
-    from segbench.metrics import predicted_labels
     from segbench.viz import class_palette, colour_labels
 
-    labels = predicted_labels(torch.from_numpy(prob)[None], task, threshold)[0].numpy()
+    labels = predicted_mask(prob, task, threshold)
     row = {"image": file.name, "width": image.shape[1], "height": image.shape[0], "error": ""}
     if task.kind == "multiclass":
         values = np.array(task.values)
         write_palette_png(out_dir / f"{stem}_mask.png", values[labels], task, class_palette(task))
         row["mask"] = f"{stem}_mask.png"
-        for k, name in enumerate(task.names):
-            row[f"pixels_{name}"] = int((labels == k).sum())
     else:
         for k, name in enumerate(task.names):
-            layer = ((labels >> k) & 1).astype(np.uint8)
-            write_png(out_dir / f"{stem}_{name}_mask.png", layer * 255)
-            row[f"pixels_{name}"] = int(layer.sum())
+            write_png(out_dir / f"{stem}_{name}_mask.png", task.class_mask(labels, k).astype(np.uint8) * 255)
         row["mask"] = f"{stem}_<class>_mask.png"
-    fg = np.isin(labels, task.foreground) if task.kind == "multiclass" else labels > 0
+    for k, name in enumerate(task.names):
+        row[f"pixels_{name}"] = int(task.class_mask(labels, k).sum())
+    fg = task.foreground_mask(labels)
     row["foreground_pixels"] = int(fg.sum())
     row["foreground_fraction"] = f"{fg.mean():.6f}"
     shown = (colour_labels(labels, task, image) * 255).round().astype(np.uint8)

@@ -48,6 +48,20 @@ class Task:
     def foreground_names(self) -> tuple[str, ...]:
         return tuple(self.names[i] for i in self.foreground)
 
+    def class_mask(self, labels, k: int):
+        """Class k's pixels in a label map as this task stores it (numpy or torch): index k
+        (multiclass) or bit k (multilabel; ignored pixels are in no class)."""
+        if self.kind == "multilabel":
+            return (((labels >> k) & 1) == 1) & (labels != IGNORE)
+        return labels == k
+
+    def foreground_mask(self, labels):
+        """The pixels of any foreground class of a multi-class label map."""
+        out = self.class_mask(labels, self.foreground[0])
+        for k in self.foreground[1:]:
+            out = out | self.class_mask(labels, k)
+        return out
+
     def spec(self) -> dict:
         """The declaration task_of() reads back into this Task (JSON-safe)."""
         classes = (dict(zip(self.values, self.names, strict=True)) if self.kind == "multiclass"

@@ -178,14 +178,9 @@ def colour_labels(labels: np.ndarray, task, image: np.ndarray | None = None) -> 
     base = (np.zeros((*labels.shape, 3), np.float32) if image is None else
             (np.repeat(image, 3, 2) if image.shape[2] == 1 else image[..., :3]).astype(np.float32) / 255)
     out = base.copy()
-    if task.kind == "multiclass":
-        for k in task.foreground:
-            where = labels == k
-            out[where] = 0.35 * base[where] + 0.65 * palette[k] if image is not None else palette[k]
-    else:
-        for k in range(task.channels):
-            where = ((labels >> k) & 1).astype(bool) & (labels != 255)
-            out[where] = 0.35 * out[where] + 0.65 * palette[k] if image is not None else palette[k]
+    for k in task.foreground:  # multilabel classes overlap: their colours mix
+        where = task.class_mask(labels, k)
+        out[where] = 0.35 * out[where] + 0.65 * palette[k] if image is not None else palette[k]
     return out
 
 

@@ -31,7 +31,7 @@ from segbench.engine import distributed
 from segbench.engine.device import autocast
 from segbench.losses import loss_target
 from segbench.models.ensemble import Ensemble
-from segbench.task import BINARY, IGNORE, Task
+from segbench.task import BINARY, Task
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
     volume_counts = None
     if volumes is not None:
         volumes = volumes.to(device)
+        volume_counts = torch.zeros(int(volumes.max()) + 1, *metrics.count_shape(task),
+                                    dtype=torch.long, device=device)
     scores = scores and task.kind == "binary"  # pixel AUROC/AP: one foreground class only
     histogram = torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device) if scores else None
     predictions = []
@@ -130,9 +132,7 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
             probs = torch.nn.functional.interpolate(probs, size=masks.shape[-2:], mode="bilinear",
                                                     align_corners=False)
         counts.append(metrics.task_confusion(probs, masks, task, threshold))
-        if volumes is not None:
-            if volume_counts is None:
-                volume_counts = counts[-1].new_zeros((int(volumes.max()) + 1, *counts[-1].shape[1:]))
+        if volume_counts is not None:
             volume_counts.index_add_(0, volumes[index.to(device)], counts[-1].long())
         if histogram is not None:
             histogram += metrics.score_histogram(probs, masks)
@@ -146,9 +146,8 @@ def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: floa
                                                              threshold)[0].cpu().numpy())
         indices.append(index)
     masks_out = [p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None
-    counts = torch.cat(counts) if counts else torch.zeros((0, 4), dtype=torch.long, device=device)
-    if volumes is not None and volume_counts is None:
-        volume_counts = torch.zeros(int(volumes.max()) + 1, 4, dtype=torch.long, device=device)
+    counts = (torch.cat(counts) if counts else
+              torch.zeros((0, *metrics.count_shape(task)), dtype=torch.long, device=device))
     if isinstance(loader.sampler, distributed.ShardSampler):  # this process's share: gather the rest
         index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
         counts = distributed.gather_rows(counts, index, len(loader.dataset))
@@ -290,27 +289,12 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     return summary
 
 
-def class_masks(labels: np.ndarray, task: Task, k: int) -> np.ndarray:
-    """Class k's binary mask of a label map as the task stores it (ignored pixels: not in it)."""
-    labels = np.asarray(labels)
-    if task.kind == "multilabel":
-        return ((labels >> k) & 1).astype(bool) & (labels != IGNORE)
-    return labels == k
-
-
-def foreground_union(labels, task: Task) -> np.ndarray:
-    """Where any foreground class is (the galleries' one-colour view of several classes)."""
-    labels = np.asarray(labels)
-    if task.kind == "multilabel":
-        return (labels > 0) & (labels != IGNORE)
-    return np.isin(labels, task.foreground)
-
-
 def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_metrics: bool,
                   pixel_spacing, surface_workers, threshold: float, num_predictions: int) -> dict:
     """test_split's records for several classes: metrics per class and their foreground mean,
     per_case.csv (and per_volume.csv) with a column per class, the prediction figure in class
-    colours; the galleries (cases.npz) show the union of the foreground classes."""
+    colours; cases.npz keeps the label maps the galleries colour, with the union of the
+    foreground classes as each case's mask."""
     from segbench.cases import save_cases
     from segbench.viz import plot_class_predictions
 
@@ -319,8 +303,8 @@ def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_
     per_image_surface: dict[str, np.ndarray] = {}
     if surface_metrics:
         for k, name in zip(task.foreground, task.foreground_names, strict=True):
-            s = surface.surface_metrics([class_masks(p, task, k) for p in result.predictions],
-                                        [class_masks(t, task, k) for t in truths], pixel_spacing,
+            s = surface.surface_metrics([task.class_mask(np.asarray(p), k) for p in result.predictions],
+                                        [task.class_mask(np.asarray(t), k) for t in truths], pixel_spacing,
                                         workers=surface_workers)
             per_image_surface[f"hd95_{name}"], per_image_surface[f"assd_{name}"] = s["hd95"], s["assd"]
             summary.update({f"{key}_{name}": v for key, v in
@@ -344,8 +328,8 @@ def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_
                            [result.kept[i] for i in keep],
                            [f"{dataset.ids[i]}\nDice {per_image['dice'][i]:.3f}" for i in keep],
                            out_dir / rundir.PREDICTIONS, task)
-    union = [foreground_union(p, task) for p in result.predictions]
-    union_truth = [foreground_union(t, task) for t in truths]
+    union = [task.foreground_mask(np.asarray(p)) for p in result.predictions]
+    union_truth = [task.foreground_mask(np.asarray(t)) for t in truths]
     union_counts = np.array([[(u & t).sum(), (u & ~t).sum(), (~u & t).sum(), (~u & ~t).sum()]
                              for u, t in zip(union, union_truth, strict=True)], np.int64)
     save_cases(out_dir / rundir.CASES, list(dataset.ids), union_counts, per_image["dice"],

@@ -66,7 +66,7 @@ from segbench.progress import RunProgress
 from segbench.rundir import RunDir
 from segbench.settings import Train
 from segbench.settings import Trainer as TrainerSettings
-from segbench.task import BINARY, Task, task_of
+from segbench.task import BINARY, Task
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +235,7 @@ def build(s: Train, run: RunDir, resuming: bool) -> Parts:
     monitor = resolve_monitor(s.trainer.monitor, s.trainer.monitor_mode,
                               str(s.config.dataset.get("monitor", "auto")),
                               data.val_volumes is not None, s.config.dataset.name,
-                              task_of(s.config.dataset).kind,
+                              model.task.kind,
                               *selection(s.trainer, s.config.dataset))
     model, train_model, opt = make_optimisation(s, compute, model, data, monitor)
     t = s.trainer
@@ -324,7 +324,7 @@ def make_optimisation(s: Train, compute: Compute, model: torch.nn.Module, data: 
     gradient scaler; returns (model, the module to train through, Optimisation)."""
     cfg, t = s.config, s.trainer
     loss_fn = build_loss(cfg.loss, {"train_masks": data.datasets["train"].masks,
-                                    "task": task_of(cfg.dataset)}).to(compute.device)
+                                    "task": model.task}).to(compute.device)
     model, train_model = distributed.wrap(model, t.sync_batchnorm)
     train_model = compile_model(train_model, t.compile, compute.device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
