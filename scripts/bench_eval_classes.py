@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segbench.data.dataset import SegmentationDataset
-from segbench.engine.evaluate import eval_loader, evaluate
+from segbench.inference.loop import eval_loader, evaluate
 from segbench.metrics import probabilities, task_confusion
 from segbench.models import build_model
 from segbench.task import task_of

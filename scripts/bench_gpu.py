@@ -49,18 +49,19 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
-from segbench import config_dir, surface
+from segbench import config_dir
 from segbench.data.dataset import SeededShuffleSampler, SegmentationDataset
 from segbench.data.resident import ResidentBatches
 from segbench.data.synthetic import render
 from segbench.data.tensor_augment import DeviceAugmentation
 from segbench.data.transforms import build_augmentation
-from segbench.engine.device import autocast, resolve_device
-from segbench.engine.evaluate import eval_loader, evaluate
 from segbench.engine.trainer import Compute, Optimisation, StepSettings, train_one_epoch
+from segbench.inference.loop import eval_loader, evaluate
 from segbench.losses import build_loss
+from segbench.metrics import surface
 from segbench.models import build_model
 from segbench.optim import build_optimizer, build_scheduler
+from segbench.runtime.device import autocast, resolve_device
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -17,11 +17,11 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from segbench import config_dir
-from segbench.engine.device import autocast, autocast_dtype, resolve_device
 from segbench.losses import build_loss
 from segbench.metrics import confusion
 from segbench.models import build_model
 from segbench.optim import build_optimizer
+from segbench.runtime.device import autocast, autocast_dtype, resolve_device
 
 
 def main(overrides: list[str], steps: int = 20, warmup: int = 3) -> None:

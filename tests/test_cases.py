@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from segbench.cases import load_cases, pick, save_cases, tta_changed, worst_volume
+from segbench.inference.cases import load_cases, pick, save_cases, tta_changed, worst_volume
 from segbench.report.gallery import (
     CONTOURS,
     case_gallery,

@@ -140,7 +140,7 @@ def _manual_ensemble_counts(runs: list[Path], test_ids: list[str]) -> tuple[np.n
     computed here model by model."""
     from segbench.data import build_datasets, select_splits
     from segbench.models import load_trained
-    from segbench.rundir import RunDir
+    from segbench.runs.rundir import RunDir
 
     probs = []
     for r in runs:

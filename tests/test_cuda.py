@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import TINY, read_json, run_cli, run_subprocess
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -23,7 +23,7 @@ def _compose(*overrides):
 
     from segbench import config_dir
     from segbench.cli_args import quote_numeric_choices
-    from segbench.sweeps import register_resolvers
+    from segbench.runs.sweeps import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -53,8 +53,8 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(tmp_path):
 
 
 def test_channels_last_pinned_memory_and_persistent_workers_on_the_gpu(tmp_path):
-    from segbench.engine.evaluate import eval_loader, evaluate
     from segbench.engine.trainer import StepSettings, build, train_one_epoch
+    from segbench.inference.loop import eval_loader, evaluate
     from segbench.settings import check_train
 
     cfg = _compose(*GPU, "trainer.num_workers=2", "trainer.data_on_device=false",

@@ -21,7 +21,7 @@ from segbench.data.dataset import SeededShuffleSampler, SegmentationDataset
 from segbench.data.resident import ResidentBatches, resident_batches
 from segbench.data.tensor_augment import DeviceAugmentation, Draw, rot90_batch, unsupported_reason
 from segbench.data.transforms import build_augmentation
-from segbench.engine.device import compile_model
+from segbench.runtime.device import compile_model
 
 
 def _pairs(n=6, h=32, w=32, channels=3, seed=0):

@@ -20,8 +20,8 @@ from conftest import TINY, read_json, run_cli
 from segbench import SegbenchError
 from segbench.cli_args import worker_argv
 from segbench.data.dataset import SeededShuffleSampler
-from segbench.engine import distributed
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
+from segbench.runtime import distributed
 
 # A network without batch norm and a per-pixel mean loss: a global batch split into parts (over
 # processes or accumulated batches) then gives the same gradient as the whole batch, up to the
@@ -287,7 +287,7 @@ def test_bf16_autocast_trains_on_cpu_and_is_recorded(tmp_path):
 
 
 def test_precision_choices_and_the_scaler_they_imply():
-    from segbench.engine.device import autocast, autocast_dtype
+    from segbench.runtime.device import autocast, autocast_dtype
 
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from conftest import read_json, run_cli, run_subprocess
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
 from test_distributed import plain_args, plain_net_configs
 
 pytestmark = pytest.mark.e2e

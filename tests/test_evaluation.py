@@ -13,7 +13,7 @@ import torch
 
 from conftest import TINY, read_json, run_cli
 from segbench.commands.eval import NOT_COMPARED
-from segbench.engine.evaluate import predict_probs
+from segbench.inference.loop import predict_probs
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +129,7 @@ def test_tta_is_the_mean_of_identity_and_both_flips():
 
 def test_test_split_computes_surface_metrics_only_when_asked(tmp_path):
     from segbench.data.dataset import SegmentationDataset
-    from segbench.engine.evaluate import test_split
+    from segbench.inference.loop import test_split
 
     rng = np.random.default_rng(0)
     masks = np.zeros((5, 16, 16), np.uint8)

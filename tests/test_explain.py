@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import run_cli
-from segbench.explain import explain, find_layers
+from segbench.inspection.gradcam import explain, find_layers
 from segbench.models.unet import UNet
 
 

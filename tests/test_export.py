@@ -113,7 +113,7 @@ def test_export_command_writes_a_checked_file_into_the_run(run_copy, tmp_path, f
     # The file runs on its own and agrees with the run's best checkpoint.
     from omegaconf import OmegaConf
 
-    from segbench.checkpoint import load_checkpoint
+    from segbench.runs.checkpoint import load_checkpoint
 
     model = build_model(OmegaConf.load(run_copy / "config.yaml"))
     model.load_state_dict(load_checkpoint(run_copy / "checkpoints" / "best.pt")["model"])

@@ -14,7 +14,12 @@ from omegaconf import OmegaConf
 from conftest import TINY, read_json, run_cli
 from datasets_util import folder_dataset
 from segbench import SegbenchError
-from segbench.inference import _default_eval, eval_settings, external_record, external_samples
+from segbench.inference.evaluation import (
+    _default_eval,
+    eval_settings,
+    external_record,
+    external_samples,
+)
 
 # --------------------------------------------------------------------------- eval settings
 

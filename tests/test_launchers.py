@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from conftest import TINY, read_json, run_cli, run_dirs
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
 
 pytestmark = pytest.mark.e2e
 

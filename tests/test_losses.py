@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from conftest import ROOT, TINY
 from segbench import SegbenchError, config_dir
-from segbench.distance import distance_to, signed_distance
 from segbench.losses import build_loss, foreground_share, list_losses, set_epoch
+from segbench.metrics.distance import distance_to, signed_distance
 
 LOSS_DIR = ROOT / "configs" / "loss"
 ALL_LOSSES = sorted(p.stem for p in LOSS_DIR.glob("*.yaml"))

@@ -20,8 +20,9 @@ from hypothesis.extra.numpy import arrays
 from omegaconf import OmegaConf
 from scipy import ndimage
 
-from segbench import SegbenchError, metrics, surface
-from segbench.engine.evaluate import pixel_spacing
+from segbench import SegbenchError, metrics
+from segbench.inference.loop import pixel_spacing
+from segbench.metrics import surface
 
 TOL = 1e-6
 

@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import TINY, read_json, run_cli
 from segbench import SegbenchError, metrics
 from segbench.engine.early_stopping import EarlyStopping, resolve_monitor
-from segbench.engine.evaluate import evaluate
-from segbench.rundir import RunDir
+from segbench.inference.loop import evaluate
+from segbench.runs.rundir import RunDir
 
 LGG_TINY = [a for a in TINY if not a.startswith("dataset.")] + ["dataset=lgg_mri"]
 

@@ -75,7 +75,7 @@ def test_three_classes_train_with_per_class_records(three_class_run):
     assert {"val_dice_disc", "val_dice_square", "val_dice_background"} <= set(header)
     rows = list(csv.DictReader(open(Path(run.path) / "per_case.csv")))
     assert {"dice_disc", "dice_square", "hd95_disc"} <= set(rows[0])
-    from segbench.cases import load_cases
+    from segbench.inference.cases import load_cases
     from segbench.task import task_of
 
     cases = load_cases(Path(run.path) / "cases.npz")  # the galleries draw each class in colour
@@ -89,9 +89,9 @@ def test_per_class_dice_equals_monai_on_the_predicted_label_maps(three_class_run
     from monai.metrics import DiceMetric
 
     from segbench.data import build_datasets, select_splits
-    from segbench.engine.evaluate import eval_loader, evaluate
+    from segbench.inference.loop import eval_loader, evaluate
     from segbench.models import load_trained
-    from segbench.rundir import RunDir
+    from segbench.runs.rundir import RunDir
 
     run, _ = three_class_run
     rd = RunDir.open(run.path)

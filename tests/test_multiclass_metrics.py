@@ -105,7 +105,7 @@ def test_label_confusion_per_channel_with_overlap():
 def test_hd95_per_class_matches_monai():
     from monai.metrics import compute_hausdorff_distance
 
-    from segbench.surface import hd95_assd
+    from segbench.metrics.surface import hd95_assd
 
     pred, target, ignore = random_maps(6, n=2, size=32)
     t, p = target.masked_fill(ignore, 0), pred.masked_fill(ignore, 0)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from conftest import TINY, read_json, run_cli
-from segbench.cases import load_cases
 from segbench.data.dataset import NativeMaskDataset
-from segbench.engine.evaluate import eval_loader, evaluate
+from segbench.inference.cases import load_cases
+from segbench.inference.loop import eval_loader, evaluate
 
 
 class Constant(torch.nn.Module):

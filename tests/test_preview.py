@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from conftest import run_cli
 from segbench import config_dir
-from segbench.augment_preview import describe, rows_of
+from segbench.inspection.augmentations import describe, rows_of
 from segbench.report import build_report
 from test_report import fake_run, per_image
 

@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
 from segbench import SegbenchError, config_dir
+from segbench.metrics.stats import hierarchical_comparison
 from segbench.report import build_report
-from segbench.rundir import ENSEMBLE
-from segbench.stats import hierarchical_comparison
+from segbench.runs.rundir import ENSEMBLE
 
 IDS = [f"img_{i:02d}" for i in range(10)]
 DELETE = object()  # fake_run(edit={key: DELETE}): a config from before that key existed

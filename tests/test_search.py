@@ -14,7 +14,7 @@ import pytest
 
 from conftest import TINY, ctrl_c_at_test, read_json, run_cli
 from segbench import SegbenchError
-from segbench.search import check_objective, objective_value, rerun_command
+from segbench.runs.search import check_objective, objective_value, rerun_command
 
 optuna = pytest.importorskip("optuna")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from segbench.stats import (
+from segbench.metrics.stats import (
     bootstrap_mean_ci,
     hierarchical_comparison,
     hierarchical_mean_ci,
@@ -179,7 +179,7 @@ def test_single_run_verdicts_never_claim_a_configuration_is_better():
 
 def test_verdicts_follow_the_holm_p_printed_beside_them():
     """Raw p under 0.05, Holm p over it: the words say no difference (issue 22)."""
-    from segbench.stats import holm_verdicts
+    from segbench.metrics.stats import holm_verdicts
 
     straddling = {"p_value": 0.031, "mean_diff": -0.02, "n_nonzero": 8, "n_pairs": 8,
                   "verdict": "worse on these 8 images at 0.05", "test": "wilcoxon", "unit": "images"}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from segbench import commands
-from segbench.sweeps import MAX_NAME, job_dirname, prepare_sweep, safe_name
+from segbench.runs.sweeps import MAX_NAME, job_dirname, prepare_sweep, safe_name
 
 TODAY = time.strftime("%Y-%m-%d")
 
@@ -101,7 +101,7 @@ def test_a_ray_job_asks_for_a_gpu_only_where_there_is_one():
     from hydra import compose, initialize_config_dir
 
     from segbench import config_dir
-    from segbench.sweeps import register_resolvers
+    from segbench.runs.sweeps import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, TINY, ctrl_c_at_test, read_json, run_cli
-from segbench.loggers import flat_params
+from segbench.tracking.base import flat_params
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -251,7 +251,7 @@ def test_hydra_and_segbench_log_in_one_format_without_library_noise(tmp_path):
 
 
 def test_nan_metrics_and_lists_flatten_for_trackers():
-    from segbench.loggers import numbers
+    from segbench.tracking.base import numbers
 
     flat = flat_params({"a": {"b": [1, {"c": None}], "d": []}, "e": True})
     assert flat == {"a.b.0": 1, "a.b.1.c": None, "a.d": [], "e": True}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segbench import metrics
-from segbench.engine.evaluate import write_per_volume
+from segbench.inference.loop import write_per_volume
 
 # TP, FP, FN, TN per slice
 COUNTS = np.array([

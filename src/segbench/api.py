@@ -56,7 +56,7 @@ class Run:
         installed, else a list of dicts (numbers as numbers); empty before the run finished."""
         import csv
 
-        from segbench.rundir import PER_CASE
+        from segbench.runs.rundir import PER_CASE
 
         path = Path(self.path) / PER_CASE
         rows = []
@@ -73,7 +73,7 @@ class Run:
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
         from segbench.models import load_trained
-        from segbench.rundir import RunDir
+        from segbench.runs.rundir import RunDir
 
         model, _, _ = load_trained(RunDir.open(self.path), checkpoint, device)
         return model.eval()
@@ -88,7 +88,7 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     and status; SegbenchError if it is not a run directory."""
     from omegaconf import OmegaConf
 
-    from segbench.rundir import RunDir
+    from segbench.runs.rundir import RunDir
 
     run = RunDir.open(run_dir)
     history = [{k: _number(v) for k, v in row.items()} for row in run.read_history()]
@@ -259,10 +259,10 @@ def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tt
                     probabilities: bool = False) -> list:
     import numpy as np
 
-    from segbench.engine.device import resolve_device
-    from segbench.engine.evaluate import model_task
-    from segbench.prediction import load_predictor, predicted_mask
-    from segbench.rundir import RunDir
+    from segbench.inference.loop import model_task
+    from segbench.inference.prediction import load_predictor, predicted_mask
+    from segbench.runs.rundir import RunDir
+    from segbench.runtime.device import resolve_device
 
     run = RunDir.open(run_dir)
     channels = int(run.read_config().dataset.get("channels", 3))

@@ -31,8 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segbench import SegbenchError
-from segbench.distance import signed_distance
 from segbench.metrics import unpack_labels
+from segbench.metrics.distance import signed_distance
 from segbench.registry import Registry, accepts
 from segbench.task import IGNORE, Task
 
@@ -289,7 +289,7 @@ BOUNDARY_SCHEDULES = ("rebalance", "linear", "constant")
 class BoundaryLoss(nn.Module):
     """(1 - w) * region loss + w * mean(phi_G * (sigmoid(logits) - g)) (Kervadec et al. 2019).
 
-    phi_G is the signed distance map of the ground truth (segbench.distance.signed_distance).
+    phi_G is the signed distance map of the ground truth (segbench.metrics.distance.signed_distance).
     Kervadec's boundary term is mean(phi_G * s); subtracting the constant mean(phi_G * g) leaves
     its gradient unchanged and makes the term 0 at a perfect prediction and >= 0 elsewhere.
     The weight w follows the epoch (set_epoch): rebalance (the paper's: w rises by `step` per

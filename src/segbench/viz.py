@@ -20,6 +20,8 @@ from segbench.atomic import write_atomic
 # sky blue, yellow, black.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 OVERLAY = {"true positive": "#56B4E9", "false positive": "#D55E00", "false negative": "#F0E442"}
+# Contour colours (Okabe & Ito) that the TP/FP/FN map does not use: galleries and Grad-CAM.
+CONTOURS = {"ground truth": "#009E73", "prediction": "#CC79A7"}
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> None:

@@ -11,7 +11,7 @@ import pytest
 from faultkit import SOAK_ARGS, assert_same_run, segbench_process, temporaries
 
 from conftest import run_cli
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,7 +23,7 @@ from faultkit import (
 )
 
 from conftest import run_cli
-from segbench.rundir import RunDir, lock_held
+from segbench.runs.rundir import RunDir, lock_held
 
 pytestmark = pytest.mark.slow
 
@@ -84,7 +84,7 @@ def test_the_lock_goes_with_the_trainer_not_with_its_forked_workers(tmp_path):
     (alive a few seconds more) must not keep the run locked."""
     script = (
         "import os, signal, sys, time\n"
-        "from segbench.rundir import RunDir\n"
+        "from segbench.runs.rundir import RunDir\n"
         "with RunDir(sys.argv[1]).lock():\n"
         "    child = os.fork()\n"
         "    if child == 0:\n"

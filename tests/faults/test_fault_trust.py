@@ -21,7 +21,7 @@ import segbench
 from conftest import TINY, run_cli
 from segbench import SegbenchError
 from segbench.atomic import fresh_dir
-from segbench.rundir import MAX_YAML_BYTES, load_yaml
+from segbench.runs.rundir import MAX_YAML_BYTES, load_yaml
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 It reads the search space as hydra-optuna-sweeper does (`hydra.sweeper.params` in Hydra's sweep
 syntax: `interval(a,b)`, `tag(log, interval(a,b))`, `choice(...)`, `range(a,b,step)`; other
 values are fixed) and turns each trial into the overrides of one job of the sweep. What segbench
-adds (see segbench.search):
+adds (see segbench.runs.search):
 
 - the objective is read from each job's return value, the run's metrics.json record
   (`objective: val_best.iou`), never from the test split;
@@ -34,7 +34,7 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 
-log = logging.getLogger("segbench.search")
+log = logging.getLogger("segbench.runs.search")
 # optuna < 4 calls multivariate TPE experimental; the presets use it on purpose.
 warnings.filterwarnings("ignore", message=".*multivariate.* option is an experimental feature")
 
@@ -80,7 +80,7 @@ class SegbenchOptunaSweeper(Sweeper):
     def __init__(self, objective: str, direction: str, n_trials: int, n_jobs: int, sampler: Any,
                  storage: str | None = None, study_name: str | None = None,
                  max_failure_rate: float = 1.0, params: Any = None) -> None:
-        from segbench.search import check_objective, require_optuna
+        from segbench.runs.search import check_objective, require_optuna
 
         require_optuna()
         self.objective = check_objective(objective)
@@ -126,7 +126,7 @@ class SegbenchOptunaSweeper(Sweeper):
         return space, fixed
 
     def _value(self, ret) -> float | None:
-        from segbench.search import objective_value
+        from segbench.runs.search import objective_value
 
         try:
             record = ret.return_value
@@ -139,8 +139,8 @@ class SegbenchOptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import Trial, TrialState
 
-        from segbench import search
         from segbench.progress import SWEEP
+        from segbench.runs import search
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space, fixed = self._space(arguments)
@@ -206,7 +206,7 @@ class SegbenchOptunaSweeper(Sweeper):
     def _finish(self, study, sweep_dir: Path) -> None:
         from omegaconf import OmegaConf
 
-        from segbench import search
+        from segbench.runs import search
 
         rows = search.trials(study)
         top = search.best(rows, self.direction)

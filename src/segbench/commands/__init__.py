@@ -226,7 +226,7 @@ class OutputDir:
 
 
 def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
-    from segbench.sweeps import register_resolvers
+    from segbench.runs.sweeps import register_resolvers
 
     register_resolvers()
     return HydraTask(name, raise_errors)
@@ -241,7 +241,7 @@ def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> li
 
     import hydra
 
-    from segbench.sweeps import register_resolvers
+    from segbench.runs.sweeps import register_resolvers
 
     module = load(name)
     register_resolvers()

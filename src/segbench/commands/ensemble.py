@@ -1,6 +1,6 @@
 """`segbench ensemble <folder or run dirs>`: the mean of several runs' foreground probabilities on
 their shared test split, written as a run-like directory that `segbench report` reads (see
-segbench.ensemble for which runs can be averaged)."""
+segbench.inference.ensembling for which runs can be averaged)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from segbench.cli_args import path_arguments, quote
 CONFIG = "ensemble"
 HELP = "average several runs' probabilities on their test split: ensemble <folder or run dirs>"
 
-log = logging.getLogger("segbench.ensemble")
+log = logging.getLogger("segbench.inference.ensembling")
 
 _paths = path_arguments("runs", ("output", "data_root"), many=True, must_exist=("runs",))
 
@@ -40,9 +40,9 @@ def prepare(argv: list[str]) -> list[str]:
 def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    from segbench.engine.device import resolve_device
-    from segbench.ensemble import Request, build_ensemble, find_members
-    from segbench.rundir import RunDir
+    from segbench.inference.ensembling import Request, build_ensemble, find_members
+    from segbench.runs.rundir import RunDir
+    from segbench.runtime.device import resolve_device
 
     runs = list(cfg.runs) if OmegaConf.is_list(cfg.runs) else [cfg.runs]
     members, searched = find_members(runs)

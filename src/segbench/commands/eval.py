@@ -49,17 +49,17 @@ NOT_COMPARED = ("surface_seconds",)
 def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from segbench import rundir
-    from segbench.engine.device import resolve_device
-    from segbench.engine.evaluate import metric_line
-    from segbench.ensemble import load_subject
-    from segbench.inference import (
+    from segbench.inference.ensembling import load_subject
+    from segbench.inference.evaluation import (
         Runtime,
         eval_batch_size,
         eval_settings,
         evaluate_split,
         with_data_root,
     )
+    from segbench.inference.loop import metric_line
+    from segbench.runs import rundir
+    from segbench.runtime.device import resolve_device
 
     run = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
     if cfg.split not in ("test", "val"):
@@ -95,7 +95,7 @@ def run(cfg) -> dict:
 def _recorded(run, run_cfg, name: str):
     """The run's own split, as split.json recorded it."""
     from segbench.data.pinning import recorded_splits
-    from segbench.inference import Split
+    from segbench.inference.evaluation import Split
 
     splits = recorded_splits(run_cfg, run.read_split(), [name], where=f"run {run.path}",
                              fix="point data_root=<dir> at the data it was trained on")
@@ -104,7 +104,12 @@ def _recorded(run, run_cfg, name: str):
 
 def _external(run_cfg, dataset):
     """Another labelled set (dataset=<name> dataset.root=<dir>), read as the run reads images."""
-    from segbench.inference import Split, external_config, external_record, external_samples
+    from segbench.inference.evaluation import (
+        Split,
+        external_config,
+        external_record,
+        external_samples,
+    )
 
     data_cfg = external_config(run_cfg, dataset)
     samples, rule = external_samples(data_cfg)

@@ -1,5 +1,5 @@
 """`segbench explain run_dir=<dir> cases=[id,...]`: Grad-CAM and mean activation at the end of the
-encoder and of the decoder for a few test cases of a run (explain.png; see segbench.explain)."""
+encoder and of the decoder for a few test cases of a run (explain.png; see segbench.inspection.gradcam)."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ HELP = "what a run's network looks at: explain run_dir=<dir> [cases=[id,...]] (G
 
 prepare = path_arguments("run_dir", must_exist=("run_dir",))
 
-log = logging.getLogger("segbench.explain")
+log = logging.getLogger("segbench.inspection.gradcam")
 
 
 def default_cases(run) -> list[str]:
     """The run's worst, median and best test cases by Dice (cases.npz), else its first three."""
-    from segbench.cases import load_cases, pick
-    from segbench.rundir import CASES
+    from segbench.inference.cases import load_cases, pick
+    from segbench.runs.rundir import CASES
 
     cases = load_cases(run.path / CASES)
     if cases is None:
@@ -36,12 +36,12 @@ def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from segbench import rundir
     from segbench.data import build_datasets
     from segbench.data.pinning import recorded_splits
-    from segbench.engine.device import resolve_device
-    from segbench.explain import draw, explain, find_layers
+    from segbench.inspection.gradcam import draw, explain, find_layers
     from segbench.models import load_trained
+    from segbench.runs import rundir
+    from segbench.runtime.device import resolve_device
 
     run_dir = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))
     run_dir.checkpoint_path(cfg.checkpoint)

@@ -28,7 +28,7 @@ def run(cfg) -> dict:
     from segbench.models import load_trained
     from segbench.models.export import SUFFIX, card_markdown, export_model, model_card
     from segbench.models.registry import output_channels
-    from segbench.rundir import PER_CASE, RunDir
+    from segbench.runs.rundir import PER_CASE, RunDir
 
     run_dir = RunDir.open(cfg.run_dir)
     if cfg.format not in SUFFIX:

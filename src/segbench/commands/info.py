@@ -22,9 +22,9 @@ def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from segbench.engine.device import resolve_device
     from segbench.models import build_model
     from segbench.models.info import format_table, measure, model_facts, model_label
+    from segbench.runtime.device import resolve_device
 
     if int(cfg.batch_size) < 1 or int(cfg.repeats) < 1:
         raise SegbenchError("batch_size and repeats must be >= 1")

@@ -1,7 +1,7 @@
 """`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
 
 Each image goes through the run's own preprocessing and best checkpoint and comes back at its
-original size (see segbench.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png,
+original size (see segbench.inference.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png,
 optionally the probabilities (`predict.probabilities`), and areas.csv; unreadable files are
 skipped with a warning and listed in areas.csv with their error; the command fails only when no
 image could be read. Its log is <output>.predict.log, beside the masks folder.
@@ -44,14 +44,14 @@ def run(cfg) -> dict:
 def _run(cfg) -> dict:
     from omegaconf import OmegaConf
 
-    from segbench.engine.device import resolve_device
-    from segbench.prediction import (
+    from segbench.inference.prediction import (
         find_predictor_runs,
         list_inputs,
         load_predictor,
         predict_files,
         probability_format,
     )
+    from segbench.runtime.device import resolve_device
 
     runs = list(cfg.run_dir) if OmegaConf.is_list(cfg.run_dir) else [cfg.run_dir]
     members = find_predictor_runs(runs)

@@ -1,6 +1,6 @@
 """`segbench preview augmentation=<preset> dataset=<name>`: a few training images and masks under
 each transform of an augmentation preset and under the whole preset, seeded (augmentation.png;
-see segbench.augment_preview)."""
+see segbench.inspection.augmentations)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ log = logging.getLogger("segbench.preview")
 def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
-    from segbench.augment_preview import preview
+    from segbench.inspection.augmentations import preview
 
     if not 1 <= int(cfg.images) <= 12:
         raise SegbenchError(f"images={cfg.images}; preview between 1 and 12 images, e.g. images=4")

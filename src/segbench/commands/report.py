@@ -61,7 +61,7 @@ def results_table(markdown: str) -> str:
 def search_section(root: Path, out_dir: Path) -> dict | None:
     """An Optuna search folder (search.json): its trials and best configuration, printed and
     written to <dir>/report/search.md, with the command that re-runs the best with 3 seeds."""
-    from segbench.search import summary
+    from segbench.runs.search import summary
 
     try:
         found = summary(root)

@@ -39,14 +39,14 @@ def prepare(argv: list[str]) -> list[str]:
 
 
 def _prepare(argv: list[str]) -> list[str]:
-    from segbench.sweeps import prepare_sweep
+    from segbench.runs.sweeps import prepare_sweep
 
     if any(override_key(a) == "hparams_search" and not a.endswith(("=null", "=none")) for a in argv
            if "=" in a) and not asks_for_help(argv):
         if not has_flag(argv, "-m", "--multirun"):
             raise SegbenchError("hparams_search runs a search, one job per trial: add -m "
                                 "(segbench train -m hparams_search=<preset>)")
-        from segbench.search import require_optuna
+        from segbench.runs.search import require_optuna
 
         require_optuna()  # a missing extra is one line here, not a plugin traceback later
     for i, arg in enumerate(argv):
@@ -71,7 +71,7 @@ def _replayed_overrides(run_dir: Path, new: list[str]) -> list[str]:
     Hydra's own keys (callbacks, launchers, search paths) are never replayed from it, and an
     override naming an import path only where this machine's user allowed its module."""
     from segbench.registry import TRUSTED_MODULES, is_trusted
-    from segbench.rundir import load_yaml
+    from segbench.runs.rundir import load_yaml
 
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
@@ -101,7 +101,7 @@ def _check_search_path(run_dir: Path, new: list[str]) -> None:
     given again on the command line: the folders a run directory names are not searched."""
     from omegaconf import OmegaConf
 
-    from segbench.rundir import load_yaml
+    from segbench.runs.rundir import load_yaml
 
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if not hydra_file.is_file() or any(override_key(o) == "hydra.searchpath" for o in new):
@@ -130,10 +130,10 @@ def absolute_root(cfg) -> None:
 def run(cfg) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from segbench.engine import distributed
-    from segbench.loggers import check_loggers
-    from segbench.rundir import RunDir
+    from segbench.runs.rundir import RunDir
+    from segbench.runtime import distributed
     from segbench.settings import check_train
+    from segbench.tracking import check_trackers
 
     hydra_cfg = HydraConfig.get()
     run_dir = RunDir(hydra_cfg.runtime.output_dir)
@@ -142,7 +142,7 @@ def run(cfg) -> dict | None:
     rank = launched.rank if launched is not None else 0
     try:
         settings = check_train(cfg)  # a wrong type or value stops here, before training
-        check_loggers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
+        check_trackers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
     except SegbenchError as err:
         # A new job of a sweep: the report lists it as failed (rank 0 only: the others' output
         # directory is not the run's).
@@ -163,8 +163,8 @@ def run(cfg) -> dict | None:
 
 def _joined(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     """Join the run's processes (one: nothing to do) and run it in rank 0's run directory."""
-    from segbench.engine import distributed
-    from segbench.rundir import RunDir
+    from segbench.runs.rundir import RunDir
+    from segbench.runtime import distributed
 
     t = settings.trainer
     distributed.setup(t.device, t.devices)
@@ -191,8 +191,8 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     from omegaconf import OmegaConf
 
     from segbench.commands import log_file
-    from segbench.engine import distributed
-    from segbench.rundir import LOG, running_status
+    from segbench.runs.rundir import LOG, running_status
+    from segbench.runtime import distributed
 
     resume = _resume(settings, hydra_cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -230,8 +230,8 @@ def _check_skipped_data(cfg, run_dir) -> None:
     """A finished run is skipped only when the data is the data it was split from (its recorded
     files): a sweep re-run on another copy of the data would otherwise keep the old results."""
     from segbench.data.pinning import recorded_splits
-    from segbench.engine import distributed
-    from segbench.rundir import RERUN_HINT
+    from segbench.runs.rundir import RERUN_HINT
+    from segbench.runtime import distributed
 
     if (run_dir / "split.json").is_file():
         distributed.decide(lambda: recorded_splits(
@@ -246,8 +246,8 @@ def _launch(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     import torch
     from omegaconf import OmegaConf
 
-    from segbench.engine import distributed
-    from segbench.engine.device import resolve_device
+    from segbench.runtime import distributed
+    from segbench.runtime.device import resolve_device
 
     n = settings.trainer.devices
     device = resolve_device(settings.trainer.device)
@@ -280,7 +280,7 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
     """The engine's fit, with the run's final state recorded on every way out (rank 0 records;
     on other ranks `run_dir` writes nothing)."""
     from segbench.engine.trainer import Interrupted, fit
-    from segbench.rundir import signals_held
+    from segbench.runs.rundir import signals_held
 
     try:
         with _sigterm_interrupts():

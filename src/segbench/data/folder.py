@@ -84,7 +84,7 @@ def _masks(cfg: DictConfig, mask_dir):
 
 def has_split_files(cfg: DictConfig) -> bool:
     """Whether the folder names its own split (train.txt, test.txt): an external set is then its
-    test split, else every pair (segbench.inference.external_samples)."""
+    test split, else every pair (segbench.inference.evaluation.external_samples)."""
     root = require_root(cfg.root, "folder", LAYOUT, GET)
     return any((root / f"{s}.txt").is_file() for s in ("train", "val", "test"))
 

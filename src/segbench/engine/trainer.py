@@ -42,8 +42,17 @@ from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.resident import resident_batches
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
-from segbench.engine import distributed
-from segbench.engine.device import (
+from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
+from segbench.inference.evaluation import Runtime, Split, Subject, eval_batch_size, evaluate_split
+from segbench.inference.loop import eval_loader, evaluate, metric_line, pixel_spacing
+from segbench.losses import build_loss, loss_target, set_epoch
+from segbench.models import build_model
+from segbench.models.info import inference_latency, model_facts
+from segbench.optim import build_optimizer, build_scheduler
+from segbench.progress import RunProgress
+from segbench.runs.rundir import RunDir
+from segbench.runtime import distributed
+from segbench.runtime.device import (
     autocast,
     autocast_dtype,
     compile_model,
@@ -54,19 +63,10 @@ from segbench.engine.device import (
     set_determinism,
     set_rng_state,
 )
-from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
-from segbench.engine.evaluate import eval_loader, evaluate, metric_line, pixel_spacing
-from segbench.inference import Runtime, Split, Subject, eval_batch_size, evaluate_split
-from segbench.loggers import Loggers, build_loggers
-from segbench.losses import build_loss, loss_target, set_epoch
-from segbench.models import build_model
-from segbench.models.info import inference_latency, model_facts
-from segbench.optim import build_optimizer, build_scheduler
-from segbench.progress import RunProgress
-from segbench.rundir import RunDir
 from segbench.settings import Train
 from segbench.settings import Trainer as TrainerSettings
 from segbench.task import BINARY, Task
+from segbench.tracking import Trackers, build_trackers
 
 log = logging.getLogger(__name__)
 
@@ -475,7 +475,7 @@ class Outputs:
     """Where a run's progress goes: its directory (rank 0 writes), its trackers, its display."""
 
     run: RunDir
-    loggers: Loggers
+    trackers: Trackers
     progress: RunProgress
 
 
@@ -493,11 +493,11 @@ def fit(s: Train, run: RunDir, resuming: bool) -> dict:
                 if state.stopped_early:
                     break
                 run_epoch(epoch, s, parts, state, out, stop)
-        out.loggers.flush()
+        out.trackers.flush()
         result = test_best(s, run, parts, state, out.progress)
     except BaseException as err:
         out.progress.close()
-        out.loggers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt))
+        out.trackers.close("interrupted" if isinstance(err, (Interrupted, KeyboardInterrupt))
                           else "failed")
         raise
     finally:
@@ -529,12 +529,12 @@ def resume(run: RunDir, parts: Parts) -> TrainState:
     return state
 
 
-def open_trackers(s: Train, run: RunDir, state: TrainState) -> Loggers:
+def open_trackers(s: Train, run: RunDir, state: TrainState) -> Trackers:
     """Rank 0's trackers. They get a resumed run's finished epochs (history.csv, rewritten from
     last.pt) again where a kill kept them from it."""
     if not distributed.current().is_main:
-        return Loggers([])
-    return build_loggers(s.config, run, start_epoch=state.epoch + 1)
+        return Trackers([])
+    return build_trackers(s.config, run, start_epoch=state.epoch + 1)
 
 
 def open_progress(s: Train, parts: Parts, state: TrainState) -> RunProgress:
@@ -625,7 +625,7 @@ def record_epoch(out: Outputs, s: Train, parts: Parts, state: TrainState, improv
     """history.csv, the trackers and the log lines of the epoch just finished."""
     row = state.history[-1]
     out.run.write_history(state.history)
-    out.loggers.log_epoch(row)
+    out.trackers.log_epoch(row)
     metric = parts.monitor.metric
     shown = "" if metric in ("val_loss", "val_dice", "val_iou") else f"  {metric} {row[metric]:.4f}"
     log.info("epoch %d/%d  train_loss %.4f  val_loss %.4f  val_dice %.4f  val_iou %.4f%s  "
@@ -642,10 +642,10 @@ def record_test(result: dict, out: Outputs, state: TrainState, started: float) -
     """Rank 0's record of the finished run: trackers, then metrics.json, then the trackers'
     copies of the run's files."""
     result["wall_seconds"] = round(time.time() - started, 2)
-    out.loggers.log_test(result, state.best_epoch)
+    out.trackers.log_test(result, state.best_epoch)
     out.run.write_metrics(result)  # metrics.json marks the run finished: every record comes before it
-    out.loggers.log_artifacts()  # the trackers' copies of the run's files, metrics.json among them
-    out.loggers.close()
+    out.trackers.log_artifacts()  # the trackers' copies of the run's files, metrics.json among them
+    out.trackers.close()
     log.info("test (best epoch %d): %s", state.best_epoch, metric_line(result["test"]))
     return result
 

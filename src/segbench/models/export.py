@@ -194,7 +194,7 @@ def model_card(info: dict, config: dict, metrics: dict | None, split: dict,
     from importlib.metadata import PackageNotFoundError, version
 
     from segbench import __version__
-    from segbench.stats import bootstrap_mean_ci
+    from segbench.metrics.stats import bootstrap_mean_ci
 
     tested = {}
     for key in ("dice", "iou"):

@@ -6,7 +6,7 @@ Level of the statistics:
   images (per_case.csv). A configuration's table is (runs x cases): its seeds and folds by the
   test cases all of them were scored on.
 - Several runs on both sides: the two-level bootstrap over runs and cases
-  (segbench.stats.hierarchical_comparison). One run on either side: the paired Wilcoxon test and
+  (segbench.metrics.stats.hierarchical_comparison). One run on either side: the paired Wilcoxon test and
   bootstrap over cases, whose verdict says that seed-to-seed variance is not captured.
 """
 
@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from segbench import SegbenchError
-from segbench.report.runs import ABSENT, Configuration
-from segbench.rundir import PER_CASE, PER_VOLUME
-from segbench.stats import (
+from segbench.metrics.stats import (
     hierarchical_comparison,
     hierarchical_mean_ci,
     holm_verdicts,
     paired_comparison,
 )
+from segbench.report.runs import ABSENT, Configuration
+from segbench.runs.rundir import PER_CASE, PER_VOLUME
 
 LOWER_IS_BETTER = ("hd95", "assd")
 

@@ -404,7 +404,7 @@ def _command_line(root: Path) -> list[str]:
     """The sweep's command, from the sweep.json that `segbench train -m` writes."""
     import json
 
-    from segbench.sweeps import RECORD
+    from segbench.runs.sweeps import RECORD
 
     try:
         record = json.loads((Path(root) / RECORD).read_text())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segbench.report.analysis import Axis, read_rows
-from segbench.rundir import HISTORY, PREDICTION_SAMPLES
+from segbench.runs.rundir import HISTORY, PREDICTION_SAMPLES
 from segbench.viz import PALETTE, colour_key, overlay, save_figure, show
 
 CURVE_KEYS = ("val_dice", "val_iou", "val_loss", "train_loss")

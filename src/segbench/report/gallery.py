@@ -1,4 +1,4 @@
-"""Case galleries from the runs' cases.npz (segbench.cases): per configuration its worst, median
+"""Case galleries from the runs' cases.npz (segbench.inference.cases): per configuration its worst, median
 and best test cases by Dice and HD95; the same cases across configurations, those they disagree
 on most; and for volumetric data a strip of slices of the worst volume.
 
@@ -17,16 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segbench.cases import Cases, load_cases, pick, tta_changed
+from segbench.inference.cases import Cases, load_cases, pick, tta_changed
 from segbench.report.figures import wrap
-from segbench.rundir import CASES
+from segbench.runs.rundir import CASES
 from segbench.task import task_of
-from segbench.viz import OVERLAY, class_palette, colour_labels, overlay, save_figure
+from segbench.viz import CONTOURS, OVERLAY, class_palette, colour_labels, overlay, save_figure
 
 log = logging.getLogger(__name__)
 
-# Contour colours (Okabe & Ito) that the TP/FP/FN map does not use.
-CONTOURS = {"ground truth": "#009E73", "prediction": "#CC79A7"}
 ROLES = ("worst Dice", "median Dice", "best Dice", "worst HD95", "median HD95", "best HD95")
 
 

@@ -14,8 +14,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from segbench import augment_preview
 from segbench.atomic import write_atomic
+from segbench.inspection import augmentations
 from segbench.report import figures
 from segbench.report.gallery import Section
 from segbench.report.tables import Table
@@ -289,7 +289,7 @@ def study_page(out_dir: Path, root: Path, runs, g, base, baseline_spec, made: li
                            [[f"`{r.path.relative_to(root) if root in r.path.parents else r.path}`", r.state,
                              str(r.epochs), (r.error or "").replace("\n", " ")[:300]] for r in problems],
                            "Not in the tables above. Re-run the sweep command to resume interrupted runs.")
-    previews, preview_notes = augment_preview.study_previews(g.configs, out_dir / "augmentation")
+    previews, preview_notes = augmentations.study_previews(g.configs, out_dir / "augmentation")
     if previews:
         extra = [*extra, ("augmentation", "Augmentation presets", "".join(
             _img(f"augmentation/{file}", f"augmentation {name}",

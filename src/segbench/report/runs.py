@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from segbench import SegbenchError, config_dir
-from segbench.rundir import (
+from segbench.runs.rundir import (
     CONFIG,
     ENSEMBLE,
     HISTORY,

@@ -26,11 +26,11 @@ import torch
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
 from segbench.data import image_reader
-from segbench.engine.device import autocast_dtype
-from segbench.engine.evaluate import model_task, predict_probs
-from segbench.inference import eval_settings
+from segbench.inference.evaluation import eval_settings
+from segbench.inference.loop import model_task, predict_probs
 from segbench.models import load_trained
-from segbench.rundir import RunDir
+from segbench.runs.rundir import RunDir
+from segbench.runtime.device import autocast_dtype
 from segbench.settings import Eval
 from segbench.viz import overlay
 
@@ -165,7 +165,7 @@ def find_predictor_runs(paths: list[str]) -> list[RunDir]:
     if len(paths) == 1 and (RunDir(one).is_run() or not one.is_dir()
                             or not any(one.rglob("config.yaml"))):
         return [RunDir.open(one)]
-    from segbench.ensemble import check_members, find_members
+    from segbench.inference.ensembling import check_members, find_members
 
     members, searched = find_members(paths)
     check_members(members, same_test=False, one_configuration=searched)
@@ -174,7 +174,7 @@ def find_predictor_runs(paths: list[str]) -> list[RunDir]:
 
 def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: dict | None) -> Predictor:
     """The members' model on `device`, with threshold and TTA from the command line where given,
-    else the runs' own (segbench.inference.eval_settings)."""
+    else the runs' own (segbench.inference.evaluation.eval_settings)."""
     first = members[0]
     first.checkpoint_path(checkpoint)  # best | last
     cfg = first.read_config()
@@ -184,7 +184,7 @@ def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: d
         epoch = state.get("epoch")
         amp_dtype = autocast_dtype(device, cfg.trainer.get("precision", "auto"))
     else:
-        from segbench.ensemble import load_ensemble
+        from segbench.inference.ensembling import load_ensemble
 
         model, states = load_ensemble(members, checkpoint, device)
         epoch, amp_dtype = ", ".join(str(st.get("epoch")) for st in states), None

@@ -28,7 +28,7 @@ from segbench import SegbenchError, config_dir
 from segbench.data import build_datasets, dataset_module, native_masks
 from segbench.data.pinning import file_record
 from segbench.data.source import Sample
-from segbench.engine.evaluate import evaluation_record, pixel_spacing, test_split
+from segbench.inference.loop import evaluation_record, pixel_spacing, test_split
 from segbench.metrics import CLASS_RULE
 from segbench.settings import Eval, typed
 from segbench.task import BINARY, task_of

@@ -116,7 +116,7 @@ def study_previews(configs, folder: Path, n: int = 4, seed: int = 0) -> tuple[li
     """For a study whose configurations differ in augmentation: each preset's preview, from the
     data of its first run (its resolved config.yaml). Returns ([(preset, file name)], notes);
     a preset whose data cannot be read here is a note, not an error (a report needs only runs)."""
-    from segbench.rundir import CONFIG
+    from segbench.runs.rundir import CONFIG
 
     presets = {}
     for c in configs:

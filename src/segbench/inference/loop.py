@@ -25,12 +25,14 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from segbench import SegbenchError, metrics, rundir, surface
+from segbench import SegbenchError, metrics
 from segbench.atomic import write_atomic
-from segbench.engine import distributed
-from segbench.engine.device import autocast
 from segbench.losses import loss_target
-from segbench.models.ensemble import Ensemble
+from segbench.metrics import surface
+from segbench.models.averaged import Ensemble
+from segbench.runs import rundir
+from segbench.runtime import distributed
+from segbench.runtime.device import autocast
 from segbench.task import BINARY, Task
 
 log = logging.getLogger(__name__)
@@ -232,8 +234,8 @@ def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: 
     cases.npz keeps every case's predicted mask for the report's galleries.
     `progress`: wraps the loader (the training run's progress bar or lines). `shard`: several
     processes evaluate a share each; rank 0 writes and returns the metrics, the others return {}."""
-    from segbench.cases import save_cases
     from segbench.data.dataset import NativeMaskDataset
+    from segbench.inference.cases import save_cases
     from segbench.viz import plot_confusion, plot_predictions
 
     keep = tuple(np.linspace(0, len(dataset) - 1, min(num_predictions, len(dataset))).round().astype(int).tolist())
@@ -295,7 +297,7 @@ def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_
     per_case.csv (and per_volume.csv) with a column per class, the prediction figure in class
     colours; cases.npz keeps the label maps the galleries colour, with the union of the
     foreground classes as each case's mask."""
-    from segbench.cases import save_cases
+    from segbench.inference.cases import save_cases
     from segbench.viz import plot_class_predictions
 
     task, counts = result.task, result.counts

@@ -61,7 +61,7 @@ def require_optuna():
 
 
 def write_record(sweep_dir: Path, record: dict) -> None:
-    from segbench.rundir import write_json
+    from segbench.runs.rundir import write_json
 
     write_json(Path(sweep_dir) / RECORD, record)
 

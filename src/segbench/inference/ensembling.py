@@ -18,9 +18,7 @@ from omegaconf import OmegaConf
 from segbench import SegbenchError
 from segbench.data import select_splits
 from segbench.data.splits import split_document
-from segbench.engine.device import autocast_dtype
-from segbench.engine.evaluate import metric_line
-from segbench.inference import (
+from segbench.inference.evaluation import (
     Runtime,
     Split,
     Subject,
@@ -30,10 +28,11 @@ from segbench.inference import (
     input_shape,
     with_data_root,
 )
+from segbench.inference.loop import metric_line
 from segbench.models import load_trained
-from segbench.models.ensemble import Ensemble
+from segbench.models.averaged import Ensemble
 from segbench.models.info import inference_latency
-from segbench.rundir import (
+from segbench.runs.rundir import (
     CONFIG,
     ENSEMBLE,
     METRICS,
@@ -42,6 +41,7 @@ from segbench.rundir import (
     RunDir,
     write_json,
 )
+from segbench.runtime.device import autocast_dtype
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def ensemble_members(run: RunDir) -> list[RunDir] | None:
     """The members of an ensemble directory (its ensemble.json), None for a training run."""
     if not (run / ENSEMBLE).is_file():
         return None
-    from segbench.rundir import read_json
+    from segbench.runs.rundir import read_json
 
     members = [RunDir(row["run"]) for row in read_json(run / ENSEMBLE).get("members", [])]
     for m in members:

@@ -5,7 +5,7 @@ per-image counts; `per_image()` and `summarize()` turn the counts into numbers o
 `per_group()` and `volume_summary()` into per-volume ones. For AUROC and average precision the
 loop adds each batch to `score_histogram()` on the device (bins of 1/SCORE_BINS); `auroc_ap()`
 reads the curves off the summed histogram once. Surface distances (HD95, ASSD) are in
-segbench.surface.
+segbench.metrics.surface.
 """
 
 from __future__ import annotations

@@ -104,7 +104,7 @@ def setup(device_spec: str, devices) -> Context:
     """Join the process group when a launcher started several processes (one process: nothing
     to join). `devices`: trainer.devices, checked against the processes started on this node."""
     global _context, _control
-    from segbench.engine.device import resolve_device
+    from segbench.runtime.device import resolve_device
 
     env = launcher_environment()
     if env is None:

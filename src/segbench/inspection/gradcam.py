@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from segbench import SegbenchError
-from segbench.viz import save_figure
+from segbench.viz import CONTOURS, save_figure
 
 
 @dataclass
@@ -114,7 +114,6 @@ def draw(rows, path: Path, title: str) -> None:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
-    from segbench.report.gallery import CONTOURS
 
     roles = list(rows[0][3].layers)
     cols = 1 + 2 * len(roles)

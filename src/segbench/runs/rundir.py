@@ -400,12 +400,12 @@ class RunDir:
     # The checkpoint format imports torch (about 2 s): here, not at the top, so that reading a
     # run's records (report, status, the CLI's checks) does not pay for it.
     def save_checkpoint(self, name: str, state: dict) -> None:
-        from segbench.checkpoint import save_checkpoint
+        from segbench.runs.checkpoint import save_checkpoint
 
         save_checkpoint(state, self.checkpoint_path(name))
 
     def load_checkpoint(self, name: str, map_location="cpu") -> dict:
-        from segbench.checkpoint import load_checkpoint
+        from segbench.runs.checkpoint import load_checkpoint
 
         path = self.checkpoint_path(name)
         if not path.is_file():

@@ -1,7 +1,7 @@
 """An ensemble of trained models whose foreground probabilities are averaged.
 
 `Ensemble` holds the members (each with its own autocast dtype) and is evaluated, predicted and
-timed like one model: `segbench.engine.evaluate.predict_probs` averages the members'
+timed like one model: `segbench.inference.loop.predict_probs` averages the members'
 probabilities (each member's own flip TTA included when asked), never their logits. Its
 forward() returns the logit of that average, for code that expects logits.
 """
