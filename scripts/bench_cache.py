@@ -1,6 +1,7 @@
 """Samples/s of the data pipeline with and without the decode-once cache, on the shared samples.
 
-    python scripts/bench_cache.py [--resolution 256] [--epochs 3] [--data ../shared/data | --stand-ins]
+    python scripts/bench_cache.py [--resolution 256] [--epochs 3] \\
+        [--data ../shared/data | --stand-ins]
 
 "no cache" decodes and resizes every image and mask each time it is read, as a Dataset that
 opens files in __getitem__ does; "cache, first run" builds the memory-mapped entry (threaded
@@ -82,7 +83,8 @@ def main(argv=None) -> None:
     parser.add_argument("--stand-ins", action="store_true",
                         help="measure generated stand-ins (segbench.data.fixtures), not --data")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.ERROR)  # the Kvasir sample is a partial copy: say it once here
+    # the Kvasir sample is a partial copy: say it once here
+    logging.basicConfig(level=logging.ERROR)
     if not args.stand_ins and not args.data.is_dir():
         sys.exit(f"no shared samples at {args.data}; pass --data <folder>, or --stand-ins to "
                  "measure generated stand-ins of the same formats")

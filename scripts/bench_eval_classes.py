@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     images = rng.integers(0, 256, (n, s, s, 3), dtype=np.uint8)
     specs = {"binary": ({"task": "binary"}, rng.integers(0, 2, (n, s, s), dtype=np.uint8)),
              f"{c} classes": ({"task": "multiclass",
-                               "classes": {k: ("background" if k == 0 else f"c{k}") for k in range(c)}},
+                               "classes": {k: ("background" if k == 0 else f"c{k}")
+                                           for k in range(c)}},
                               rng.integers(0, c, (n, s, s), dtype=np.uint8))}
     device = torch.device("cpu")
     results = {}

@@ -4,7 +4,7 @@
     python scripts/bench_gpu.py --device cpu --images 32 --batch 8 --resolution 64 \\
         --variants fp32,fp32-dev                                  # what fits a small CPU
     python scripts/bench_gpu.py --variants bf16-cl-dev,bf16-cl-dev-c --batch 32   # device path
-    python scripts/bench_gpu.py --study --study-jobs-per-gpu 4   # a 16-run study, one by one vs packed
+    python scripts/bench_gpu.py --study --study-jobs-per-gpu 4   # 16 runs, one by one vs packed
     python scripts/bench_gpu.py --json bench.json                 # the figures as JSON too
 
 For U-Net/ResNet-34 (the default `model=unet`) it prints, per variant (precision, channels-last,
@@ -29,9 +29,9 @@ backward, optimizer step), each phase timed with a device synchronisation around
 seed=0,...`) one job at a time and then with `hydra/launcher=packed` (several jobs per GPU).
 
 The images are synthetic endoscopy-like frames (segbench.data.synthetic, a few rendered and tiled)
-augmented with the `basic` preset (`--augmentation`), as in training; the model starts from random weights (no
-download). Each loop runs a warm-up epoch (cudnn autotuning, worker start-up, compilation) before
-the timed ones.
+augmented with the `basic` preset (`--augmentation`), as in training; the model starts from random
+weights (no download). Each loop runs a warm-up epoch (cudnn autotuning, worker start-up,
+compilation) before the timed ones.
 """
 
 from __future__ import annotations
@@ -124,7 +124,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def plain_epoch(model, loader, loss_fn, optimizer, scaler, device, amp_dtype, channels_last) -> None:
+def plain_epoch(
+    model, loader, loss_fn, optimizer, scaler, device, amp_dtype, channels_last
+) -> None:
     """The loop a tutorial writes: nothing but forward, loss, backward and step."""
     model.train()
     for images, masks, _ in loader:
@@ -195,7 +197,8 @@ def bench_variant(model, data, loss_fn, optimizer, cfg, v: dict, device, batch: 
         row[label] = len(loader) * batch / best[label]
     if "segbench" in loops:
         row["overhead"] = row["plain"] / row["segbench"]
-    row["peak_mib"] = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    row["peak_mib"] = (torch.cuda.max_memory_allocated(device) / 2**20
+                       if device.type == "cuda" else None)
     return row
 
 
@@ -204,7 +207,8 @@ def profile(model, data, loss_fn, optimizer, device, batch: int, name: str) -> d
     device synchronisations (which the real loop does not have: the phases overlap there)."""
     v = parse_variant(name, 0)
     amp = PRECISIONS[v["precision"]]
-    model = model.to(memory_format=torch.channels_last if v["channels_last"] else torch.contiguous_format)
+    model = model.to(memory_format=(torch.channels_last if v["channels_last"]
+                                    else torch.contiguous_format))
     step_model = torch.compile(model) if v["compile"] else model
     sampler = SeededShuffleSampler(len(data))
     batches = make_batches(data, sampler, batch, device, v)
@@ -255,14 +259,17 @@ def study(args) -> None:
     results = {"runs": args.study_runs, "jobs_per_gpu": args.study_jobs_per_gpu,
                "epochs": args.study_epochs, "train_images": args.study_images}
     seeds = ",".join(str(i) for i in range(args.study_runs))
-    common = ["train", "-m", f"seed={seeds}", "dataset=synthetic", f"dataset.num_train={args.study_images}",
+    common = ["train", "-m", f"seed={seeds}", "dataset=synthetic",
+              f"dataset.num_train={args.study_images}",
               "dataset.num_test=32", "dataset.image_size=128", "resolution=128", "model=unet",
               f"trainer.max_epochs={args.study_epochs}", "trainer.batch_size=32", "logger=none",
               "eval.latency=false", "eval.num_predictions=0", "eval.surface_metrics=false",
               "trainer.progress_bar=false", # auto: the packed launcher's GPU slot
-              f"trainer.device={'cpu' if args.device == 'cpu' else 'auto'}", *args.study_overrides.split()]
+              f"trainer.device={'cpu' if args.device == 'cpu' else 'auto'}",
+              *args.study_overrides.split()]
     launchers = {"one by one": [],
-                 "packed": ["hydra/launcher=packed", f"hydra.launcher.jobs_per_gpu={args.study_jobs_per_gpu}"]}
+                 "packed": ["hydra/launcher=packed",
+                            f"hydra.launcher.jobs_per_gpu={args.study_jobs_per_gpu}"]}
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}
     with tempfile.TemporaryDirectory() as work:
         # The data are generated and cached once, outside the timings.
@@ -276,7 +283,8 @@ def study(args) -> None:
                                   env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
             if proc.returncode != 0:
-                print(f"{label}: failed (exit {proc.returncode})\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+                print(f"{label}: failed (exit {proc.returncode})\n"
+                      f"{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
                 results[label] = {"failed": proc.returncode}
                 continue
             results[label] = {"seconds": round(seconds, 1),
@@ -284,7 +292,8 @@ def study(args) -> None:
             print(f"{label}: {args.study_runs} runs in {seconds:.1f}s "
                   f"({3600 * args.study_runs / seconds:.0f} runs/hour)")
     if "seconds" in results.get("one by one", {}) and "seconds" in results.get("packed", {}):
-        results["speedup"] = round(results["one by one"]["seconds"] / results["packed"]["seconds"], 2)
+        results["speedup"] = round(
+            results["one by one"]["seconds"] / results["packed"]["seconds"], 2)
         print(f"packed ({args.study_jobs_per_gpu} per GPU) is {results['speedup']:.2f}x one by one")
     if args.json:
         with open(args.json, "w") as f:
@@ -297,11 +306,14 @@ def main() -> None:
     ap.add_argument("--resolution", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--images", type=int, default=256, help="images per timed epoch")
-    ap.add_argument("--repeats", type=int, default=2, help="timed epochs per loop (the best counts)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="timed epochs per loop (the best counts)")
     ap.add_argument("--variants", default=None,
-                    help="comma-separated: fp32, bf16-cl, fp16-cl-w8, ... (default: a set per device)")
+                    help="comma-separated: fp32, bf16-cl, fp16-cl-w8, ... "
+                         "(default: a set per device)")
     ap.add_argument("--model", default="unet", help="a model config name (default unet: ResNet-34)")
-    ap.add_argument("--augmentation", default="basic", help="the training preset (configs/augmentation)")
+    ap.add_argument("--augmentation", default="basic",
+                    help="the training preset (configs/augmentation)")
     ap.add_argument("--json", default=None, help="also write the figures to this file")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the device's peak (default: PEAK_TFLOPS by GPU name; none on CPU)")
@@ -329,18 +341,23 @@ def main() -> None:
     variants = [parse_variant(v, workers) for v in args.variants.split(",")]
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={args.model}", f"resolution.height={args.resolution}",
-                                          f"resolution.width={args.resolution}", f"augmentation={args.augmentation}"])
+        cfg = compose("train", overrides=[f"model={args.model}",
+                                          f"resolution.height={args.resolution}",
+                                          f"resolution.width={args.resolution}",
+                                          f"augmentation={args.augmentation}"])
     size = (args.resolution, args.resolution)
     t0 = time.perf_counter()
     images, masks = frames(args.images, args.resolution)
     data = SegmentationDataset(images, masks, [str(i) for i in range(len(images))],
                                build_augmentation(cfg.augmentation, size))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else (platform.processor() or platform.machine()))
     print(f"device {device} ({name})  torch {torch.__version__}  cpus {os.cpu_count()}  "
           f"threads {torch.get_num_threads()}")
-    print(f"model {cfg.model.name}/{cfg.model.get('encoder', '-')}  {args.resolution}x{args.resolution}  "
-          f"batch {args.batch}  {args.images} images per epoch (frames made in {time.perf_counter() - t0:.1f}s)")
+    print(f"model {cfg.model.name}/{cfg.model.get('encoder', '-')}  "
+          f"{args.resolution}x{args.resolution}  "
+          f"batch {args.batch}  {args.images} images per epoch "
+          f"(frames made in {time.perf_counter() - t0:.1f}s)")
     torch.manual_seed(0)
     model = build_model(cfg, pretrained=False).to(device)
     loss_fn = build_loss(cfg.loss).to(device)
@@ -361,7 +378,8 @@ def main() -> None:
                              args.repeats, loops=("plain",))
     seed = seed_row["plain"]
     results["seed_style"] = {"variant": seed_v["name"], "images_per_s": round(seed, 2)}
-    print(f"seed-style loop (plain, {seed_v['name']}, DataLoader + albumentations): {seed:.1f} img/s")
+    print(f"seed-style loop (plain, {seed_v['name']}, DataLoader + albumentations): "
+          f"{seed:.1f} img/s")
     print(f"{'variant':<16}{'segbench img/s':>16}{'plain img/s':>13}{'overhead':>10}{'% light':>9}"
           f"{'x seed':>8}{'peak MiB':>10}")
     for v in variants:
@@ -372,21 +390,25 @@ def main() -> None:
         if amp is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             print(f"{v['name']:<16}  skipped: this GPU has no bf16")
             continue
-        model = model.to(memory_format=torch.channels_last if v["channels_last"] else torch.contiguous_format)
+        model = model.to(memory_format=(torch.channels_last if v["channels_last"]
+                                        else torch.contiguous_format))
         try:
-            row = bench_variant(model, data, loss_fn, optimizer, cfg, v, device, args.batch, args.repeats)
+            row = bench_variant(model, data, loss_fn, optimizer, cfg, v, device, args.batch,
+                                args.repeats)
         except Exception as err:  # a compile that fails here should not lose the other variants
-            print(f"{v['name']:<16}  failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
+            print(f"{v['name']:<16}  failed: "
+                  f"{type(err).__name__}: {str(err).splitlines()[0][:200]}")
             continue
         row["light_percent"] = 100 * flops * row["segbench"] / (peak * 1e12) if peak else None
         row["x_seed"] = row["segbench"] / seed
         results["variants"].append(row)
         mib = f"{row['peak_mib']:.0f}" if row["peak_mib"] is not None else "-"
         light = f"{row['light_percent']:.2f}" if peak else "-"
-        print(f"{v['name']:<16}{row['segbench']:>16.1f}{row['plain']:>13.1f}{row['overhead']:>10.3f}"
-              f"{light:>9}{row['x_seed']:>8.2f}{mib:>10}")
+        print(f"{v['name']:<16}{row['segbench']:>16.1f}{row['plain']:>13.1f}"
+              f"{row['overhead']:>10.3f}{light:>9}{row['x_seed']:>8.2f}{mib:>10}")
     if args.profile:
-        results["profile"] = profile(model, data, loss_fn, optimizer, device, args.batch, args.profile)
+        results["profile"] = profile(model, data, loss_fn, optimizer, device, args.batch,
+                                     args.profile)
 
     # Evaluation of the same images (no augmentation) with the fastest variant's settings.
     best = max(results["variants"], key=lambda r: r["segbench"])
@@ -423,7 +445,8 @@ def main() -> None:
     print(f"eval of {len(test)} images ({best['precision']}{', channels-last' if cl else ''}): "
           f"inference {times['inference']:.2f}s ({len(test) / times['inference']:.0f} img/s)  "
           f"evaluate {times['evaluate']:.2f}s (x{times['evaluate'] / times['inference']:.2f})  "
-          f"evaluate+HD95 {times['evaluate+hd95']:.2f}s (x{times['evaluate+hd95'] / times['inference']:.2f};"
+          f"evaluate+HD95 {times['evaluate+hd95']:.2f}s "
+          f"(x{times['evaluate+hd95'] / times['inference']:.2f};"
           f" HD95/ASSD alone {times['surface']:.2f}s)")
     if args.json:
         with open(args.json, "w") as f:

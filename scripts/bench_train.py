@@ -74,8 +74,8 @@ def main(overrides: list[str], steps: int = 20, warmup: int = 3) -> None:
         sync()
         results[name] = steps * b / (time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
-    print(f"model {cfg.model.name}/{cfg.model.get('encoder', '-')}  {h}x{w}  batch {b}  device {device}"
-          f"  precision {amp or 'fp32'}  threads {torch.get_num_threads()}")
+    print(f"model {cfg.model.name}/{cfg.model.get('encoder', '-')}  {h}x{w}  batch {b}"
+          f"  device {device}  precision {amp or 'fp32'}  threads {torch.get_num_threads()}")
     print(f"train {results['train']:.1f} images/s   eval {results['eval']:.1f} images/s"
           f"   peak GPU memory {peak:.0f} MiB")
 

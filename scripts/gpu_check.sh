@@ -32,7 +32,8 @@ step() {
     local name=$1 limit=$2
     shift 2
     local cmd="$*"
-    echo "=== [$(( $(date +%s) - T0 ))s] $name (limit ${limit}s): ${cmd:0:300}" | tee -a "$OUT/gpu_check.log"
+    echo "=== [$(( $(date +%s) - T0 ))s] $name (limit ${limit}s): ${cmd:0:300}" \
+        | tee -a "$OUT/gpu_check.log"
     local start rc
     start=$(date +%s)
     timeout --kill-after=15 "$limit" "$@" > "$OUT/$name.txt" 2>&1
@@ -77,7 +78,8 @@ TAIL=20 step bench_gpu 170 "$PY" scripts/bench_gpu.py --device cuda --batch 32 -
     --variants fp32-w,bf16-cl-w,fp32-dev,bf16-dev,bf16-cl-dev,bf16-cl-dev-c \
     --profile bf16-cl-dev --json "$OUT/bench_gpu.json"
 
-# 3. A 16-run study at 128 px (2 epochs of 128 images each), one job at a time, then packed 4 per GPU.
+# 3. A 16-run study at 128 px (2 epochs of 128 images each), one job at a time, then packed 4
+#    per GPU.
 step bench_study 170 "$PY" scripts/bench_gpu.py --device cuda --study --study-runs 16 \
     --study-jobs-per-gpu 4 --study-epochs 2 --study-images 128 --json "$OUT/bench_study.json"
 

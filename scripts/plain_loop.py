@@ -52,7 +52,8 @@ def tensors(samples, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     images = np.stack([read(s.image, size, False) for s in samples]).astype(np.float32) / 255.0
     images = (images - np.array(MEAN, np.float32)) / np.array(STD, np.float32)
     masks = np.stack([read(s.mask, size, True) for s in samples]).astype(np.float32)
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(masks)[:, None])
 
 
 def samples_of(run_dir: Path, names: list[str]):
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=None, help="default: the run's image size")
     p.add_argument("--encoder", default=None, help="default: the run's model.encoder")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--with-val", action="store_true", help="train on the run's validation images too")
+    p.add_argument("--with-val", action="store_true",
+                   help="train on the run's validation images too")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here as well")
     args = p.parse_args(argv)
 
@@ -117,7 +119,8 @@ def main(argv=None) -> int:
     test = splits["test"]
     tx, ty = tensors(test, size)
     with torch.no_grad():
-        c = np.concatenate([counts(model(tx[i:i + 32]), ty[i:i + 32]) for i in range(0, len(tx), 32)])
+        c = np.concatenate([counts(model(tx[i:i + 32]), ty[i:i + 32])
+                            for i in range(0, len(tx), 32)])
     per_slice = [dice(*row) for row in c]
     volumes: dict[str, np.ndarray] = {}
     for s, row in zip(test, c, strict=True):

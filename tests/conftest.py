@@ -78,7 +78,8 @@ def isolated_env(tmp_path_factory):
     yield cache
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict | None = None):
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600,
+            env: dict | None = None):
     """`segbench <args>` in `cwd`, in this process (the CLI's own entry point, without paying for
     a Python start-up); returns a CompletedProcess with the exit code and the captured output.
     An uncaught exception counts as a crash: exit code 1, its traceback in stderr."""
@@ -95,7 +96,8 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env
             try:
                 main(list(args))
             except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+                code = (exit_.code if isinstance(exit_.code, int)
+                        else (0 if exit_.code is None else 1))
             except Exception:
                 code = 1
                 traceback.print_exc(file=err)
@@ -110,7 +112,8 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env
         logging.getLogger().handlers.clear()
     proc = subprocess.CompletedProcess(["segbench", *args], code, out.getvalue(), err.getvalue())
     if check and code != 0:
-        raise AssertionError(f"segbench {' '.join(args)} exited {code}\n--- stdout\n{proc.stdout[-4000:]}"
+        raise AssertionError(f"segbench {' '.join(args)} exited {code}\n"
+                             f"--- stdout\n{proc.stdout[-4000:]}"
                              f"\n--- stderr\n{proc.stderr[-4000:]}")
     return proc
 
@@ -149,7 +152,8 @@ def run_subprocess(*args: str, cwd: Path, check: bool = True, timeout: float = 6
 
 def run_dirs(root: Path) -> list[Path]:
     """Training run directories below root (those holding a config.yaml and a split.json)."""
-    return sorted(p.parent for p in Path(root).rglob("split.json") if (p.parent / "config.yaml").is_file())
+    return sorted(p.parent for p in Path(root).rglob("split.json")
+                  if (p.parent / "config.yaml").is_file())
 
 
 def read_json(path: Path) -> dict:

@@ -12,7 +12,8 @@ SMALL_RESNET = {"encoder": "resnet18", "encoder_depth": 3}
 # id -> model config (what configs/model/<name>.yaml would hold, made small)
 SMALL_MODELS = {
     "unet": {"name": "unet", "arch": "Unet", **SMALL_RESNET, "decoder_channels": [32, 16, 8]},
-    "unetpp": {"name": "unetpp", "arch": "UnetPlusPlus", **SMALL_RESNET, "decoder_channels": [32, 16, 8]},
+    "unetpp": {"name": "unetpp", "arch": "UnetPlusPlus", **SMALL_RESNET,
+               "decoder_channels": [32, 16, 8]},
     "fpn": {"name": "fpn", "arch": "FPN", **SMALL_RESNET, "decoder_channels": 32,
             "decoder_segmentation_channels": 32},
     "deeplabv3plus": {"name": "deeplabv3plus", "arch": "DeepLabV3Plus", **SMALL_RESNET,
@@ -26,8 +27,10 @@ SMALL_MODELS = {
     "mcnet-v3": {"name": "mcnet", "preset": "v3", "features": [8, 16]},
     "mcnet-v4": {"name": "mcnet", "preset": "v4", "features": [8, 16]},
     "mcnet-v5": {"name": "mcnet", "preset": "v5", "features": [8, 16]},
-    "mcnet-mfe": {"name": "mcnet", "preset": None, "block": "mfe", "skip": "concat", "features": [8, 16]},
-    "mcnet-cie-ra": {"name": "mcnet", "preset": None, "block": "cie", "skip": "ra", "features": [8, 16]},
+    "mcnet-mfe": {"name": "mcnet", "preset": None, "block": "mfe", "skip": "concat",
+                  "features": [8, 16]},
+    "mcnet-cie-ra": {"name": "mcnet", "preset": None, "block": "cie", "skip": "ra",
+                     "features": [8, 16]},
     "classic_unet": {"name": "classic_unet", "base_width": 8, "depth": 3},
 }
 

@@ -85,8 +85,9 @@ def test_output_is_raw_logits_whatever_the_activation(case):
     for h in hooks:
         h.remove()
     # The last layer that computes anything is a convolution (smp heads may upsample after it).
-    computing = [m for m in last if not isinstance(m, (torch.nn.Identity, torch.nn.UpsamplingBilinear2d,
-                                                        torch.nn.Upsample, torch.nn.Dropout))]
+    computing = [m for m in last
+                 if not isinstance(m, (torch.nn.Identity, torch.nn.UpsamplingBilinear2d,
+                                       torch.nn.Upsample, torch.nn.Dropout))]
     assert isinstance(computing[-1], (torch.nn.Conv2d, torch.nn.ConvTranspose2d)), computing[-1]
 
 
@@ -94,7 +95,8 @@ def test_prelu_adds_one_learned_slope_per_activation():
     relu = build_model(model_cfg(SMALL_MODELS["mcnet-v1"], "relu"))
     prelu = build_model(model_cfg(SMALL_MODELS["mcnet-v1"], "prelu"))
     n = sum(count_hidden_activations(relu).values())
-    assert sum(p.numel() for p in prelu.parameters()) - sum(p.numel() for p in relu.parameters()) == n
+    assert sum(p.numel() for p in prelu.parameters()) \
+        - sum(p.numel() for p in relu.parameters()) == n
 
 
 def test_unknown_activation_lists_the_choices():

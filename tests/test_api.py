@@ -28,19 +28,22 @@ def test_train_twice_in_one_process_then_evaluate_predict_and_load(tmp_path, mon
     assert first.path.parent == tmp_path / "outputs" / "train" and first.path.name.endswith("_unet")
     assert first.finished and first.status["state"] == "finished"
     assert first.metrics == read_json(first.path / "metrics.json")
-    assert not GlobalHydra.instance().is_initialized()  # a user's own hydra.initialize() still works
+    # a user's own hydra.initialize() still works
+    assert not GlobalHydra.instance().is_initialized()
     assert root.handlers == handlers  # the run's train.log handler is closed and gone
     logging.getLogger("segbench").warning("after the run")
     assert "after the run" not in (first.path / "train.log").read_text()
 
-    second = segbench.train(TINY, optimizer="sgd", **{"hydra.run.dir": "second", "trainer.max_epochs": 1})
+    second = segbench.train(TINY, optimizer="sgd",
+                            **{"hydra.run.dir": "second", "trainer.max_epochs": 1})
     assert second.path == tmp_path / "second"
     assert second.config["optimizer"]["name"] == "sgd" and len(second.history) == 1
     assert second.metrics["test"]["dice"] != first.metrics["test"]["dice"]
     # History: numbers as numbers, one dict per epoch (pandas.DataFrame(run.history) works).
     assert [row["epoch"] for row in first.history] == [1, 2]
     assert isinstance(first.history[0]["val_iou"], float)
-    assert max(r["val_iou"] for r in first.history) == pytest.approx(first.metrics["val_best"]["iou"])
+    assert max(r["val_iou"] for r in first.history) \
+        == pytest.approx(first.metrics["val_best"]["iou"])
 
     again = segbench.evaluate(first.path)
     assert again["test"]["dice"] == pytest.approx(first.metrics["test"]["dice"], abs=1e-12)
@@ -77,7 +80,8 @@ def test_a_run_prints_as_one_line_and_gives_its_per_case_table_and_probabilities
     images = [np.full((40, 52, 3), 90, np.uint8)]
     (prob,) = segbench.predict(tiny_run, images, probabilities=True)
     (mask,) = segbench.predict(tiny_run, images)
-    assert prob.dtype == np.float32 and prob.shape == (40, 52) and 0 <= prob.min() <= prob.max() <= 1
+    assert prob.dtype == np.float32 and prob.shape == (40, 52)
+    assert 0 <= prob.min() <= prob.max() <= 1
     assert np.array_equal(prob >= run.config["eval"]["threshold"], mask)
 
 
@@ -124,7 +128,8 @@ def test_keyword_overrides_are_written_as_hydra_reads_them():
     from segbench.api import overrides
 
     assert overrides(["a=1"], {"model": "unetpp", "trainer.grad_clip": None, "eval.tta": True,
-                               "model.decoder_channels": [32, 16], "dataset.root": "/data/x y"}) == [
+                               "model.decoder_channels": [32, 16],
+                               "dataset.root": "/data/x y"}) == [
         "a=1", "model=unetpp", "trainer.grad_clip=null", "eval.tta=true",
         "model.decoder_channels=[32,16]", "dataset.root='/data/x y'"]
 
@@ -133,5 +138,6 @@ def test_keyword_overrides_are_written_as_hydra_reads_them():
 def test_import_segbench_stays_light():
     code = ("import sys, segbench; heavy = [m for m in ('torch', 'hydra', 'omegaconf', 'mlflow') "
             "if m in sys.modules]; print(heavy, callable(segbench.train), 'torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
     assert out.strip() == "[] True False"

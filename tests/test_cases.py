@@ -34,7 +34,8 @@ def write_cases(path: Path, dice, *, shapes=None, hd95=None, groups=None, seed=0
     shapes = shapes or [(24, 32)] * n
     truths = [_disk(s, (s[0] // 2, s[1] // 2), 6) for s in shapes]
     preds = [_disk(s, (s[0] // 2, s[1] // 2 + round(8 * (1 - d))), 6) for s, d in zip(shapes, dice)]
-    counts = np.array([[int((p & t).sum()), int((p & ~t).sum()), int((~p & t).sum()), int((~p & ~t).sum())]
+    counts = np.array([[int((p & t).sum()), int((p & ~t).sum()),
+                        int((~p & t).sum()), int((~p & ~t).sum())]
                        for p, t in zip(preds, truths)])
     images = rng.integers(0, 255, (n, image_size, image_size, 3), dtype=np.uint8)
     save_cases(path, ids or [f"case_{i:02d}" for i in range(n)], counts, np.array(dice),
@@ -115,7 +116,8 @@ def test_disagreement_shows_the_cases_configurations_disagree_on(tmp_path):
     both = [("a", load_cases(tmp_path / "a.npz")), ("b", load_cases(tmp_path / "b.npz"))]
     assert disagreement(both, tmp_path / "d.png", 2) == ["case_03", "case_01"]
     assert (tmp_path / "d.png").is_file()
-    assert disagreement(both[:1], tmp_path / "one.png", 2) == []  # one configuration: nothing to compare
+    # one configuration: nothing to compare
+    assert disagreement(both[:1], tmp_path / "one.png", 2) == []
 
 
 @pytest.mark.parametrize("field", ["dice", "iou"])
@@ -130,7 +132,8 @@ def test_a_training_run_keeps_every_case_agreeing_with_per_case_csv(tiny_run, fi
 
 
 def test_tta_changed_orders_by_the_size_of_the_change():
-    assert tta_changed(np.array([0.5, 0.9, 0.2, 0.4]), np.array([0.5, 0.6, 0.3, 0.4]), k=3) == [1, 2]
+    assert tta_changed(np.array([0.5, 0.9, 0.2, 0.4]), np.array([0.5, 0.6, 0.3, 0.4]),
+                       k=3) == [1, 2]
 
 
 def test_with_tta_the_gallery_shows_the_cases_it_changed(tmp_path):
@@ -149,7 +152,8 @@ def test_with_tta_the_gallery_shows_the_cases_it_changed(tmp_path):
 
 
 def test_eval_with_tta_keeps_the_masks_without_it(tiny_run, tmp_path):
-    run_cli("eval", f"run_dir={tiny_run}", "eval.tta=true", f"hydra.run.dir={tmp_path / 'out'}", cwd=tmp_path)
+    run_cli("eval", f"run_dir={tiny_run}", "eval.tta=true", f"hydra.run.dir={tmp_path / 'out'}",
+            cwd=tmp_path)
     cases = load_cases(tmp_path / "out" / "cases.npz")
     own = load_cases(tiny_run / "cases.npz")  # the run tested best.pt without TTA
     np.testing.assert_allclose(cases.plain_dice, own.dice, atol=1e-6)

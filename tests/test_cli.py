@@ -38,7 +38,8 @@ def test_cfg_job_composes_overrides_as_written(tmp_path):
 def test_help_lists_config_groups(tmp_path):
     proc = run_cli("train", "--help", cwd=tmp_path)
     assert "segbench train" in proc.stdout
-    for group in ("model", "optimizer", "scheduler", "loss", "augmentation", "resolution", "dataset"):
+    for group in ("model", "optimizer", "scheduler", "loss", "augmentation", "resolution",
+                  "dataset"):
         assert f"{group}:" in proc.stdout
 
 
@@ -134,7 +135,8 @@ def test_sweep_functions_and_known_values_pass_the_check():
 
 
 def test_quickstart_composes_64px_small_unet(tmp_path):
-    cfg = yaml.safe_load(run_cli("train", "experiment=quickstart", "--cfg", "job", cwd=tmp_path).stdout)
+    cfg = yaml.safe_load(run_cli("train", "experiment=quickstart", "--cfg", "job",
+                                 cwd=tmp_path).stdout)
     assert cfg["resolution"] == {"height": 64, "width": 64}
     assert cfg["dataset"]["name"] == "synthetic"
     assert len(cfg["model"]["decoder_channels"]) == cfg["model"]["encoder_depth"]
@@ -158,9 +160,11 @@ def test_resolution_a_model_cannot_take_is_named_with_valid_sizes(tmp_path):
 
 
 def test_decoder_channels_must_match_depth(tmp_path):
-    proc = run_cli("train", *TINY, "model.encoder_depth=4", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_cli("train", *TINY, "model.encoder_depth=4", "hydra.run.dir=run", cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2
-    assert "model.decoder_channels has 3 entries but model.encoder_depth=4" in proc.stdout + proc.stderr
+    assert "model.decoder_channels has 3 entries but model.encoder_depth=4" \
+        in proc.stdout + proc.stderr
 
 
 def test_eval_errors_are_clear(tmp_path):

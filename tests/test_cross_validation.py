@@ -26,7 +26,8 @@ TINY_LGG = ["dataset=lgg_mri", "resolution=64", "model.encoder=resnet18", "model
 
 
 def samples(groups: dict[str, int]) -> list[Sample]:
-    return [Sample(f"{g}_{i}", Path("x"), Path("y"), g) for g, n in groups.items() for i in range(n)]
+    return [Sample(f"{g}_{i}", Path("x"), Path("y"), g)
+            for g, n in groups.items() for i in range(n)]
 
 
 # --- the folds ------------------------------------------------------------------------------------
@@ -60,7 +61,8 @@ def test_fold_settings_are_checked():
     with pytest.raises(SegbenchError, match="dataset.folds=4 but the training pool has 3 patients"):
         make_splits({"train": pool, "test": test}, val_fraction=0.2, train_fraction=1, seed=0,
                     folds=4, fold=0)
-    with pytest.raises(SegbenchError, match="dataset.fold=3: with dataset.folds=3 use a fold in 0..2"):
+    with pytest.raises(SegbenchError,
+                       match="dataset.fold=3: with dataset.folds=3 use a fold in 0..2"):
         make_splits({"train": pool, "test": test}, val_fraction=0.2, train_fraction=1, seed=0,
                     folds=3, fold=3)
     with pytest.raises(SegbenchError, match="own validation list"):
@@ -74,9 +76,11 @@ def test_train_refuses_a_fold_outside_the_folds(tmp_path):
     assert proc.returncode == 2
     assert "dataset.fold=5: with dataset.folds=3 use a fold in 0..2" in proc.stdout + proc.stderr
     proc = run_cli("train", "dataset.folds=3", "hydra.run.dir=run2", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "dataset.fold=null: with dataset.folds=3" in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "dataset.fold=null: with dataset.folds=3" in proc.stdout + proc.stderr
     proc = run_cli("train", "dataset.fold=1", "hydra.run.dir=run3", cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "dataset.fold=1 without dataset.folds" in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "dataset.fold=1 without dataset.folds" in proc.stdout + proc.stderr
 
 
 # --- three folds on the LGG stand-in, their report and their ensemble ----------------------------
@@ -94,7 +98,8 @@ def cv_sweep(lgg_stand_in, tmp_path_factory) -> Path:
 
 
 def _fold_runs(sweep: Path) -> list[Path]:
-    return sorted(p.parent for p in sweep.rglob("split.json") if (p.parent / "checkpoints").is_dir())
+    return sorted(p.parent for p in sweep.rglob("split.json")
+                  if (p.parent / "checkpoints").is_dir())
 
 
 @pytest.mark.slow
@@ -131,7 +136,8 @@ def test_report_pools_the_folds_into_a_cross_validation_table(cv_sweep, tmp_path
     assert float(row["test_dice_mean"]) == pytest.approx(test.mean(), rel=1e-5)
     md = (out / "report.md").read_text()
     assert "## Cross-validation" in md and "Folds partition the training pool by patients" in md
-    assert "| configuration | fold | seeds | val dice | test dice | test iou | test volume dice |" in md
+    header = "| configuration | fold | seeds | val dice | test dice | test iou | test volume dice |"
+    assert header in md
     assert "| all runs | seed 0 x folds 0,1,2 |" in md
 
 
@@ -151,7 +157,8 @@ def _manual_ensemble_counts(runs: list[Path], test_ids: list[str]) -> tuple[np.n
         x = torch.stack([torch.as_tensor(data[i][0]) for i in range(len(data))])
         with torch.no_grad():
             probs.append(torch.sigmoid(model(x).float())[:, 0].numpy())
-        masks = np.stack([np.asarray(data[i][1]).reshape(x.shape[-2:]) for i in range(len(data))]) > 0
+        masks = np.stack([np.asarray(data[i][1]).reshape(x.shape[-2:])
+                          for i in range(len(data))]) > 0
     mean = np.mean(probs, axis=0)
     pred = mean >= 0.5
     counts = np.stack([(pred & masks).sum((1, 2)), (pred & ~masks).sum((1, 2)),
@@ -193,7 +200,8 @@ def test_ensemble_averages_the_fold_models_probabilities(cv_sweep, lgg_stand_in,
     images.mkdir()
     for i in test_ids[:2]:
         shutil.copy(next(lgg_stand_in.root.rglob(f"{i}.tif")), images / f"{i}.tif")
-    pred = run_cli("predict", str(runs[0]), str(runs[1]), f"input={images}", "output=masks", cwd=tmp_path)
+    pred = run_cli("predict", str(runs[0]), str(runs[1]), f"input={images}", "output=masks",
+                   cwd=tmp_path)
     assert "an ensemble of 2 runs" in pred.stdout + pred.stderr
     assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
 

@@ -110,7 +110,8 @@ def test_a_short_gpu_training_resumes_where_it_stopped(tmp_path):
     run_cli("train", *args, "trainer.max_epochs=3", "hydra.run.dir=full", cwd=tmp_path)
     run_cli("train", *args, "trainer.max_epochs=2", "hydra.run.dir=part", cwd=tmp_path)
     (tmp_path / "part" / "metrics.json").unlink()  # as if stopped after epoch 2
-    proc = run_cli("train", f"trainer.resume={tmp_path / 'part'}", "trainer.max_epochs=3", cwd=tmp_path)
+    proc = run_cli("train", f"trainer.resume={tmp_path / 'part'}", "trainer.max_epochs=3",
+                   cwd=tmp_path)
     assert "resuming" in proc.stdout
     full, part = (RunDir(tmp_path / n).read_history() for n in ("full", "part"))
     assert [r["epoch"] for r in part] == ["1", "2", "3"]
@@ -118,7 +119,8 @@ def test_a_short_gpu_training_resumes_where_it_stopped(tmp_path):
     # deterministic version (a flipped pixel moves the IoU of 5 small images by ~2e-3).
     for a, b in zip(full, part, strict=True):
         for key, tol in (("train_loss", 1e-3), ("val_loss", 1e-3), ("val_iou", 5e-3)):
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=tol, abs=tol), (a["epoch"], key)
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=tol, abs=tol), \
+                (a["epoch"], key)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

@@ -149,7 +149,8 @@ def test_empty_split_is_an_error(tmp_path):
     with pytest.raises(SegbenchError, match=r"the test split is empty"):
         list_splits(folder_cfg(root))
     (root / "test.txt").unlink()
-    with pytest.raises(SegbenchError, match=r"train\.txt but split files come as train\.txt and test\.txt"):
+    with pytest.raises(SegbenchError,
+                       match=r"train\.txt but split files come as train\.txt and test\.txt"):
         list_splits(folder_cfg(root))
 
 

@@ -110,7 +110,8 @@ def test_lgg_images_and_masks_decode(tmp_path, lgg_source):
     splits = list_splits(cfg)
     data = build_datasets(cfg, splits, tmp_path, augment=False)
     train = data["train"]
-    assert train.images.shape == (len(splits["train"]), 64, 64, 3) and train.images.dtype == np.uint8
+    assert train.images.shape == (len(splits["train"]), 64, 64, 3)
+    assert train.images.dtype == np.uint8
     assert set(np.unique(train.masks).tolist()) == {0, 1}
     image, mask, _ = train[0]
     assert tuple(image.shape) == (3, 64, 64) and tuple(mask.shape) == (1, 64, 64)
@@ -186,8 +187,8 @@ def test_lung_train_fraction_sizes(lung_stand_in):
 
 
 def test_lung_hu_window_maps_to_unit_range():
-    assert lung_module.to_unit_range(np.array([-2000, -1000, -300, 400, 3000]), -1000, 400).tolist() \
-        == [0.0, 0.0, 0.5, 1.0, 1.0]
+    assert lung_module.to_unit_range(np.array([-2000, -1000, -300, 400, 3000]), -1000,
+                                     400).tolist() == [0.0, 0.0, 0.5, 1.0, 1.0]
 
 
 def test_lung_windowed_images_are_not_saturated(lung_source):

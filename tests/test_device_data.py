@@ -34,7 +34,8 @@ def _pairs(n=6, h=32, w=32, channels=3, seed=0):
 
 
 def _tensors(images, masks):
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(masks)[:, None]
+    return (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(),
+            torch.from_numpy(masks)[:, None])
 
 
 def _device_op(transform, images, masks, seeds=None):
@@ -44,7 +45,8 @@ def _device_op(transform, images, masks, seeds=None):
     return out.permute(0, 2, 3, 1).numpy(), out_masks[:, 0].numpy()
 
 
-@pytest.mark.parametrize("transform", [A.HorizontalFlip(p=1), A.VerticalFlip(p=1), A.Transpose(p=1)])
+@pytest.mark.parametrize("transform",
+                         [A.HorizontalFlip(p=1), A.VerticalFlip(p=1), A.Transpose(p=1)])
 def test_flips_and_transpose_equal_albumentations_exactly(transform):
     images, masks = _pairs()
     out, out_masks = _device_op(transform, images, masks)
@@ -69,7 +71,8 @@ def test_rot90_equals_albumentations_exactly(factor):
 
 def test_a_flip_preset_flips_each_image_with_its_mask_or_neither():
     images, masks = _pairs(n=16)
-    aug = DeviceAugmentation.build(build_augmentation(OmegaConf.load(ROOT / "configs/augmentation/hflip.yaml")))
+    preset = OmegaConf.load(ROOT / "configs/augmentation/hflip.yaml")
+    aug = DeviceAugmentation.build(build_augmentation(preset))
     x, m = _tensors(images, masks)
     out, out_masks = aug(x, m, list(range(16)))
     flipped = [torch.equal(out[i], x[i].flip(-1)) and torch.equal(out_masks[i], m[i].flip(-1))
@@ -109,7 +112,8 @@ def test_every_preset_has_a_tensor_form_that_is_seeded(preset):
     assert unsupported_reason(compose) is None
     aug = DeviceAugmentation.build(compose)
     x, m = _tensors(*_pairs(n=8))
-    first, again, other = aug(x, m, list(range(8))), aug(x, m, list(range(8))), aug(x, m, list(range(1, 9)))
+    first, again = aug(x, m, list(range(8))), aug(x, m, list(range(8)))
+    other = aug(x, m, list(range(1, 9)))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
     assert set(first[1].unique().tolist()) <= {0, 1} and first[0].dtype == torch.uint8
@@ -121,7 +125,8 @@ def test_an_images_augmentation_depends_on_its_own_seed_alone():
     compose = A.Compose([A.HorizontalFlip(p=0.5), A.RandomRotate90(p=0.5), A.GaussNoise(p=0.5),
                          A.OneOf([A.ElasticTransform(alpha=30, sigma=4, p=1),
                                   A.GridDistortion(p=1)], p=0.7),
-                         A.Affine(rotate=(-20, 20), p=0.5), A.GaussianBlur(blur_limit=(3, 5), p=0.5),
+                         A.Affine(rotate=(-20, 20), p=0.5),
+                         A.GaussianBlur(blur_limit=(3, 5), p=0.5),
                          A.RandomGamma(p=0.5)])
     aug = DeviceAugmentation.build(compose)
     x, m = _tensors(*_pairs(n=8))
@@ -151,7 +156,8 @@ def test_resident_batches_follow_the_loader_paths_order_and_repeat_per_seed():
     again = list(batches)
     sampler.set_seed(8)
     other = list(batches)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again, strict=True))
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+               for a, b in zip(first, again, strict=True))
     assert not torch.equal(first[0][0], other[0][0])
     assert first[0][0].shape == (4, 3, 32, 32) and first[0][1].shape == (4, 1, 32, 32)
 
@@ -159,7 +165,8 @@ def test_resident_batches_follow_the_loader_paths_order_and_repeat_per_seed():
 def test_a_transform_without_a_tensor_form_keeps_the_loader_path(caplog):
     data = _dataset(A.Compose([A.HorizontalFlip(p=0.5), A.CLAHE(p=1)]))
     with caplog.at_level(logging.INFO, logger="segbench.data.resident"):
-        got = resident_batches(data, SeededShuffleSampler(len(data)), 4, True, torch.device("cpu"), True, 0.25)
+        got = resident_batches(data, SeededShuffleSampler(len(data)), 4, True,
+                               torch.device("cpu"), True, 0.25)
     assert got is None
     assert [r.getMessage() for r in caplog.records] == [
         "data on device: the augmentation's CLAHE has no tensor form; this run's training batches "
@@ -181,7 +188,8 @@ def test_compile_is_off_on_cpu_unless_asked():
     model = torch.nn.Conv2d(1, 1, 3)
     assert compile_model(model, "auto", torch.device("cpu")) is model
     assert compile_model(model, False, torch.device("cuda")) is model
-    assert compile_model(model, True, torch.device("cpu")) is not model  # compiled lazily: not run here
+    # compiled lazily: not run here
+    assert compile_model(model, True, torch.device("cpu")) is not model
 
 
 def _history(run: Path) -> list[dict]:
@@ -209,8 +217,10 @@ def test_a_device_path_run_trains_repeats_and_resumes_to_the_same_history(tmp_pa
 
 
 def test_a_split_over_the_budget_with_data_on_device_true_is_one_line(tmp_path):
-    proc = run_cli("train", *TINY, "trainer.data_on_device=true", "trainer.data_on_device_budget=1e-9",
-                   "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_cli("train", *TINY, "trainer.data_on_device=true",
+                   "trainer.data_on_device_budget=1e-9", "hydra.run.dir=run", cwd=tmp_path,
+                   check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stdout + proc.stderr
     line = next(x for x in proc.stdout.splitlines() if "data_on_device=true" in x)
-    assert "more than trainer.data_on_device_budget=1e-09" in line and "trainer.data_on_device=auto" in line
+    assert "more than trainer.data_on_device_budget=1e-09" in line
+    assert "trainer.data_on_device=auto" in line

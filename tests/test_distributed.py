@@ -58,7 +58,8 @@ def plain_net_configs(folder: Path) -> Path:
 
 
 def plain_args(configs: Path) -> list[str]:
-    return [*(a for a in TINY if not a.startswith("model.")), f"hydra.searchpath=[file://{configs}]",
+    return [*(a for a in TINY if not a.startswith("model.")),
+            f"hydra.searchpath=[file://{configs}]",
             "model=plain", "loss=bce", "optimizer.lr=0.01", "augmentation=basic",
             "trainer.deterministic=true", "eval.surface_metrics=false"]
 
@@ -74,7 +75,8 @@ def test_ranks_together_draw_one_process_batches_of_the_global_size():
     one = list(single)
     dealt = [list(r) for r in ranks]
     assert [len(d) for d in dealt] == [11, 11] and all(len(r) == 11 for r in ranks)
-    for k in range(11 // b):  # step k: the ranks' batches make up one process's batch k of b x world
+    # step k: the ranks' batches make up one process's batch k of b x world
+    for k in range(11 // b):
         together = sorted(p for d in dealt for p in d[k * b:(k + 1) * b])
         assert together == sorted(one[k * b * world:(k + 1) * b * world])
     everything = [p for d in dealt for p in d]
@@ -179,7 +181,8 @@ def test_a_run_resumes_on_as_many_processes_as_it_ran_on(fake_ranks):
 
 
 def test_devices_must_match_the_processes_a_launcher_started(monkeypatch):
-    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2",
+                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)
     with pytest.raises(SegbenchError, match="trainer.devices=3 but torchrun started 2 processes"):
         distributed.setup("cpu", 3)
@@ -242,7 +245,8 @@ def _epoch(train_one_epoch, model, loader, optimizer, accumulate=1, scaler=None,
     opt = Optimisation(loss_fn or torch.nn.BCEWithLogitsLoss(), optimizer, _Schedule(),
                        scaler or torch.amp.GradScaler("cpu", enabled=False))
     return train_one_epoch(model, loader, opt, Compute(torch.device("cpu"), amp_dtype, False),
-                           StepSettings(grad_clip=None, accumulate=accumulate, log_every=1), epoch=1)
+                           StepSettings(grad_clip=None, accumulate=accumulate, log_every=1),
+                           epoch=1)
 
 
 # --- AMP bookkeeping on CPU -------------------------------------------------------------------

@@ -102,7 +102,8 @@ def test_two_processes_train_like_one_with_the_same_global_batch(one_process, tw
     assert len(one) == len(two) == EPOCHS
     for a, b in zip(one, two, strict=True):
         for key in COMPARED:
-            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), (a["epoch"], key)
+            assert float(b[key]) == pytest.approx(float(a[key]), rel=1e-4, abs=1e-6), \
+                (a["epoch"], key)
     t1, t2 = (read_json(p / "metrics.json") for p in (one_process, run))
     assert t2["best_epoch"] == t1["best_epoch"]
     assert t2["test"]["n_images"] == t1["test"]["n_images"] == 8  # nothing counted twice
@@ -132,7 +133,8 @@ def test_evaluation_on_two_processes_is_exactly_one_process_evaluation(plain, tw
     recorded = read_json(run / "metrics.json")["test"]
     for key in ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall", "auroc",
                 "average_precision", "tp", "fp", "fn", "tn"):
-        assert evaluated[key] == recorded[key] or math.isnan(evaluated[key]) and math.isnan(recorded[key]), key
+        assert evaluated[key] == recorded[key] or (math.isnan(evaluated[key])
+                                                   and math.isnan(recorded[key])), key
     with open(next((run / "eval").glob("*/per_case.csv"))) as f1, open(run / "per_case.csv") as f2:
         assert f1.read() == f2.read()
 
@@ -180,7 +182,8 @@ def test_a_stopped_two_process_run_resumes_to_the_same_history(plain, two_proces
     if how == "sigint":
         assert parent.returncode == 130, output[-3000:]
         assert read_json(run / "status.json")["state"] == "interrupted"
-        assert (run / "train.log").read_text().count("interrupted; checkpoints/last.pt holds epoch") == 1
+        assert (run / "train.log").read_text().count(
+            "interrupted; checkpoints/last.pt holds epoch") == 1
     time.sleep(0.5)
     assert not _pids_naming(str(run))
 
@@ -190,7 +193,8 @@ def test_a_stopped_two_process_run_resumes_to_the_same_history(plain, two_proces
     log = (run / "train.log").read_text()
     assert "resuming" in log and "starting 2 training processes" in proc.stdout
     _, reference, _ = two_processes
-    assert without_time(RunDir(run).read_history()) == without_time(RunDir(reference).read_history())
+    assert without_time(RunDir(run).read_history()) \
+        == without_time(RunDir(reference).read_history())
     resumed, uninterrupted = (read_json(p / "metrics.json") for p in (run, reference))
     assert {k: v for k, v in resumed["test"].items() if not k.endswith("_seconds")} == \
         {k: v for k, v in uninterrupted["test"].items() if not k.endswith("_seconds")}

@@ -63,7 +63,8 @@ def links(page: Path):
 
 def test_anchor_rule_matches_github():
     assert github_anchor("Losses, optimizers, schedules") == "losses-optimizers-schedules"
-    assert github_anchor("`segbench info`: parameters, size, FLOPs") == "segbench-info-parameters-size-flops"
+    assert github_anchor("`segbench info`: parameters, size, FLOPs") \
+        == "segbench-info-parameters-size-flops"
     assert github_anchor("Your own data: `dataset=folder`") == "your-own-data-datasetfolder"
     assert github_anchor("MC-Net presets") == "mc-net-presets"
 

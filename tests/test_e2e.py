@@ -42,7 +42,8 @@ def test_help_and_argument_errors_import_no_heavy_library(tmp_path):
             "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
             "heavy = [m for m in ('torch', 'segmentation_models_pytorch', 'albumentations', 'cv2')"
             " if m in sys.modules]\nprint('HEAVY', heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path)
     assert "HEAVY []" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -56,7 +57,8 @@ def test_importing_the_data_pipeline_opens_no_network_connection(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code], env=env,
                           capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode == 0 and "IMPORTED" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0 and "IMPORTED" in proc.stdout, \
+        proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_help_into_a_closed_pipe_is_quiet(tmp_path):
@@ -109,10 +111,12 @@ def test_bash_completion_completes_commands_and_overrides(tmp_path):
                             text=True, check=True).stdout
     (tmp_path / "complete.sh").write_text(script)
     probe = ('source complete.sh\n'
-             't(){ COMP_LINE="$1"; COMP_POINT=${#1}; _segbench_completion; echo "${COMPREPLY[*]}"; }\n'
+             't(){ COMP_LINE="$1"; COMP_POINT=${#1}; _segbench_completion; '
+             'echo "${COMPREPLY[*]}"; }\n'
              't "segbench tr"\nt "segbench train model=unet"\n')
     proc = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, cwd=tmp_path,
-                          env={**os.environ, "PATH": f"{os.path.dirname(exe)}:{os.environ['PATH']}"})
+                          env={**os.environ,
+                               "PATH": f"{os.path.dirname(exe)}:{os.environ['PATH']}"})
     commands, models = proc.stdout.splitlines()[:2]
     assert commands == "train"
     assert set(models.split()) == {"model=unet", "model=unetpp"}

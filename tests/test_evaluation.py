@@ -38,7 +38,8 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def same(a, b) -> bool:
-    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+    return a == b or (isinstance(a, float) and isinstance(b, float)
+                      and math.isnan(a) and math.isnan(b))
 
 
 def test_training_reports_every_metric_and_how_it_was_made(run):
@@ -153,13 +154,16 @@ def test_test_split_computes_surface_metrics_only_when_asked(tmp_path):
     common = dict(threshold=0.5, tta=False, batch_size=2, num_predictions=2, surface_workers=1)
     off = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, **common)
     assert "hd95" not in off and "hd95" not in read_rows(tmp_path / "per_case.csv")[0]
-    px = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True, **common)
+    px = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
+                    **common)
     rows = read_rows(tmp_path / "per_case.csv")
     assert math.isnan(float(rows[0]["hd95"])) and px["surface_nan_count"] == 1  # empty truth
     assert [float(r["hd95"]) for r in rows[2:]] == [0.0, 0.0, 0.0]  # perfect predictions
-    assert float(rows[1]["hd95"]) > 0 and px["hd95"] == pytest.approx(float(rows[1]["hd95"]) / 4, abs=1e-5)
+    assert float(rows[1]["hd95"]) > 0
+    assert px["hd95"] == pytest.approx(float(rows[1]["hd95"]) / 4, abs=1e-5)
     mm = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
                     pixel_spacing=[2.0, 2.0], **common)
-    assert mm["hd95"] == pytest.approx(2 * px["hd95"]) and mm["assd"] == pytest.approx(2 * px["assd"])
+    assert mm["hd95"] == pytest.approx(2 * px["hd95"])
+    assert mm["assd"] == pytest.approx(2 * px["assd"])
     assert px["dice"] == mm["dice"] and px["fp"] == 9 + 1
     assert (tmp_path / "confusion_matrix.png").is_file()

@@ -61,16 +61,19 @@ def user_configs(tmp_path, monkeypatch):
         in_channels: ${dataset.channels}
         width: 8
         """))
-    (configs / "loss" / "margin.yaml").write_text("name: margin\n_target_: mylab_parts.MarginLoss\nmargin: 0.25\n")
+    (configs / "loss" / "margin.yaml").write_text(
+        "name: margin\n_target_: mylab_parts.MarginLoss\nmargin: 0.25\n")
     return configs
 
 
 def test_a_users_model_and_loss_train_through_the_shared_loop(tmp_path, user_configs):
     args = [a for a in TINY if not a.startswith("model.")]
-    run_cli("train", *args, f"hydra.searchpath=[file://{user_configs}]", "model=tiny", "loss=margin",
-            "resolution.height=63", "resolution.width=64", "hydra.run.dir=run", cwd=tmp_path)
+    run_cli("train", *args, f"hydra.searchpath=[file://{user_configs}]", "model=tiny",
+            "loss=margin", "resolution.height=63", "resolution.width=64", "hydra.run.dir=run",
+            cwd=tmp_path)
     metrics = read_json(tmp_path / "run" / "metrics.json")
-    assert metrics["model"]["name"] == "tiny" and metrics["model"]["params"] == 3 * 8 * 9 + 8 + 8 * 9 + 1
+    assert metrics["model"]["name"] == "tiny"
+    assert metrics["model"]["params"] == 3 * 8 * 9 + 8 + 8 * 9 + 1
     assert 0 <= metrics["test"]["iou"] <= metrics["test"]["dice"] <= 1
     import mylab_parts
 
@@ -84,10 +87,13 @@ def test_a_users_run_is_evaluated_and_resumed_only_as_its_user_allows(tmp_path, 
     run_cli("train", *args, search, "model=tiny", "trainer.max_epochs=1", "hydra.run.dir=run",
             cwd=tmp_path)
     refused = run_cli("eval", "run_dir=run", cwd=tmp_path, check=False)
-    assert refused.returncode == 2 and "export SEGBENCH_TRUSTED_MODULES=mylab_parts" in refused.stdout
-    allowed = run_cli("eval", "run_dir=run", cwd=tmp_path, env={"SEGBENCH_TRUSTED_MODULES": "mylab_parts"})
+    assert refused.returncode == 2
+    assert "export SEGBENCH_TRUSTED_MODULES=mylab_parts" in refused.stdout
+    allowed = run_cli("eval", "run_dir=run", cwd=tmp_path,
+                      env={"SEGBENCH_TRUSTED_MODULES": "mylab_parts"})
     assert "wrote" in allowed.stdout
-    again = run_cli("train", "trainer.resume=run", cwd=tmp_path, check=False)  # folders not replayed
+    # folders not replayed
+    again = run_cli("train", "trainer.resume=run", cwd=tmp_path, check=False)
     assert again.returncode == 2 and f"trainer.resume=run '{search}'" in again.stderr
     assert "skipping" in run_cli("train", "trainer.resume=run", search, cwd=tmp_path).stdout
 

@@ -61,7 +61,8 @@ def _folder_cfg(root: Path):
 def test_an_external_folder_is_every_pair_unless_it_has_split_files(tmp_path):
     root = folder_dataset(tmp_path / "ext", n=6)
     samples, rule = external_samples(_folder_cfg(root))
-    assert [s.id for s in samples] == [f"case{i}" for i in range(6)] and rule == "every labelled image"
+    assert [s.id for s in samples] == [f"case{i}" for i in range(6)]
+    assert rule == "every labelled image"
     (root / "train.txt").write_text("case0\ncase1\ncase2\ncase3\n")
     (root / "test.txt").write_text("case4\ncase5\n")
     samples, rule = external_samples(_folder_cfg(root))
@@ -110,10 +111,12 @@ def test_eval_on_an_external_folder_writes_its_own_record(runs):
     m = read_json(out / "metrics.json")
     ext = m["external"]
     assert ext["dataset"] == "folder" and ext["root"] == str(runs["external"].resolve())
-    assert ext["images"] == 6 and ext["chosen"] == "every labelled image" and len(ext["fingerprint"]) == 16
+    assert ext["images"] == 6 and ext["chosen"] == "every labelled image"
+    assert len(ext["fingerprint"]) == 16
     assert m["native_resolution"] is True  # the default for an external set
     test = m["test"]
-    assert test["n_images"] == 6 and test["tp"] + test["fp"] + test["fn"] + test["tn"] == 6 * 40 * 40
+    assert test["n_images"] == 6
+    assert test["tp"] + test["fp"] + test["fn"] + test["tn"] == 6 * 40 * 40
     with open(out / "per_case.csv") as f:
         assert sorted(row["image"] for row in csv.DictReader(f)) == [f"case{i}" for i in range(6)]
     assert (out / "predictions.png").stat().st_size > 1000
@@ -124,7 +127,8 @@ def test_eval_on_an_external_folder_writes_its_own_record(runs):
                 "eval.native_resolution=false", cwd=base)
     low = read_json(_latest_eval(run) / "metrics.json")
     assert low["native_resolution"] is False
-    assert low["test"]["tp"] + low["test"]["fp"] + low["test"]["fn"] + low["test"]["tn"] == 6 * 64 * 64
+    low_test = low["test"]
+    assert low_test["tp"] + low_test["fp"] + low_test["fn"] + low_test["tn"] == 6 * 64 * 64
 
 
 @pytest.mark.slow
@@ -160,7 +164,8 @@ def test_report_puts_internal_and_external_test_side_by_side(runs):
               for p in [sorted((run / "eval").glob("*/metrics.json"))[-1]]]
     assert float(row[key]) == pytest.approx(sum(values) / 2, abs=1e-5)
     assert float(row["test_dice_mean"]) == pytest.approx(
-        sum(read_json(run / "metrics.json")["test"]["dice"] for run in (runs["run"], runs["other"])) / 2,
+        sum(read_json(run / "metrics.json")["test"]["dice"]
+            for run in (runs["run"], runs["other"])) / 2,
         abs=1e-5)
 
 

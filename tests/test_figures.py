@@ -13,8 +13,9 @@ from segbench.viz import OVERLAY, overlay, plot_curves, plot_predictions
 
 
 def test_curves_have_integer_epoch_ticks_and_the_run_name(tmp_path):
-    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_dice": 0.1 * e,
-                "val_dice": 0.09 * e, "train_iou": 0.05 * e, "val_iou": 0.04 * e} for e in (1, 2, 3)]
+    history = [{"epoch": e, "lr": 1e-3, "train_loss": 1 / e, "val_loss": 1.2 / e,
+                "train_dice": 0.1 * e, "val_dice": 0.09 * e, "train_iou": 0.05 * e,
+                "val_iou": 0.04 * e} for e in (1, 2, 3)]
     fig = plot_curves(history, tmp_path / "curves.png", 2, title="optimizer=sgd/seed=1: unet")
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert fig._suptitle.get_text() == "optimizer=sgd/seed=1: unet"

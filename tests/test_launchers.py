@@ -35,8 +35,8 @@ submitit_launcher = pytest.importorskip("hydra_plugins.hydra_submitit_launcher",
 
 ARGS = [*TINY, "trainer.deterministic=true", "trainer.device=cpu"]
 EPOCHS = 4
-SWEEP = ["train", "-m", "seed=0,1", *ARGS, f"trainer.max_epochs={EPOCHS}", "hydra/launcher=submitit_local",
-         "hydra.launcher.timeout_min=30"]
+SWEEP = ["train", "-m", "seed=0,1", *ARGS, f"trainer.max_epochs={EPOCHS}",
+         "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=30"]
 
 
 def without_time(rows):
@@ -57,7 +57,8 @@ def test_submitit_sweep_requeues_a_signalled_job_that_resumes_and_a_resubmission
         job0 = None
         while job0 is None or not RunDir(job0).read_history():
             assert proc.poll() is None and time.time() < deadline, proc.communicate()[0][-3000:]
-            job0 = next((p.parent for p in tmp_path.glob("outputs/multirun/*/default/seed=0/status.json")), None)
+            job0 = next((p.parent for p in
+                         tmp_path.glob("outputs/multirun/*/default/seed=0/status.json")), None)
             time.sleep(0.05)
         pid = read_json(job0 / "status.json")["pid"]  # the submitit task that runs the job
         os.kill(pid, signal.SIGUSR2)  # what SLURM sends before a time limit or a preemption
@@ -67,7 +68,8 @@ def test_submitit_sweep_requeues_a_signalled_job_that_resumes_and_a_resubmission
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 0, out[-3000:]
     sweep = job0.parent.parent
-    assert [d.relative_to(sweep).as_posix() for d in run_dirs(sweep)] == ["default/seed=0", "default/seed=1"]
+    assert [d.relative_to(sweep).as_posix() for d in run_dirs(sweep)] \
+        == ["default/seed=0", "default/seed=1"]
     logs = _job_logs(sweep)
     assert "Requeued job" in logs  # submitit's checkpoint/requeue, then the job again:
     train_log = (job0 / "train.log").read_text()

@@ -39,7 +39,8 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("segbench"):
                 names = [a.name for a in node.names] if node.module == "segbench" else [""]
-                targets = [f"segbench.{n}" if n else node.module for n in names if n not in PACKAGE_NAMES]
+                targets = [f"segbench.{n}" if n else node.module for n in names
+                           if n not in PACKAGE_NAMES]
             elif isinstance(node, ast.Import):
                 targets = [a.name for a in node.names if a.name.startswith("segbench.")]
             else:
@@ -78,7 +79,8 @@ def test_the_packages_import_each_other_without_a_cycle():
 
     for node in sorted(graph):
         visit(node, ())
-    assert order.index("runs") < order.index("engine") and order.index("inference") < order.index("engine")
+    assert order.index("runs") < order.index("engine")
+    assert order.index("inference") < order.index("engine")
 
 
 def test_the_layer_rules_would_catch_an_upward_import(tmp_path, monkeypatch):

@@ -91,7 +91,8 @@ VARIANTS = [(n, {}) for n in LOSSES] + [
 ]
 
 
-@pytest.mark.parametrize(("name", "overrides"), VARIANTS, ids=[f"{n}{o or ''}" for n, o in VARIANTS])
+@pytest.mark.parametrize(("name", "overrides"), VARIANTS,
+                         ids=[f"{n}{o or ''}" for n, o in VARIANTS])
 def test_finite_with_finite_gradients_and_zero_at_a_perfect_prediction(name, overrides):
     loss_fn = loss_from_yaml(name, **overrides)
     for case, (logits, target) in _cases().items():
@@ -265,9 +266,11 @@ def test_a_partial_loss_config_takes_its_defaults_from_the_yaml_only():
     own = OmegaConf.load(LOSS_DIR / "focal.yaml")
     assert focal.focal_loss_fn.keywords["alpha"] == own.alpha
     assert focal.focal_loss_fn.keywords["gamma"] == own.gamma
-    boundary = build_loss(OmegaConf.create({"name": "boundary", "region": {"name": "weighted_bce"}}),
+    boundary = build_loss(OmegaConf.create({"name": "boundary",
+                                            "region": {"name": "weighted_bce"}}),
                           {"train_masks": _quarter()})
-    assert boundary.region.pos_weight.item() == pytest.approx(3.0)  # pos_weight: auto, from the masks
+    # pos_weight: auto, from the masks
+    assert boundary.region.pos_weight.item() == pytest.approx(3.0)
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (7, 5), (1, 9), (33, 64), (64, 33)])

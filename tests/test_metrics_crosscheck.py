@@ -29,13 +29,15 @@ TOL = 1e-6
 
 def random_batch(n=6, h=17, w=23, seed=0):
     rng = np.random.default_rng(seed)
-    truth = np.stack([ndimage.binary_dilation(rng.random((h, w)) < 0.03, iterations=2) for _ in range(n)])
+    truth = np.stack([ndimage.binary_dilation(rng.random((h, w)) < 0.03, iterations=2)
+                      for _ in range(n)])
     prob = np.clip(truth * 0.35 + rng.random((n, h, w)) * 0.65, 0, 1).astype(np.float32)
     return torch.from_numpy(prob)[:, None], torch.from_numpy(truth.astype(np.uint8))[:, None]
 
 
 def hand_made_batch():
-    """Both empty, prediction empty, truth empty, perfect, partial overlap, everything foreground."""
+    """Both empty, prediction empty, truth empty, perfect, partial overlap, everything
+    foreground."""
     truth = np.zeros((6, 8, 8), np.uint8)
     pred = np.zeros((6, 8, 8), np.float32)
     truth[1, 2:4, 2:4] = 1
@@ -91,7 +93,8 @@ def test_hand_made_values():
 
 def _rounded(prob: np.ndarray) -> np.ndarray:
     """The probabilities as the histogram holds them: floor(p * 2^20), p = 1 in the top bin."""
-    return np.minimum(np.floor(prob.astype(np.float64) * metrics.SCORE_BINS), metrics.SCORE_BINS - 1)
+    return np.minimum(np.floor(prob.astype(np.float64) * metrics.SCORE_BINS),
+                      metrics.SCORE_BINS - 1)
 
 
 @pytest.mark.parametrize("case", ["random", "ties", "separable", "inverted"])
@@ -111,7 +114,8 @@ def test_auroc_and_ap_equal_sklearn(case):
     y, p = truth.numpy().ravel(), prob.numpy().ravel()
     # Exact on the rounded probabilities the histogram holds...
     assert got["auroc"] == pytest.approx(roc_auc_score(y, _rounded(p)), abs=1e-12)
-    assert got["average_precision"] == pytest.approx(average_precision_score(y, _rounded(p)), abs=1e-12)
+    assert got["average_precision"] == pytest.approx(average_precision_score(y, _rounded(p)),
+                                                     abs=1e-12)
     # ...and within the rounding's reach of scikit-learn on the float32 probabilities.
     assert got["auroc"] == pytest.approx(roc_auc_score(y, p), abs=TOL)
     assert got["average_precision"] == pytest.approx(average_precision_score(y, p), abs=TOL)
@@ -127,7 +131,8 @@ def test_auroc_and_ap_without_both_classes():
 
 def blob_pair(rng, h, w):
     def blob():
-        return ndimage.binary_dilation(rng.random((h, w)) < 0.015, iterations=int(rng.integers(0, 4)))
+        return ndimage.binary_dilation(rng.random((h, w)) < 0.015,
+                                       iterations=int(rng.integers(0, 4)))
     return blob(), blob()
 
 
@@ -181,7 +186,8 @@ def test_surface_distances_by_hand():
     assert 1.0 < assd < 3.0  # ...except the side pixels, which lie closer
     assert surface.hd95_assd(square, square) == (0.0, 0.0)
     assert all(math.isnan(v) for v in surface.hd95_assd(square, np.zeros_like(square)))
-    assert all(math.isnan(v) for v in surface.hd95_assd(np.zeros_like(square), np.zeros_like(square)))
+    assert all(math.isnan(v)
+               for v in surface.hd95_assd(np.zeros_like(square), np.zeros_like(square)))
 
 
 def test_surface_metrics_of_a_split_in_threads_equal_one_by_one():

@@ -53,8 +53,10 @@ def test_frozen_parameters_are_not_trainable():
 
 def test_latency_and_peak_memory_on_cpu():
     model = build_model(model_cfg(SMALL_MODELS["mcnet-v1"]))
-    result = measure(model, (3, 64, 64), batch_size=2, device=torch.device("cpu"), warmup=1, repeats=3)
-    assert result["latency_ms"] > 0 and result["latency_ms_per_image"] == pytest.approx(result["latency_ms"] / 2, abs=1e-3)
+    result = measure(model, (3, 64, 64), batch_size=2, device=torch.device("cpu"), warmup=1,
+                     repeats=3)
+    assert result["latency_ms"] > 0
+    assert result["latency_ms_per_image"] == pytest.approx(result["latency_ms"] / 2, abs=1e-3)
     weights_mb = model_facts(model)["size_mb"]
     # At least the weights, the input batch and the first feature maps are held at once.
     activation_mb = 2 * 8 * 64 * 64 * 4 / 2**20
@@ -72,7 +74,8 @@ def test_table_formats_numbers_for_reading():
 
 
 def test_info_prints_the_v1_parameter_count(tmp_path):
-    proc = run_cli("info", "model=mcnet", "model.preset=v1", "resolution=64", "latency=false", cwd=tmp_path)
+    proc = run_cli("info", "model=mcnet", "model.preset=v1", "resolution=64", "latency=false",
+                   cwd=tmp_path)
     assert "31,037,633" in proc.stdout
     row = read_json(next((tmp_path / "outputs" / "info").glob("*/info.json")))
     assert row["params"] == 31_037_633 and row["flops"] > 0 and row["label"] == "mcnet v1"

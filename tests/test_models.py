@@ -82,7 +82,8 @@ def test_divisors_of_the_registered_models():
     assert size_divisor("unet", encoder_depth=5) == 32
     assert size_divisor("fpn", arch="FPN", encoder_depth=4) == 16
     assert size_divisor("deeplabv3plus", arch="DeepLabV3Plus", encoder_depth=5) == 16
-    assert size_divisor("deeplabv3plus", arch="DeepLabV3Plus", encoder_depth=5, encoder_output_stride=8) == 8
+    assert size_divisor("deeplabv3plus", arch="DeepLabV3Plus", encoder_depth=5,
+                        encoder_output_stride=8) == 8
     assert size_divisor("smp", arch="PAN", encoder_depth=5) == 128
     assert size_divisor("mcnet", features=[64, 128, 256, 512]) == 16
     assert size_divisor("classic_unet", depth=3) == 8
@@ -114,7 +115,8 @@ def test_spconv_splits_channels_and_falls_back_on_the_first_layer():
     assert isinstance(block[0], torch.nn.Conv2d)  # 3 channels cannot be split into 2 groups
     assert isinstance(block[3], SPConv)
     sp = SPConv(16, 32)
-    assert sp.group_wise.in_channels == 8 and sp.cheap.in_channels == 8 and sp.group_wise.groups == 2
+    assert sp.group_wise.in_channels == 8 and sp.cheap.in_channels == 8
+    assert sp.group_wise.groups == 2
     # Far fewer weights than the 3x3 convolution it replaces.
     assert n_params(sp) < 0.45 * 16 * 32 * 9
 
@@ -150,7 +152,8 @@ def test_smp_options_are_checked_with_the_fix_in_the_message():
     with pytest.raises(SegbenchError, match="no architecture 'Unet3'.*Linknet"):
         create_model("smp", arch="Unet3")
     with pytest.raises(SegbenchError, match="one width.*not the list"):
-        create_model("deeplabv3plus", arch="DeepLabV3Plus", encoder="resnet18", decoder_channels=[32, 16])
+        create_model("deeplabv3plus", arch="DeepLabV3Plus", encoder="resnet18",
+                     decoder_channels=[32, 16])
     with pytest.raises(SegbenchError, match="one width per decoder stage"):
         create_model("unet", encoder="resnet18", encoder_depth=3, decoder_channels=[32, 16])
     with pytest.raises(SegbenchError, match="no decoder width"):
@@ -167,6 +170,7 @@ def test_fpn_width_option_reaches_the_decoder():
 
 def test_config_kwargs_reach_the_model():
     cfg = model_cfg({"name": "mcnet", "preset": "v3", "features": [4, 8, 16]}, channels=1)
-    assert model_kwargs(cfg) == {"preset": "v3", "features": [4, 8, 16], "in_channels": 1, "classes": 1}
+    assert model_kwargs(cfg) == {"preset": "v3", "features": [4, 8, 16], "in_channels": 1,
+                                 "classes": 1}
     model = build_model(cfg)
     assert model.net.down[0][0].in_channels == 1 and model.divisor == 8

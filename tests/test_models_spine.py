@@ -40,5 +40,6 @@ def test_uint8_and_unit_float_inputs_give_the_same_logits():
 
 
 def test_without_padding_an_odd_size_is_rejected_with_valid_sizes():
-    with pytest.raises(SegbenchError, match=r"divisible by 8; 36x45 is not.*heights \[32, 40\], widths \[40, 48\]"):
+    with pytest.raises(SegbenchError, match=r"divisible by 8; 36x45 is not.*"
+                                            r"heights \[32, 40\], widths \[40, 48\]"):
         build_model(cfg(36, 45, pad=False))

@@ -15,11 +15,13 @@ TINY_DATA = ["dataset.num_train=24", "dataset.num_test=8", "dataset.image_size=6
 @pytest.mark.slow
 @pytest.mark.parametrize("model", [
     ["model=mcnet", "model.preset=v5", "model.features=[8,16]", "activation=gelu"],
-    ["model=deeplabv3plus", "model.encoder=resnet18", "model.encoder_depth=3", "model.decoder_channels=32"],
+    ["model=deeplabv3plus", "model.encoder=resnet18", "model.encoder_depth=3",
+     "model.decoder_channels=32"],
 ], ids=["mcnet-v5-gelu", "deeplabv3plus"])
 def test_train_new_models_end_to_end(tmp_path, model):
     # One thread: on shared cores two spinning OpenMP threads made an epoch 10x slower.
-    run_cli("train", *TINY_DATA, *model, "hydra.run.dir=run", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    run_cli("train", *TINY_DATA, *model, "hydra.run.dir=run", cwd=tmp_path,
+            env={"OMP_NUM_THREADS": "1"})
     metrics = read_json(tmp_path / "run" / "metrics.json")
     test = metrics["test"]
     assert 0 <= test["iou"] <= test["dice"] <= 1

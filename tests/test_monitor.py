@@ -82,7 +82,8 @@ def test_lgg_smooths_its_monitor_and_selection_can_wait(tmp_path, lgg_stand_in,
 
 
 def test_trainer_monitor_switches_the_selection(tmp_path, lgg_stand_in, scripted_validation):
-    assert _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou").read_metrics()["best_epoch"] == 1
+    by_iou = _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou").read_metrics()
+    assert by_iou["best_epoch"] == 1
     by_loss = _train(tmp_path, lgg_stand_in, "trainer.monitor=val_loss", name="loss").read_metrics()
     assert by_loss["best_epoch"] == 2 and by_loss["monitor"]["mode"] == "min"
 
@@ -90,12 +91,14 @@ def test_trainer_monitor_switches_the_selection(tmp_path, lgg_stand_in, scripted
 def test_early_stopping_and_plateau_read_the_monitor(tmp_path, lgg_stand_in, scripted_validation):
     # Slice IoU falls from epoch 1: monitored, it stops the run after patience 2 (epoch 3) and
     # the plateau schedule (patience 0) halves the LR after each epoch without a gain.
-    run = _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou", "trainer.early_stopping.patience=2",
-                 "scheduler=plateau", "scheduler.patience=0", "scheduler.factor=0.5")
+    run = _train(tmp_path, lgg_stand_in, "trainer.monitor=val_iou",
+                 "trainer.early_stopping.patience=2", "scheduler=plateau", "scheduler.patience=0",
+                 "scheduler.factor=0.5")
     history = run.read_history()
     assert len(history) == 3 and run.read_metrics()["stopped_early"] is True
     assert [float(r["lr"]) for r in history] == pytest.approx([1e-3, 1e-3, 5e-4])
-    # Volume Dice rises until epoch 3: the same settings run all 4 epochs and keep the LR until then.
+    # Volume Dice rises until epoch 3: the same settings run all 4 epochs and keep the LR until
+    # then.
     run = _train(tmp_path, lgg_stand_in, "trainer.early_stopping.patience=2", "scheduler=plateau",
                  "scheduler.patience=0", "scheduler.factor=0.5", name="volume")
     history = run.read_history()
@@ -107,8 +110,8 @@ def test_a_resumed_run_keeps_its_monitor(tmp_path, lgg_stand_in, scripted_valida
     assert run.read_metrics()["best_epoch"] == 2
     (run / "metrics.json").unlink()  # as if stopped after epoch 2 of 4
     run.set_status("interrupted", epoch=2)
-    refused = run_cli("train", f"trainer.resume={run.path}", "trainer.monitor=val_iou", cwd=tmp_path,
-                      check=False)
+    refused = run_cli("train", f"trainer.resume={run.path}", "trainer.monitor=val_iou",
+                      cwd=tmp_path, check=False)
     assert refused.returncode == 2 and "trainer.monitor: 'auto' -> 'val_iou'" in refused.stdout
     run_cli("train", f"trainer.resume={run.path}", "trainer.max_epochs=4", cwd=tmp_path)
     m = run.read_metrics()
@@ -162,9 +165,11 @@ def test_per_volume_dice_pooled_on_the_device_equals_the_reference():
     volumes = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
     loader = DataLoader(TensorDataset(images, truth, torch.arange(n)), batch_size=4)
     summary = evaluate(Fixed(), loader, torch.device("cpu"), volumes=volumes).summary()
-    reference = metrics.volume_summary(metrics.confusion(torch.sigmoid(logits), truth), volumes.tolist())
+    reference = metrics.volume_summary(metrics.confusion(torch.sigmoid(logits), truth),
+                                       volumes.tolist())
     assert summary["volume_dice"] == pytest.approx(reference["volume_dice_mean"], abs=1e-12)
-    assert summary["volume_dice_median"] == pytest.approx(reference["volume_dice_median"], abs=1e-12)
+    assert summary["volume_dice_median"] == pytest.approx(reference["volume_dice_median"],
+                                                          abs=1e-12)
 
 
 def test_early_stopping_counts_in_either_direction():

@@ -76,7 +76,8 @@ def test_rgb_masks_through_a_palette_and_unknown_colours_named(tmp_path):
     np.testing.assert_array_equal(mask, lab)
     rgb[0, 0] = [10, 20, 30]
     Image.fromarray(rgb).save(tmp_path / "m.png")
-    with pytest.raises(SegbenchError, match=r"m\.png: colour\(s\) \(10, 20, 30\) are not in dataset.palette"):
+    with pytest.raises(SegbenchError,
+                       match=r"m\.png: colour\(s\) \(10, 20, 30\) are not in dataset.palette"):
         default_read(sample(tmp_path, "m.png"), cfg)
     cfg = dataset(task="multiclass", classes=CLASSES)
     with pytest.raises(SegbenchError, match="dataset.palette is not set"):
@@ -88,8 +89,10 @@ def test_undeclared_values_and_binary_label_maps_are_errors_naming_the_file(tmp_
     cfg = dataset(task="multiclass", classes=CLASSES)  # 255 not declared
     with pytest.raises(SegbenchError, match=r"m\.png: mask value\(s\) 255 are not declared"):
         default_read(sample(tmp_path, "m.png"), cfg)
-    Image.fromarray(np.where(labels() == 255, 0, labels()).astype(np.uint8)).save(tmp_path / "m.png")
-    with pytest.raises(SegbenchError, match=r"m\.png: mask holds the values 0, 1, 2.*dataset\.task=multiclass"):
+    Image.fromarray(np.where(labels() == 255, 0, labels()).astype(np.uint8)).save(
+        tmp_path / "m.png")
+    with pytest.raises(SegbenchError,
+                       match=r"m\.png: mask holds the values 0, 1, 2.*dataset\.task=multiclass"):
         default_read(sample(tmp_path, "m.png"), dataset())
 
 
@@ -110,8 +113,9 @@ def test_multilabel_from_class_folders_overlap_and_missing_file(tmp_path):
         for name, m in (("tumour", a), ("oedema", b)):
             (root / "masks" / name).mkdir(parents=True, exist_ok=True)
             Image.fromarray(m).save(root / "masks" / name / f"c{i}.png")
-    cfg = dataset(root=str(root), task="multilabel", classes=["tumour", "oedema"], images_dir="images",
-                  masks_dir="masks", test_fraction=0.25, val_fraction=0.25, train_fraction=1.0,
+    cfg = dataset(root=str(root), task="multilabel", classes=["tumour", "oedema"],
+                  images_dir="images", masks_dir="masks", test_fraction=0.25, val_fraction=0.25,
+                  train_fraction=1.0,
                   split_seed=0, on_unpaired="error")
     splits = list_splits(OmegaConf.create({"dataset": cfg}))
     s = splits["train"][0]

@@ -44,7 +44,8 @@ def write_folder(root: Path, n: int = 20, size: int = 40, multilabel: bool = Fal
         if multilabel:  # class a: the disc; class b: the disc and the square (overlapping)
             for name, layer in (("a", labels == 1), ("b", labels > 0)):
                 (root / "masks" / name).mkdir(parents=True, exist_ok=True)
-                Image.fromarray(layer.astype(np.uint8) * 255).save(root / "masks" / name / f"c{i:02d}.png")
+                Image.fromarray(layer.astype(np.uint8) * 255).save(
+                    root / "masks" / name / f"c{i:02d}.png")
         else:
             (root / "masks").mkdir(exist_ok=True)
             Image.fromarray(labels).save(root / "masks" / f"c{i:02d}.png")
@@ -55,7 +56,8 @@ def write_folder(root: Path, n: int = 20, size: int = 40, multilabel: bool = Fal
 def three_class_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mc")
     root = write_folder(tmp / "data")
-    run = segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}", "dataset.task=multiclass",
+    run = segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}",
+                          "dataset.task=multiclass",
                           "dataset.classes={0: background, 1: disc, 2: square}",
                           f"hydra.run.dir={tmp / 'run'}"])
     return run, root
@@ -64,7 +66,8 @@ def three_class_run(tmp_path_factory):
 def test_three_classes_train_with_per_class_records(three_class_run):
     run, _ = three_class_run
     m = run.metrics
-    assert m["task"]["task"] == "multiclass" and m["task"]["classes"] == ["background", "disc", "square"]
+    assert m["task"]["task"] == "multiclass"
+    assert m["task"]["classes"] == ["background", "disc", "square"]
     assert m["task"]["background"] == ["background"] and "class_rule" in m["task"]
     test = m["test"]
     for name in ("disc", "square"):
@@ -140,8 +143,9 @@ def test_report_names_the_classes(three_class_run, tmp_path):
 
 def test_overlapping_classes_train_as_multilabel(tmp_path):
     root = write_folder(tmp_path / "data", multilabel=True)
-    run = segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}", "dataset.task=multilabel",
-                          "dataset.classes=[a,b]", "loss=bce_dice", f"hydra.run.dir={tmp_path / 'run'}"])
+    run = segbench.train([*SMALL, "dataset=folder", f"dataset.root={root}",
+                          "dataset.task=multilabel", "dataset.classes=[a,b]", "loss=bce_dice",
+                          f"hydra.run.dir={tmp_path / 'run'}"])
     test = run.metrics["test"]
     assert run.metrics["task"]["task"] == "multilabel"
     assert {"dice_a", "dice_b"} <= set(test) and test["dice"] == pytest.approx(

@@ -63,4 +63,5 @@ def test_a_low_resolution_run_is_scored_on_the_native_masks(tmp_path):
     out = sorted((tmp_path / "run" / "eval").iterdir())[-1]
     low = read_json(out / "metrics.json")
     assert low["native_resolution"] is False
-    assert low["test"]["tp"] + low["test"]["fp"] + low["test"]["fn"] + low["test"]["tn"] == 8 * 32 * 32
+    low_test = low["test"]
+    assert low_test["tp"] + low_test["fp"] + low_test["fn"] + low_test["tn"] == 8 * 32 * 32

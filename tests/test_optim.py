@@ -68,7 +68,8 @@ def run_steps(opt, schedule, steps: int, start: int = 0) -> list[float]:
 
 
 def lr_curve(name: str, steps: int = EPOCHS * STEPS, **overrides) -> list[float]:
-    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}), model().parameters())
+    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}),
+                          model().parameters())
     schedule = build_scheduler(yaml("scheduler", name, **overrides), opt, max_epochs=EPOCHS,
                                steps_per_epoch=STEPS)
     return run_steps(opt, schedule, steps)
@@ -94,14 +95,18 @@ def test_onecycle_rises_to_the_optimizer_lr_then_anneals():
 
 
 def test_onecycle_leaves_momentum_alone_unless_asked():
-    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}), model().parameters())
+    opt = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.9}),
+                          model().parameters())
     build_scheduler(yaml("scheduler", "onecycle"), opt, max_epochs=2, steps_per_epoch=3)
     assert opt.param_groups[0]["momentum"] == 0.9
-    build_scheduler(yaml("scheduler", "onecycle", cycle_momentum=True), opt, max_epochs=2, steps_per_epoch=3)
+    build_scheduler(yaml("scheduler", "onecycle", cycle_momentum=True), opt, max_epochs=2,
+                    steps_per_epoch=3)
     assert opt.param_groups[0]["momentum"] == pytest.approx(0.95)
-    plain = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0, "nesterov": False}), model().parameters())
+    plain = build_optimizer(OmegaConf.create({"name": "sgd", "lr": 0.1, "momentum": 0.0,
+                                              "nesterov": False}), model().parameters())
     with pytest.raises(SegbenchError, match="scheduler"):
-        build_scheduler(yaml("scheduler", "onecycle", pct_start=1.5), plain, max_epochs=2, steps_per_epoch=3)
+        build_scheduler(yaml("scheduler", "onecycle", pct_start=1.5), plain, max_epochs=2,
+                        steps_per_epoch=3)
 
 
 @pytest.mark.parametrize("name", SCHEDULE_FILES)
@@ -110,7 +115,8 @@ def test_a_schedule_saved_mid_run_resumes_exactly(name):
 
     def build(m):
         opt = build_optimizer(OmegaConf.create({"name": "adam", "lr": 0.1}), m.parameters())
-        return opt, build_scheduler(yaml("scheduler", name), opt, max_epochs=EPOCHS, steps_per_epoch=STEPS)
+        return opt, build_scheduler(yaml("scheduler", name), opt, max_epochs=EPOCHS,
+                                    steps_per_epoch=STEPS)
 
     opt, schedule = build(model())
     first = run_steps(opt, schedule, 2 * STEPS)  # interrupted after two epochs

@@ -37,7 +37,8 @@ def test_packed_jobs_give_the_results_of_jobs_run_one_by_one(tmp_path):
         torch.set_num_threads(threads)
     packed = run_cli("train", "-m", "seed=0,1", *ARGS, "hydra/launcher=packed",
                      "hydra.launcher.jobs_per_gpu=2", "hydra.sweep.dir=packed", cwd=tmp_path)
-    assert "packed launcher: 2 job(s), 2 at once (2 per GPU x no GPU)" in packed.stdout + packed.stderr
+    assert "packed launcher: 2 job(s), 2 at once (2 per GPU x no GPU)" \
+        in packed.stdout + packed.stderr
     alone, together = _tests(tmp_path / "one_by_one"), _tests(tmp_path / "packed")
     assert len(alone) == 2 and alone == together
 

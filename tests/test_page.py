@@ -49,11 +49,13 @@ def test_the_page_holds_every_section_with_its_files_beside_it(tmp_path):
     for section in ("what-ran", "results", "comparisons", "figures", "curves", "gallery", "notes"):
         assert f'<section id="{section}">' in text
     assert "<b>Method.</b> Paired over the same test images" in text  # the comparisons' method line
-    assert text.count('<table class="sortable">') >= 3 + 3  # what ran, results, 2 comparisons, 3 case tables
+    # what ran, results, 2 comparisons, 3 case tables
+    assert text.count('<table class="sortable">') >= 3 + 3
     # offline: no address outside the report folder, every image a file beside the page
     assert not re.search(r'(src|href)="(https?:)?//', text)
     files = page_files(page)
-    assert len(files) == 3 + 3 + 1 + 3  # metrics, curves, predictions; 3 galleries; disagreement; 3 curves
+    # metrics, curves, predictions; 3 galleries; disagreement; 3 curves
+    assert len(files) == 3 + 3 + 1 + 3
     assert all(f.is_file() and f.resolve().is_relative_to(page.parent) for f in files)
     assert sum(f.stat().st_size for f in files) + page.stat().st_size < 5_000_000
     # the per-case table links to each case and each pictured case to its gallery
@@ -84,7 +86,8 @@ def chromium(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.e2e
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (Debian: apt-get install chromium)")
+@pytest.mark.skipif(CHROMIUM is None,
+                    reason="no Chromium installed (Debian: apt-get install chromium)")
 def test_the_page_in_a_real_browser(tmp_path):
     root = six_runs(tmp_path / "study")
     run_subprocess("report", str(root), "report.bootstrap=200", cwd=tmp_path)

@@ -50,7 +50,8 @@ def test_predict_a_folder_of_mixed_sizes_and_formats(tiny_run, tmp_path):
         assert (int(row["height"]), int(row["width"])) == (h, w)
         assert cv2.imread(str(out / row["overlay"])).shape == (h, w, 3)
     # a.png and a.jpg share a stem: their outputs keep the whole name apart.
-    assert areas["a.png"]["mask"] == "a.png_mask.png" and areas["grey.bmp"]["mask"] == "grey_mask.png"
+    assert areas["a.png"]["mask"] == "a.png_mask.png"
+    assert areas["grey.bmp"]["mask"] == "grey_mask.png"
     # The log sits beside the masks folder, not among the masks.
     assert (tmp_path / "out.predict.log").is_file() and not (out / "predict.log").exists()
 
@@ -61,7 +62,8 @@ def test_predict_reports_progress_and_writes_probabilities(tiny_run, tmp_path):
     images.mkdir()
     rng = np.random.default_rng(3)
     for i in range(5):
-        cv2.imwrite(str(images / f"f{i}.png"), rng.integers(0, 255, (30 + i, 41, 3), dtype=np.uint8))
+        cv2.imwrite(str(images / f"f{i}.png"),
+                    rng.integers(0, 255, (30 + i, 41, 3), dtype=np.uint8))
     out = tmp_path / "out"
     proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={out}",
                    "batch_size=2", "predict.probabilities=true", cwd=tmp_path)
@@ -83,10 +85,12 @@ def test_predict_reports_progress_and_writes_probabilities(tiny_run, tmp_path):
             "predict.probabilities=png", cwd=tmp_path)
     prob8 = cv2.imread(str(png / "f0_prob.png"), cv2.IMREAD_UNCHANGED)
     assert prob8.dtype == np.uint8 and prob8.shape == (30, 41)
-    assert np.abs(prob8 / 255 - np.load(out / "f0_prob.npy").astype(np.float32)).max() <= 0.5 / 255 + 1e-3
+    f0_prob = np.load(out / "f0_prob.npy").astype(np.float32)
+    assert np.abs(prob8 / 255 - f0_prob).max() <= 0.5 / 255 + 1e-3
     bad = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={tmp_path / 'x'}",
                   "predict.probabilities=tiff", cwd=tmp_path, check=False)
-    assert bad.returncode == 2 and "predict.probabilities=tiff: use false, true" in bad.stdout + bad.stderr
+    assert bad.returncode == 2
+    assert "predict.probabilities=tiff: use false, true" in bad.stdout + bad.stderr
     assert not (tmp_path / "x").exists() and not (tmp_path / "x.predict.log").exists()
 
 
@@ -120,10 +124,12 @@ def test_predict_errors_name_the_problem(tiny_run, tmp_path):
     missing = run_cli("predict", f"run_dir={tiny_run}", f"input={tmp_path / 'nope'}",
                       f"output={tmp_path / 'o2'}", cwd=tmp_path, check=False)
     assert missing.returncode == 2 and "does not exist" in missing.stdout + missing.stderr
-    not_a_run = run_cli("predict", f"run_dir={tmp_path}", f"input={broken}", f"output={tmp_path / 'o3'}",
-                        cwd=tmp_path, check=False)
-    assert not_a_run.returncode == 2 and "config.yaml is missing" in not_a_run.stdout + not_a_run.stderr
-    no_output = run_cli("predict", f"run_dir={tiny_run}", f"input={broken}", cwd=tmp_path, check=False)
+    not_a_run = run_cli("predict", f"run_dir={tmp_path}", f"input={broken}",
+                        f"output={tmp_path / 'o3'}", cwd=tmp_path, check=False)
+    assert not_a_run.returncode == 2
+    assert "config.yaml is missing" in not_a_run.stdout + not_a_run.stderr
+    no_output = run_cli("predict", f"run_dir={tiny_run}", f"input={broken}", cwd=tmp_path,
+                        check=False)
     assert no_output.returncode == 2 and "missing output" in no_output.stderr
     for proc in (one, missing, not_a_run, no_output):
         assert "Traceback" not in proc.stdout + proc.stderr

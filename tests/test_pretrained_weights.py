@@ -16,8 +16,9 @@ def _train_imagenet(tmp_path, env):
     """Any command that builds the model checks first; `info` is the cheapest (no data). In a
     new process: huggingface_hub reads HF_HUB_OFFLINE once, when it is imported."""
     start = time.time()
-    proc = run_subprocess("info", "model.encoder=resnet18", "model.encoder_weights=imagenet", "resolution=64",
-                   "latency=false", cwd=tmp_path, check=False, env=env, timeout=120)
+    proc = run_subprocess("info", "model.encoder=resnet18", "model.encoder_weights=imagenet",
+                          "resolution=64", "latency=false", cwd=tmp_path, check=False, env=env,
+                          timeout=120)
     return proc, time.time() - start
 
 
@@ -43,12 +44,14 @@ def test_offline_mode_fails_at_once(tmp_path):
      "https_proxy": "http://10.255.255.1:3128", "http_proxy": "http://10.255.255.1:3128"},
 ], ids=["unroutable-endpoint", "unroutable-proxy"])
 def test_unreachable_network_fails_within_seconds(tmp_path, env):
-    proc, seconds = _train_imagenet(tmp_path, {"HF_HUB_OFFLINE": "0", "SEGBENCH_HUB_PROBE_TIMEOUT": "3", **env})
+    proc, seconds = _train_imagenet(tmp_path, {"HF_HUB_OFFLINE": "0",
+                                               "SEGBENCH_HUB_PROBE_TIMEOUT": "3", **env})
     _assert_clear_failure(proc, seconds)
 
 
 def test_cached_weights_need_no_network(tmp_path, monkeypatch):
-    """With the files in the Hugging Face cache layout, the check passes offline, without a probe."""
+    """With the files in the Hugging Face cache layout, the check passes offline, without a
+    probe."""
     from huggingface_hub import constants
 
     [(kind, repo, revision)] = pretrained._weight_sources("resnet18", "imagenet")

@@ -12,8 +12,8 @@ from segbench.inspection.augmentations import describe, rows_of
 from segbench.report import build_report
 from test_report import fake_run, per_image
 
-DATA = ["dataset.num_train=12", "dataset.num_test=4", "dataset.image_size=32", "resolution.height=32",
-        "resolution.width=32"]
+DATA = ["dataset.num_train=12", "dataset.num_test=4", "dataset.image_size=32",
+        "resolution.height=32", "resolution.width=32"]
 
 
 def preset(name: str):
@@ -21,7 +21,8 @@ def preset(name: str):
 
 
 def test_preview_draws_each_transform_and_the_whole_preset(tmp_path):
-    proc = run_cli("preview", "augmentation=strong", *DATA, "images=2", "hydra.run.dir=prev", cwd=tmp_path)
+    proc = run_cli("preview", "augmentation=strong", *DATA, "images=2", "hydra.run.dir=prev",
+                   cwd=tmp_path)
     assert (tmp_path / "prev" / "augmentation.png").stat().st_size > 10_000
     # original, the preset's 7 entries, the whole preset
     assert "2 images x 9 rows" in proc.stderr + proc.stdout
@@ -47,12 +48,15 @@ def test_each_row_forces_its_transform_and_the_figure_is_seeded():
 
 def test_describe_names_a_transform_and_its_arguments():
     assert describe({"type": "HorizontalFlip", "p": 0.5}) == "HorizontalFlip"
-    assert describe({"type": "RandomGamma", "gamma_limit": [80, 120], "p": 0.3}) == "RandomGamma(gamma_limit=[80, 120])"
-    assert describe({"type": "OneOf", "transforms": [{"type": "A"}, {"type": "B"}]}) == "OneOf(A | B)"
+    assert describe({"type": "RandomGamma", "gamma_limit": [80, 120], "p": 0.3}) \
+        == "RandomGamma(gamma_limit=[80, 120])"
+    assert describe({"type": "OneOf", "transforms": [{"type": "A"}, {"type": "B"}]}) \
+        == "OneOf(A | B)"
 
 
 def test_a_preset_without_transforms_is_one_line(tmp_path):
-    proc = run_cli("preview", "augmentation=none", *DATA, "hydra.run.dir=prev", cwd=tmp_path, check=False)
+    proc = run_cli("preview", "augmentation=none", *DATA, "hydra.run.dir=prev", cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2
     out = proc.stdout + proc.stderr
     assert "has no transforms: nothing to preview; pick a preset, e.g. augmentation=basic" in out
@@ -62,7 +66,8 @@ def test_a_preset_without_transforms_is_one_line(tmp_path):
 def test_the_page_of_an_augmentation_study_previews_each_preset(tmp_path):
     root = tmp_path / "study"
     for i, aug in enumerate(("basic", "strong")):
-        fake_run(root / f"augmentation={aug}", [f"augmentation={aug}", *DATA], per_image(i, 0.0), num=i)
+        fake_run(root / f"augmentation={aug}", [f"augmentation={aug}", *DATA], per_image(i, 0.0),
+                 num=i)
     build_report(root, root / "report", n_resamples=200)
     text = (root / "report" / "index.html").read_text()
     assert '<section id="augmentation">' in text

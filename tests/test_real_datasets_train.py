@@ -72,7 +72,8 @@ def test_train_and_eval_lgg_mri_per_volume(tmp_path, lgg_source):
     assert split["counts"]["val"] == slices[groups["val"][0]]
     assert split["counts"]["test"] == slices[groups["test"][0]] == lgg_source.facts["pools"]["test"]
     n_test = split["counts"]["test"]
-    assert not set(groups["train"]) & set(groups["test"]) and not set(groups["val"]) & set(groups["test"])
+    assert not set(groups["train"]) & set(groups["test"])
+    assert not set(groups["val"]) & set(groups["test"])
     test = json.loads((run / "metrics.json").read_text())["test"]
     sane(test)
     assert test["n_images"] == n_test and test["n_volumes"] == len(groups["test"]) == 1
@@ -88,4 +89,5 @@ def test_train_and_eval_lgg_mri_per_volume(tmp_path, lgg_source):
     run_cli("eval", f"run_dir={run}", "hydra.run.dir=run/eval/again", cwd=tmp_path)
     again = json.loads((run / "eval" / "again" / "metrics.json").read_text())["test"]
     assert again["volume_dice_mean"] == pytest.approx(test["volume_dice_mean"])
-    assert (run / "eval" / "again" / "per_volume.csv").read_text() == (run / "per_volume.csv").read_text()
+    assert (run / "eval" / "again" / "per_volume.csv").read_text() \
+        == (run / "per_volume.csv").read_text()

@@ -72,7 +72,8 @@ def fake_run(path: Path, overrides: list[str], dice: dict[str, float] | None, *,
     val = values.mean() if val_dice is None else val_dice
     (path / "metrics.json").write_text(json.dumps({
         "test": {"dice": values.mean(), "iou": iou.mean(), "dice_micro": values.mean() + 0.01,
-                 "iou_micro": iou.mean() + 0.01, "precision": 0.8, "recall": 0.7, "n_images": len(values)},
+                 "iou_micro": iou.mean() + 0.01, "precision": 0.8, "recall": 0.7,
+                 "n_images": len(values)},
         "val_best": {"dice": val, "iou": val / (2 - val)},
         "epochs_run": epochs, "train_seconds": 120.0,
         "model": {"name": "unet", "params": params, "gflops": 1.5, "latency_ms": 4.0}}))
@@ -115,11 +116,13 @@ def sweep(tmp_path) -> Path:
             fake_run(root / name, [*overrides, f"seed={seed}", "dataset.num_train=24"],
                      per_image(100 * ci + seed, shift), num=2 * ci + seed)
     num = 2 * len(configs)
-    fake_run(root / "optimizer=rmsprop,loss=dice/seed=0", ["optimizer=rmsprop", "loss=dice", "seed=0",
-             "dataset.num_train=24"], None, num=num, epochs=0,
+    fake_run(root / "optimizer=rmsprop,loss=dice/seed=0",
+             ["optimizer=rmsprop", "loss=dice", "seed=0", "dataset.num_train=24"], None,
+             num=num, epochs=0,
              status={"state": "failed", "error": "training loss became nan in epoch 1"})
-    fake_run(root / "optimizer=sgd,loss=bce/seed=0", ["optimizer=sgd", "loss=bce", "seed=0",
-             "dataset.num_train=24"], None, num=num + 1, epochs=1, status={"state": "running", "pid": 1})
+    fake_run(root / "optimizer=sgd,loss=bce/seed=0",
+             ["optimizer=sgd", "loss=bce", "seed=0", "dataset.num_train=24"], None,
+             num=num + 1, epochs=1, status={"state": "running", "pid": 1})
     return root
 
 
@@ -152,7 +155,8 @@ def test_report_tables_statistics_and_figures(sweep):
     cand = np.array([[round(d[i], 6) for i in IDS] for d in seeds])
     assert float(sgd["dice_diff"]) == pytest.approx(cand.mean() - base.mean(), rel=1e-5)
     expected = hierarchical_comparison(cand, base, n_resamples=2000, seed=7)
-    for key, column in (("p_value", "dice_p"), ("ci_low", "dice_ci_low"), ("ci_high", "dice_ci_high")):
+    for key, column in (("p_value", "dice_p"), ("ci_low", "dice_ci_low"),
+                        ("ci_high", "dice_ci_high")):
         assert float(sgd[column]) == pytest.approx(expected[key], rel=1e-5)
     assert sgd["dice_method"] == "bootstrap over runs and cases"
     assert sgd["dice_verdict"] == "significantly worse at 0.05"
@@ -174,23 +178,26 @@ def test_report_tables_statistics_and_figures(sweep):
     # Broken runs are listed, not dropped.
     assert "## Incomplete and failed runs" in md
     assert "training loss became nan in epoch 1" in md and "| killed |" in md
-    assert "![test dice, iou (per image) per configuration" in md and "over runs and test cases" in md
+    assert "![test dice, iou (per image) per configuration" in md
+    assert "over runs and test cases" in md
     # Every table also as CSV and booktabs LaTeX, best values in bold.
     tex = (out / "tables" / "results.tex").read_text()
-    assert "\\toprule" in tex and "\\bottomrule" in tex and f"\\textbf{{{best_dice:.3f} $\\pm$" in tex
+    assert "\\toprule" in tex and "\\bottomrule" in tex
+    assert f"\\textbf{{{best_dice:.3f} $\\pm$" in tex
     with open(out / "tables" / "results.csv", newline="") as f:
         table = {r["configuration"]: r for r in csv.DictReader(f)}
     assert "dice" in table["optimizer=adam, loss=bce"]["best"].split(";")
     for name in ("configurations", "comparison_dice", "comparison_iou"):
-        assert (out / "tables" / f"{name}.csv").is_file() and (out / "tables" / f"{name}.tex").is_file()
+        assert (out / "tables" / f"{name}.csv").is_file()
+        assert (out / "tables" / f"{name}.tex").is_file()
 
 
 def test_baseline_choice_and_its_errors(sweep):
     out = sweep / "report"
     assert build_report(sweep, out, baseline="optimizer=sgd", n_resamples=200)["baseline"] \
         == "optimizer=sgd, loss=dice"
-    assert build_report(sweep, out, baseline="optimizer=adam, loss=bce", n_resamples=200)["baseline"] \
-        == "optimizer=adam, loss=bce"
+    assert build_report(sweep, out, baseline="optimizer=adam, loss=bce",
+                        n_resamples=200)["baseline"] == "optimizer=adam, loss=bce"
     with pytest.raises(SegbenchError, match="matches 2 configurations"):
         build_report(sweep, out, baseline="loss=dice", n_resamples=200)
     with pytest.raises(SegbenchError, match="matches no configuration.*optimizer=adam, loss=dice"):
@@ -222,7 +229,8 @@ def test_two_crossed_axes_get_a_grid(tmp_path):
             num += 1
     build_report(root, root / "report", n_resamples=200)
     md = (root / "report" / "report.md").read_text()
-    assert "| augmentation \\ model | unet | fpn |" in md or "| model \\ augmentation | none | basic |" in md
+    assert ("| augmentation \\ model | unet | fpn |" in md
+            or "| model \\ augmentation | none | basic |" in md)
 
 
 def test_no_runs_is_an_error(tmp_path):
@@ -234,7 +242,8 @@ def test_report_command_on_a_sweep_dir_named_by_its_overrides(sweep, tmp_path):
     proc = run_cli("report", str(sweep), "report.baseline=optimizer=sgd", "report.bootstrap=500",
                    cwd=tmp_path)
     assert "baseline: optimizer=sgd, loss=dice" in proc.stdout
-    assert (sweep / "report" / "report.md").is_file() and (sweep / "report" / "report.log").is_file()
+    assert (sweep / "report" / "report.md").is_file()
+    assert (sweep / "report" / "report.log").is_file()
     assert (sweep / "report" / "tables" / "results.tex").is_file()
     bad = run_cli("report", str(tmp_path / "nothing-here"), cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "nothing-here: no such file or directory" in bad.stderr
@@ -257,7 +266,8 @@ def test_a_preset_value_of_a_swept_group_is_shown(tmp_path):
     # A readable folder (what it sweeps, the day), printed at the end with the next command.
     assert sweep.name == f"optimizer_{time.strftime('%Y-%m-%d')}"
     log = proc.stdout + proc.stderr
-    assert f"sweep finished: {sweep}" in log and f"report: segbench report outputs/multirun/{sweep.name}" in log
+    assert f"sweep finished: {sweep}" in log
+    assert f"report: segbench report outputs/multirun/{sweep.name}" in log
     result = build_report(sweep, sweep / "report", n_resamples=200)
     head = (sweep / "report" / "report.md").read_text().splitlines()[:3]
     assert head[0] == f"# segbench report: {sweep.name}"
@@ -380,7 +390,8 @@ def test_resolution_and_learning_rate_are_numeric_axes_with_short_labels(tmp_pat
     for i, lr in enumerate(("1e-4", "1e-3", "1e-2")):
         fake_run(root / f"lr{lr}", [f"optimizer.lr={lr}"], per_image(i, 0.01 * i), num=i)
     result = build_report(root, root / "report", n_resamples=200)
-    assert result["labels"] == ["lr=0.0001", "lr=0.001", "lr=0.01"] and result["axis"] == "optimizer.lr"
+    assert result["labels"] == ["lr=0.0001", "lr=0.001", "lr=0.01"]
+    assert result["axis"] == "optimizer.lr"
 
 
 def test_a_run_from_before_a_key_existed_pools_with_runs_where_it_is_null(tmp_path):
@@ -401,7 +412,8 @@ def test_report_words_follow_the_holm_p_and_costs_are_ranked_honestly(tmp_path):
     step = np.arange(1, 11) * 0.01
     step[5] *= -1  # one of ten differences negative, rank 6: Wilcoxon p = 0.0273
     fake_run(root / "a", ["optimizer=adam"], base, num=0)
-    fake_run(root / "b", ["optimizer=sgd"], {k: v + d for (k, v), d in zip(base.items(), step)}, num=1)
+    fake_run(root / "b", ["optimizer=sgd"],
+             {k: v + d for (k, v), d in zip(base.items(), step)}, num=1)
     fake_run(root / "c", ["optimizer=rmsprop"], {k: v + 0.01 * (-1) ** i
                                                 for i, (k, v) in enumerate(base.items())}, num=2)
     (root / "c" / ENSEMBLE).write_text(json.dumps({"members": []}))  # c: an ensemble
@@ -411,7 +423,8 @@ def test_report_words_follow_the_holm_p_and_costs_are_ranked_honestly(tmp_path):
         (root / name / "metrics.json").write_text(json.dumps(doc))
     result = build_report(root, root / "report", n_resamples=500)
     comp = result["comparisons"]["dice"]["optimizer=sgd"]
-    assert comp["p_value"] == pytest.approx(0.02734375) and comp["p_holm"] == pytest.approx(0.0546875)
+    assert comp["p_value"] == pytest.approx(0.02734375)
+    assert comp["p_holm"] == pytest.approx(0.0546875)
     assert comp["verdict"].startswith("no difference on these 10 images at 0.05")
     md = (root / "report" / "report.md").read_text()
     assert "better on these" not in md and "worse on these" not in md and "significantly" not in md

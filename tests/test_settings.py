@@ -35,14 +35,16 @@ def test_a_bad_setting_is_one_line_and_leaves_a_failed_status(tmp_path, override
 
 
 def test_settings_are_typed_from_the_yaml():
-    s = check_train(compose_cfg("trainer.max_epochs=7", "trainer.grad_clip=1", "trainer.num_workers=2"))
+    s = check_train(compose_cfg("trainer.max_epochs=7", "trainer.grad_clip=1",
+                                "trainer.num_workers=2"))
     assert (s.trainer.max_epochs, s.trainer.grad_clip, s.trainer.num_workers) == (7, 1.0, 2)
     assert isinstance(s.trainer.grad_clip, float) and s.trainer.early_stopping.patience >= 1
     assert s.trainer.num_workers == 2 and check_train(compose_cfg()).trainer.num_workers == "auto"
 
 
 def test_an_unknown_trainer_key_names_the_settings():
-    with pytest.raises(SegbenchError, match="trainer.max_epoch is not a setting of trainer; its settings: device"):
+    with pytest.raises(SegbenchError, match="trainer.max_epoch is not a setting of trainer; "
+                                            "its settings: device"):
         check_train(compose_cfg("+trainer.max_epoch=3"))
 
 

@@ -26,7 +26,8 @@ def test_bootstrap_matches_a_hand_computation_with_the_same_seed():
     means = values[rng.integers(0, values.size, (5000, values.size))].mean(axis=1)
     expected = np.percentile(means, [2.5, 97.5])
     # 5000 resamples are drawn in chunks: the stream must be the same as one draw.
-    assert bootstrap_mean_ci(values, n_resamples=5000, seed=11) == pytest.approx(tuple(expected), abs=1e-12)
+    assert bootstrap_mean_ci(values, n_resamples=5000, seed=11) == pytest.approx(tuple(expected),
+                                                                                 abs=1e-12)
 
 
 def test_bootstrap_agrees_with_scipy_percentile_bootstrap():
@@ -172,8 +173,10 @@ def test_hierarchical_edge_cases():
 def test_single_run_verdicts_never_claim_a_configuration_is_better():
     assert single_run_verdict(0.001, -0.05, 30, 30, "images") == (
         "worse on these 30 images at 0.05; one run, so seed-to-seed variance is not captured")
-    assert single_run_verdict(0.4, 0.01, 30, 30, "volumes").startswith("no difference on these 30 volumes")
-    assert single_run_verdict(0.06, 0.1, 4, 5, "volumes").startswith("too few differing volumes (4)")
+    assert single_run_verdict(0.4, 0.01, 30, 30, "volumes").startswith(
+        "no difference on these 30 volumes")
+    assert single_run_verdict(0.06, 0.1, 4, 5, "volumes").startswith(
+        "too few differing volumes (4)")
     assert single_run_verdict(1.0, 0.0, 0, 5, "images") == "identical on every test image"
 
 
@@ -182,7 +185,8 @@ def test_verdicts_follow_the_holm_p_printed_beside_them():
     from segbench.metrics.stats import holm_verdicts
 
     straddling = {"p_value": 0.031, "mean_diff": -0.02, "n_nonzero": 8, "n_pairs": 8,
-                  "verdict": "worse on these 8 images at 0.05", "test": "wilcoxon", "unit": "images"}
+                  "verdict": "worse on these 8 images at 0.05", "test": "wilcoxon",
+                  "unit": "images"}
     clear = {"p_value": 0.001, "mean_diff": 0.05, "n_nonzero": 8, "n_pairs": 8, "verdict": "",
              "test": "wilcoxon", "unit": "images"}
     other = {"p_value": 0.5, "mean_diff": 0.01, "n_nonzero": 8, "n_pairs": 8, "verdict": "",
@@ -190,7 +194,8 @@ def test_verdicts_follow_the_holm_p_printed_beside_them():
     holm_verdicts([straddling, clear, other])  # Holm: 0.001 x 3, 0.031 x 2, 0.5
     assert straddling["p_holm"] == pytest.approx(0.062)
     assert straddling["verdict"].startswith("no difference on these 8 images at 0.05")
-    assert clear["p_holm"] == pytest.approx(0.003) and clear["verdict"].startswith("better on these 8")
+    assert clear["p_holm"] == pytest.approx(0.003)
+    assert clear["verdict"].startswith("better on these 8")
 
     # Several runs a side (two-level bootstrap): p 0.042 -> Holm 0.084 is not significant.
     boot = [{"p_value": 0.042, "mean_diff": 0.03, "n_pairs": 30, "verdict": "significantly better "

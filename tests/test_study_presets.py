@@ -31,7 +31,8 @@ def test_there_are_the_eight_studies():
 @pytest.mark.parametrize("study", STUDIES)
 def test_study_composes_on_every_axis_value(study):
     text = (CONFIGS / "experiment" / "study" / f"{study}.yaml").read_text()
-    assert text.startswith("# @package _global_\n# Study: ") and "?" in text.split("defaults:")[0], \
+    assert (text.startswith("# @package _global_\n# Study: ")
+            and "?" in text.split("defaults:")[0]), \
         "the header says which question the study answers"
     base = [f"experiment=study/{study}"]
     with initialize_config_dir(str(CONFIGS), version_base="1.3"):
@@ -48,13 +49,15 @@ def test_study_composes_on_every_axis_value(study):
 
 def test_studies_sweep_what_the_issue_lists():
     expected = {
-        "models_augmentation": {"model": ["unet", "unetpp", "fpn"], "augmentation": ["none", "basic"]},
+        "models_augmentation": {"model": ["unet", "unetpp", "fpn"],
+                                "augmentation": ["none", "basic"]},
         "activations": {"activation": ["relu", "leakyrelu", "gelu", "sigmoid", "tanh"]},
         "optimizers": {"optimizer": ["radam", "adam", "rmsprop", "sgd"]},
         "resolution": {"resolution": ["'64'", "'128'", "'256'", "'512'"]},
         "augmentation": {"augmentation": ["none", "hflip", "brightness_contrast", "gaussian_blur"]},
         "data_size": {"dataset.train_fraction": ["0.1", "0.25", "0.5", "1.0"]},
-        "losses": {"model": ["unet", "unetpp"], "loss": ["dice", "bce", "log_cosh_dice", "shape_aware"],
+        "losses": {"model": ["unet", "unetpp"],
+                   "loss": ["dice", "bce", "log_cosh_dice", "shape_aware"],
                    "optimizer": ["adam", "sgd"]},
         "mcnet_versions": {"mcnet_version": ["v1", "v2", "v3", "v4", "v5"]},
     }
@@ -77,7 +80,8 @@ def test_studies_sweep_what_the_issue_lists():
             for path, value in fixed.get(study, []):
                 assert OmegaConf.select(cfg, path) == value, (study, path)
         # MCNet v2 is v1 plus augmentation.
-        v1, v2 = (compose("train", overrides=["experiment=study/mcnet_versions", f"mcnet_version={v}"])
+        v1, v2 = (compose("train",
+                          overrides=["experiment=study/mcnet_versions", f"mcnet_version={v}"])
                   for v in ("v1", "v2"))
         assert v1.model.preset == v2.model.preset == "v1"
         assert v1.augmentation.name == "none" and v2.augmentation.name == "basic"
@@ -87,7 +91,8 @@ def test_cfg_job_prints_a_study_from_the_command_line(tmp_path):
     proc = run_cli("train", "experiment=study/optimizers", "--cfg", "job", cwd=tmp_path)
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["model"]["name"] == "unet" and cfg["dataset"]["name"] == "kvasir_instrument"
-    assert Path(tmp_path).is_dir() and not (tmp_path / "outputs").exists()  # composing writes nothing
+    # composing writes nothing
+    assert Path(tmp_path).is_dir() and not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("launcher,target", [

@@ -47,7 +47,8 @@ def test_sweep_is_interrupted_resumed_and_reported(tmp_path):
     assert list((outputs / "multirun").iterdir()) == [sweep]
     dirs = run_dirs(sweep)
     assert [d.relative_to(sweep).as_posix() for d in dirs] == [
-        "optimizer=adam/seed=0", "optimizer=adam/seed=1", "optimizer=sgd/seed=0", "optimizer=sgd/seed=1"]
+        "optimizer=adam/seed=0", "optimizer=adam/seed=1",
+        "optimizer=sgd/seed=0", "optimizer=sgd/seed=1"]
     for d in dirs:
         assert read_json(d / "metrics.json")["test"]["n_images"] == 8
         assert read_json(d / "status.json")["state"] == "finished"
@@ -72,10 +73,12 @@ def test_sweep_is_interrupted_resumed_and_reported(tmp_path):
 
 
 def test_a_failed_job_records_its_error_for_the_report(tmp_path, tiny_run):
-    proc = run_cli("train", *TINY, "trainer.batch_size=0", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_cli("train", *TINY, "trainer.batch_size=0", "hydra.run.dir=run", cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2
     status = read_json(tmp_path / "run" / "status.json")
-    assert status["state"] == "failed" and "trainer.batch_size=0: use an integer >= 1" in status["error"]
+    assert status["state"] == "failed"
+    assert "trainer.batch_size=0: use an integer >= 1" in status["error"]
     # A refusal to touch another run's directory is not that run's failure.
     copy = tmp_path / "finished"
     shutil.copytree(tiny_run, copy)

@@ -38,7 +38,8 @@ def test_ad_hoc_sweep_dir_is_named_after_what_it_sweeps_and_the_day():
     assert added["hydra.job.config.override_dirname.exclude_keys"] == \
         "[dataset.num_train,seed,trainer.resume]"
     # Inserted beside the user's overrides, so a trailing `--cfg job` style option still parses.
-    assert out[:2] == ["-m", "hydra.job.config.override_dirname.exclude_keys=[dataset.num_train,seed,trainer.resume]"]
+    assert out[:2] == ["-m", "hydra.job.config.override_dirname.exclude_keys="
+                             "[dataset.num_train,seed,trainer.resume]"]
     # Same command, same place; a different seed list too (more seeds extend the same sweep).
     again, _ = _added(["-m", "dataset.num_train=24", "optimizer=adam,sgd", "seed=0,1,2"])
     assert again["hydra.sweep.dir"] == added["hydra.sweep.dir"]
@@ -48,8 +49,8 @@ def test_study_sweeps_live_under_outputs_studies():
     added, _ = _added(["-m", "experiment=study/optimizers", "seed=0,1,2"])
     assert added["hydra.sweep.dir"] == f"'outputs/studies/optimizers_{TODAY}'"
     # Another command of the same study the same day: its own folder, still readable.
-    other, _ = _added(["-m", "experiment=study/optimizers", "dataset=lgg_mri", "dataset.image_size=64",
-                       "augmentation=none", "seed=0,1,2"])
+    other, _ = _added(["-m", "experiment=study/optimizers", "dataset=lgg_mri",
+                       "dataset.image_size=64", "augmentation=none", "seed=0,1,2"])
     assert other["hydra.sweep.dir"] == f"'outputs/studies/optimizers_{TODAY}_2'"
     assert "experiment" in other["hydra.job.config.override_dirname.exclude_keys"]
     search, _ = _added(["-m", "hparams_search=lr_adam", "hydra.sweeper.n_trials=3"])
@@ -78,7 +79,8 @@ def test_a_users_own_sweep_dir_and_exclude_keys_win():
 
 def test_job_dirnames_are_readable_safe_and_end_with_the_seed():
     assert job_dirname("optimizer=adam", 3) == "optimizer=adam/seed=3"
-    assert job_dirname("+mcnet_version=v2|resolution='64'", 0) == "mcnet_version=v2,resolution=64/seed=0"
+    assert job_dirname("+mcnet_version=v2|resolution='64'", 0) \
+        == "mcnet_version=v2,resolution=64/seed=0"
     assert job_dirname("", 1) == "default/seed=1"  # a seeds-only sweep
     assert job_dirname("dataset.root=/data/x y", 0) == "dataset.root=-data-x_y/seed=0"
     long = safe_name("model.decoder_channels=" + "1" * 300)

@@ -20,8 +20,10 @@ def _mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_generation_is_deterministic_and_masks_are_binary(tmp_path):
-    a = synthetic.generate(tmp_path / "a", seed=3, num_train=4, num_test=2, image_size=48, difficulty=0.5)
-    b = synthetic.generate(tmp_path / "b", seed=3, num_train=4, num_test=2, image_size=48, difficulty=0.5)
+    a = synthetic.generate(tmp_path / "a", seed=3, num_train=4, num_test=2, image_size=48,
+                           difficulty=0.5)
+    b = synthetic.generate(tmp_path / "b", seed=3, num_train=4, num_test=2, image_size=48,
+                           difficulty=0.5)
     names = sorted(p.name for p in (a / "images").iterdir())
     assert len(names) == 6
     for name in names:

@@ -66,7 +66,8 @@ def test_mlflow_local_store_holds_the_run_as_the_run_directory_does(tracked):
     for key in ("train_loss", "val_iou", "val_dice", "lr"):
         points = c.get_metric_history(run.info.run_id, key)
         assert [p.step for p in points] == [int(r["epoch"]) for r in history]
-        assert [p.value for p in points] == pytest.approx([float(r[key]) for r in history], rel=1e-9)
+        assert [p.value for p in points] == pytest.approx([float(r[key]) for r in history],
+                                                          rel=1e-9)
 
     # Test metrics and the selection numbers: metrics.json.
     metrics = read_json(run_dir / "metrics.json")
@@ -78,7 +79,8 @@ def test_mlflow_local_store_holds_the_run_as_the_run_directory_does(tracked):
     # Artifacts: the figures and metrics.json, byte for byte.
     names = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {*FIGURES, "metrics.json", "history.csv", "config.yaml"} <= names
-    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="metrics.json",
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                     artifact_path="metrics.json",
                                                      tracking_uri=c.tracking_uri))
     assert json.loads(local.read_text()) == metrics
     # The artifacts stay inside the outputs folder, beside the store.
@@ -120,7 +122,8 @@ def test_tensorboard_gets_hparams_and_the_prediction_figure(tiny_run):
     assert "hparam/best_val_iou" in tags["scalars"] and "val/iou" in tags["scalars"]
     assert acc.PluginTagToContent("hparams")  # the hparams plugin's session records
     metrics = read_json(tiny_run / "metrics.json")
-    assert acc.Scalars("hparam/best_val_iou")[-1].value == pytest.approx(metrics["val_best"]["iou"], rel=1e-6)
+    assert acc.Scalars("hparam/best_val_iou")[-1].value == pytest.approx(
+        metrics["val_best"]["iou"], rel=1e-6)
 
 
 def test_a_sweep_is_one_experiment_and_a_resumed_run_is_one_run(tracked, monkeypatch):
@@ -132,7 +135,8 @@ def test_a_sweep_is_one_experiment_and_a_resumed_run_is_one_run(tracked, monkeyp
     args = ("train", "-m", *TINY, "logger=mlflow", "optimizer=adam,sgd")
     first = run_cli(*args, cwd=tmp_path, check=False)
     assert first.returncode == 130
-    assert "job 1 of 2: optimizer=adam" in first.stdout and "job 2 of 2: optimizer=sgd" in first.stdout
+    assert "job 1 of 2: optimizer=adam" in first.stdout
+    assert "job 2 of 2: optimizer=sgd" in first.stdout
     assert "sweep ETA" in first.stdout
     c = client(tmp_path)
     (sweep,) = [e for e in c.search_experiments() if e.name.startswith("multirun/")]
@@ -145,7 +149,8 @@ def test_a_sweep_is_one_experiment_and_a_resumed_run_is_one_run(tracked, monkeyp
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [
         ("optimizer=adam/seed=0", "FINISHED"), ("optimizer=sgd/seed=0", "FINISHED")]
     sgd = next(r for r in runs if r.info.run_name == "optimizer=sgd/seed=0")
-    assert [p.step for p in c.get_metric_history(sgd.info.run_id, "val_iou")] == [1, 2]  # no repeats
+    points = c.get_metric_history(sgd.info.run_id, "val_iou")
+    assert [p.step for p in points] == [1, 2]  # no repeats
     assert "test_dice" in sgd.data.metrics
     assert sweep.name == f"multirun/{Path(sgd.data.tags['segbench.run_dir']).parents[1].name}"
 
@@ -183,8 +188,10 @@ def test_wandb_without_an_api_key_logs_offline_and_sends_nothing(tmp_path, monke
     listener = Listener()
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{listener.port}", "NETRC": str(tmp_path / "no-netrc"),
-           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"), "WANDB_CACHE_DIR": str(tmp_path / "wc"),
+    env = {"WANDB_BASE_URL": f"http://127.0.0.1:{listener.port}",
+           "NETRC": str(tmp_path / "no-netrc"),
+           "WANDB_CONFIG_DIR": str(tmp_path / "wandb-config"),
+           "WANDB_CACHE_DIR": str(tmp_path / "wc"),
            "WANDB_DATA_DIR": str(tmp_path / "wd")}
     try:
         run_cli("train", *TINY, "logger=wandb", "hydra.run.dir=run", cwd=tmp_path, env=env)
@@ -208,12 +215,14 @@ def test_a_tracker_whose_extra_is_missing_is_a_one_line_error(tmp_path, monkeypa
     proc = run_cli("train", *TINY, "logger=[tensorboard,wandb]", "hydra.run.dir=run", cwd=tmp_path,
                    check=False)
     assert proc.returncode == 2
-    assert 'pip install "segbench[wandb]"' in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+    assert 'pip install "segbench[wandb]"' in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
 def test_an_unknown_tracker_names_the_choices(tmp_path):
-    proc = run_cli("train", *TINY, "+logger.neptune={}", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_cli("train", *TINY, "+logger.neptune={}", "hydra.run.dir=run", cwd=tmp_path,
+                   check=False)
     assert proc.returncode == 2
     assert "logger.neptune" in proc.stdout and "tensorboard, mlflow, wandb, csv" in proc.stdout
 
@@ -235,7 +244,8 @@ def test_hydra_and_segbench_log_in_one_format_without_library_noise(tmp_path):
         with log_file(tmp_path / "train.log"):
             logging.getLogger("matplotlib.font_manager").warning(
                 "Matplotlib is building the font cache; this may take a moment.")
-            logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+            logging.getLogger("mlflow.store.db.utils").info(
+                "Creating initial MLflow database tables...")
             logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
             logging.getLogger("segbench.train").info("epoch 1/2  train_loss 0.5")
             logging.getLogger("matplotlib").error("a real matplotlib error")

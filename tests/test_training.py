@@ -193,7 +193,8 @@ def test_diverging_loss_stops_with_a_clear_message(tmp_path):
                    "trainer.log_every_steps=1", "trainer.max_epochs=3", "hydra.run.dir=run",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 2
-    assert "the training loss became nan" in proc.stdout or "the training loss became inf" in proc.stdout
+    assert ("the training loss became nan" in proc.stdout
+            or "the training loss became inf" in proc.stdout)
     assert "Traceback" not in proc.stdout + proc.stderr
     status = read_json(tmp_path / "run" / "status.json")
     assert status["state"] == "failed"
@@ -203,7 +204,8 @@ def test_diverging_loss_stops_with_a_clear_message(tmp_path):
 
 def test_deterministic_cpu_runs_repeat_bit_for_bit(uninterrupted, tmp_path):
     run_cli("train", *RESUME_ARGS, "hydra.run.dir=again", cwd=tmp_path)
-    assert without_time(read_history(tmp_path / "again")) == without_time(read_history(uninterrupted))
+    assert without_time(read_history(tmp_path / "again")) \
+        == without_time(read_history(uninterrupted))
 
 
 def test_config_yaml_is_the_resolved_config(tiny_run):

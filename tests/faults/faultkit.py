@@ -31,8 +31,8 @@ def segbench_process(*args: str, cwd: Path, fault: str | None = None, timeout: f
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file below `folder` (relative name -> bytes)."""
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(Path(folder).rglob("*"))
-            if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def temporaries(folder: Path) -> list[str]:
@@ -98,7 +98,8 @@ def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process holding the run directory's lock (as a running trainer does), until
     it is killed; returns once it holds it."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
          "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)",
          str(folder)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"

@@ -14,8 +14,10 @@ def test_an_unquoted_non_ascii_path_says_how_to_quote(tmp_path):
     proc = run_cli("verify", "dataset=folder", "dataset.root=/data/ünï", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "token recognition error" not in proc.stderr
     assert "quote the value, e.g. \"dataset.root='/data/ünï'\"" in proc.stderr
-    quoted = run_cli("verify", "dataset=folder", "dataset.root='/data/ünï'", cwd=tmp_path, check=False)
-    assert "Hydra reads characters" not in quoted.stderr and "/data/ünï" in quoted.stdout + quoted.stderr
+    quoted = run_cli("verify", "dataset=folder", "dataset.root='/data/ünï'", cwd=tmp_path,
+                     check=False)
+    assert "Hydra reads characters" not in quoted.stderr
+    assert "/data/ünï" in quoted.stdout + quoted.stderr
 
 
 @pytest.mark.parametrize("seed", ["4294967296", "-1"])

@@ -88,8 +88,8 @@ def test_predict_skips_a_truncated_jpeg_with_a_warning(tiny_run, tmp_path):
     cv2.imwrite(str(inputs / "good.jpg"), frame)
     cv2.imwrite(str(inputs / "cut.jpg"), frame)
     truncate(inputs / "cut.jpg", 700)
-    proc = run_cli("predict", f"run_dir={tiny_run}", f"input={inputs}", f"output={tmp_path / 'out'}",
-                   cwd=tmp_path)
+    proc = run_cli("predict", f"run_dir={tiny_run}", f"input={inputs}",
+                   f"output={tmp_path / 'out'}", cwd=tmp_path)
     assert "cut.jpg is truncated or corrupt" in proc.stdout
     assert (tmp_path / "out" / "good_mask.png").is_file()
     assert not (tmp_path / "out" / "cut_mask.png").exists()  # not a mask of a grey-filled frame

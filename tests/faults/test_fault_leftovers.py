@@ -82,4 +82,5 @@ def test_a_foreign_checkpoint_is_one_plain_line(deterministic_run, tmp_path):
     (run / "checkpoints" / "last.pt").write_bytes(before["checkpoints/best.pt"][:5000])
     proc = run_cli("eval", f"run_dir={run}", "checkpoint=last", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "last.pt: it is truncated or corrupt" in proc.stdout
-    assert "restore it from a copy, or train the configuration again in a new run directory" in proc.stdout
+    assert ("restore it from a copy, or train the configuration again in a new run directory"
+            in proc.stdout)

@@ -23,7 +23,8 @@ from segbench.data.io import TooLarge, read_array, read_image, read_mask
 def png_header_only(path, width: int, height: int) -> None:
     """A small PNG whose header claims width x height (grey, 8-bit), with a little pixel data."""
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
@@ -51,11 +52,12 @@ def test_predict_skips_and_lists_an_image_over_the_limit(tiny_run, tmp_path):
     images.mkdir()
     cv2.imwrite(str(images / "ok.png"), np.full((64, 64, 3), 80, np.uint8))
     png_header_only(images / "huge.png", 30000, 30000)
-    proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={tmp_path / 'out'}",
-                   cwd=tmp_path)
+    proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}",
+                   f"output={tmp_path / 'out'}", cwd=tmp_path)
     assert "huge.png is 30000x30000 pixels" in proc.stdout
     areas = (tmp_path / "out" / "areas.csv").read_text()
-    assert "huge.png" in areas and "over the limit" in areas and (tmp_path / "out" / "ok_mask.png").is_file()
+    assert "huge.png" in areas and "over the limit" in areas
+    assert (tmp_path / "out" / "ok_mask.png").is_file()
 
 
 def test_a_jpeg_with_an_exif_orientation_is_read_as_displayed(tmp_path):
@@ -113,7 +115,8 @@ def test_nan_pixels_in_a_ct_slice_are_refused_by_name(tmp_path):
                                               ("utf-8-sig", "\r\n")])
 def test_split_files_from_windows_editors_keep_their_first_id(tmp_path, encoding, newline):
     path = tmp_path / "train.txt"
-    path.write_bytes(newline.join(["case1.png", "case2", "case3"]).encode(encoding) + newline.encode())
+    path.write_bytes(newline.join(["case1.png", "case2", "case3"]).encode(encoding)
+                     + newline.encode())
     assert read_ids(path) == ["case1", "case2", "case3"]
 
 

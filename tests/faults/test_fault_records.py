@@ -89,7 +89,8 @@ def test_a_resume_tests_again_when_metrics_json_is_damaged(deterministic_run, tm
     shutil.copytree(deterministic_run, run)
     os.truncate(run / "metrics.json", 100)
     proc = run_cli("train", f"trainer.resume={run}", cwd=tmp_path)
-    assert "metrics.json is unreadable" in proc.stdout and "testing the run's best checkpoint" in proc.stdout
+    assert "metrics.json is unreadable" in proc.stdout
+    assert "testing the run's best checkpoint" in proc.stdout
     assert_same_run(run, deterministic_run)
 
 
@@ -115,4 +116,5 @@ def test_report_lists_unreadable_runs_as_broken_and_goes_on(deterministic_run, t
     proc = run_cli("report", str(sweep), cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert "nothing to report yet (1 run(s): 1 broken; " in proc.stdout
-    assert "tests its best.pt again" in proc.stdout and "cut_metrics/metrics.json is unreadable" in proc.stdout
+    assert "tests its best.pt again" in proc.stdout
+    assert "cut_metrics/metrics.json is unreadable" in proc.stdout

@@ -143,7 +143,8 @@ def test_predict_refuses_an_output_folder_holding_files(tiny_run, tmp_path):
     (out / "other_mask.png").write_bytes(b"another run's mask")
     proc = run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={out}",
                    cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and "holds files already" in proc.stderr and "overwrite=true" in proc.stderr
+    assert proc.returncode == 2
+    assert "holds files already" in proc.stderr and "overwrite=true" in proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["other_mask.png"]
     run_cli("predict", f"run_dir={tiny_run}", f"input={images}", f"output={out}", "overwrite=true",
             cwd=tmp_path)
@@ -155,7 +156,8 @@ def test_a_sweep_with_a_failed_job_exits_non_zero_naming_it(tmp_path):
                    "trainer.max_epochs=1", "trainer.batch_size=0,8", "hydra.sweep.dir=sweep",
                    cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stdout[-3000:]
-    assert "1 of 2 job(s) of this sweep failed" in proc.stdout and "trainer.batch_size=0" in proc.stdout
+    assert "1 of 2 job(s) of this sweep failed" in proc.stdout
+    assert "trainer.batch_size=0" in proc.stdout
 
 
 def test_a_finished_run_is_skipped_only_for_its_own_config_and_data(tiny_run, tmp_path):
@@ -163,7 +165,8 @@ def test_a_finished_run_is_skipped_only_for_its_own_config_and_data(tiny_run, tm
     shutil.copytree(tiny_run, run)
     args = [*TINY, "trainer.resume=true", f"hydra.run.dir={run}"]
     other = run_cli("train", *args, "optimizer.lr=0.5", cwd=tmp_path, check=False)
-    assert other.returncode == 2 and "finished with another config" in other.stdout, other.stdout[-2000:]
+    assert other.returncode == 2 and "finished with another config" in other.stdout, \
+        other.stdout[-2000:]
     assert "hydra.sweep.dir=<new folder>" in other.stdout
     split = read_json(run / "split.json")
     first = next(iter(split["files"]))
