@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from segbench.data.dataset import SegmentationDataset
-from segbench.inference.loop import eval_loader, evaluate
+from segbench.inference.loop import Subject, eval_loader, evaluate
 from segbench.metrics import probabilities, task_confusion
 from segbench.models import build_model
 from segbench.task import task_of
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         task = task_of(spec)
         model = model_for(spec, s)
         data = SegmentationDataset(images, masks, [str(i) for i in range(n)])
-        loop = timed(lambda m=model, d=data: evaluate(m, eval_loader(d, 8, device), device),
+        loop = timed(lambda m=model, d=data: evaluate(Subject(m, device), eval_loader(d, 8, device)),
                      args.repeats)
         logits = torch.randn(n, task.channels, s, s)
         target = torch.from_numpy(masks)[:, None]

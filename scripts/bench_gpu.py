@@ -56,7 +56,7 @@ from segbench.data.synthetic import render
 from segbench.data.tensor_augment import DeviceAugmentation
 from segbench.data.transforms import build_augmentation
 from segbench.engine.trainer import Compute, Optimisation, StepSettings, train_one_epoch
-from segbench.inference.loop import eval_loader, evaluate
+from segbench.inference.loop import Collect, Subject, eval_loader, evaluate
 from segbench.losses import build_loss
 from segbench.metrics import surface
 from segbench.models import build_model
@@ -430,8 +430,8 @@ def main() -> None:
     kept = {}
 
     def evaluation():
-        kept["result"] = evaluate(model, loader, device, amp_dtype=amp, channels_last=cl,
-                                  scores=True, keep_predictions=True)
+        kept["result"] = evaluate(Subject(model, device, amp, cl), loader,
+                                  collect=Collect(scores=True, keep_predictions=True))
 
     inference()  # warm-up of the eval shapes
     times = {"inference": min(timed(inference, device) for _ in range(args.repeats)),

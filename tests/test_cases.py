@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from segbench.inference.cases import load_cases, pick, save_cases, tta_changed, worst_volume
+from segbench.inference.cases import (
+    SplitCases,
+    load_cases,
+    pick,
+    save_cases,
+    tta_changed,
+    worst_volume,
+)
 from segbench.report.gallery import (
     CONTOURS,
     case_gallery,
@@ -38,8 +45,9 @@ def write_cases(path: Path, dice, *, shapes=None, hd95=None, groups=None, seed=0
                         int((~p & t).sum()), int((~p & ~t).sum())]
                        for p, t in zip(preds, truths)])
     images = rng.integers(0, 255, (n, image_size, image_size, 3), dtype=np.uint8)
-    save_cases(path, ids or [f"case_{i:02d}" for i in range(n)], counts, np.array(dice),
-               np.array(dice) / (2 - np.array(dice)), hd95, preds, images, truths, 0.5, groups, 2)
+    save_cases(path, SplitCases(ids or [f"case_{i:02d}" for i in range(n)], counts, np.array(dice),
+                                np.array(dice) / (2 - np.array(dice)), hd95, preds, images, truths,
+                                0.5, groups), 2)
 
 
 def test_pick_names_worst_median_best_by_dice_and_hd95():
@@ -142,9 +150,11 @@ def test_with_tta_the_gallery_shows_the_cases_it_changed(tmp_path):
     dice = np.array([0.2, 0.9, 0.5, 0.7])
     counts = np.zeros((4, 4), np.int64)
     # the same masks with TTA, except case 3 (Dice 0.7 -> 0.1), whose image is kept for it
-    save_cases(tmp_path / "tta.npz", plain.ids, counts, np.array([0.2, 0.9, 0.5, 0.1]), dice,
-               None, plain.predictions, np.zeros((4, 8, 8, 3), np.uint8),
-               [np.ones((24, 32), bool)] * 4, 0.5, spread=0, plain=(plain.predictions, dice))
+    save_cases(tmp_path / "tta.npz",
+               SplitCases(plain.ids, counts, np.array([0.2, 0.9, 0.5, 0.1]), dice, None,
+                          plain.predictions, np.zeros((4, 8, 8, 3), np.uint8),
+                          [np.ones((24, 32), bool)] * 4, 0.5),
+               spread=0, plain=(plain.predictions, dice))
     cases = load_cases(tmp_path / "tta.npz")
     assert cases.plain_dice[3] == np.float32(0.7) and 3 in cases.images
     assert tta_gallery("eval.tta=true", cases, tmp_path / "tta.png")

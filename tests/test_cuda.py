@@ -54,7 +54,7 @@ def test_fp16_trains_with_a_grad_scaler_that_is_checkpointed(tmp_path):
 
 def test_channels_last_pinned_memory_and_persistent_workers_on_the_gpu(tmp_path):
     from segbench.engine.trainer import StepSettings, build, train_one_epoch
-    from segbench.inference.loop import eval_loader, evaluate
+    from segbench.inference.loop import Subject, eval_loader, evaluate
     from segbench.settings import check_train
 
     cfg = _compose(*GPU, "trainer.num_workers=2", "trainer.data_on_device=false",
@@ -76,9 +76,9 @@ def test_channels_last_pinned_memory_and_persistent_workers_on_the_gpu(tmp_path)
         assert out["loss"] == out["loss"]
     # Channels-last evaluation agrees with the contiguous layout (up to kernel rounding).
     test = eval_loader(parts.data.datasets["test"], 8, device, 2)
-    a = evaluate(parts.model, test, device, channels_last=True).summary()
-    b = evaluate(parts.model.to(memory_format=torch.contiguous_format), test, device,
-                 channels_last=False).summary()
+    a = evaluate(Subject(parts.model, device, channels_last=True), test).summary()
+    b = evaluate(Subject(parts.model.to(memory_format=torch.contiguous_format), device,
+                         channels_last=False), test).summary()
     assert a["dice"] == pytest.approx(b["dice"], abs=2e-3)
 
 

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import TINY, read_json, run_cli
 from segbench import SegbenchError, metrics
 from segbench.engine.early_stopping import EarlyStopping, resolve_monitor
-from segbench.inference.loop import evaluate
+from segbench.inference.loop import Collect, Subject, evaluate
 from segbench.runs.rundir import RunDir
 
 LGG_TINY = [a for a in TINY if not a.startswith("dataset.")] + ["dataset=lgg_mri"]
@@ -145,7 +145,8 @@ def test_an_all_empty_model_scores_high_slice_iou_and_zero_volume_dice():
     images = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)
     loader = DataLoader(TensorDataset(images, truth, torch.arange(10)), batch_size=3)
     volumes = torch.tensor([0] * 5 + [1] * 5)
-    summary = evaluate(Constant(), loader, torch.device("cpu"), volumes=volumes).summary()
+    summary = evaluate(Subject(Constant(), torch.device("cpu")), loader,
+                       collect=Collect(volumes=volumes)).summary()
     assert summary["iou"] == pytest.approx(0.6) and summary["volume_dice"] == 0.0
     counts = metrics.confusion(probs, truth)
     assert metrics.volume_summary(counts, volumes.tolist())["volume_dice_mean"] == 0.0
@@ -164,7 +165,8 @@ def test_per_volume_dice_pooled_on_the_device_equals_the_reference():
     images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 16, 16).contiguous()
     volumes = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])
     loader = DataLoader(TensorDataset(images, truth, torch.arange(n)), batch_size=4)
-    summary = evaluate(Fixed(), loader, torch.device("cpu"), volumes=volumes).summary()
+    summary = evaluate(Subject(Fixed(), torch.device("cpu")), loader,
+                       collect=Collect(volumes=volumes)).summary()
     reference = metrics.volume_summary(metrics.confusion(torch.sigmoid(logits), truth),
                                        volumes.tolist())
     assert summary["volume_dice"] == pytest.approx(reference["volume_dice_mean"], abs=1e-12)

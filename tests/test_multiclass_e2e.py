@@ -92,7 +92,7 @@ def test_per_class_dice_equals_monai_on_the_predicted_label_maps(three_class_run
     from monai.metrics import DiceMetric
 
     from segbench.data import build_datasets, select_splits
-    from segbench.inference.loop import eval_loader, evaluate
+    from segbench.inference.loop import Collect, Subject, eval_loader, evaluate
     from segbench.models import load_trained
     from segbench.runs.rundir import RunDir
 
@@ -101,8 +101,8 @@ def test_per_class_dice_equals_monai_on_the_predicted_label_maps(three_class_run
     model, _, cfg = load_trained(rd, "best", "cpu")
     splits = select_splits(cfg, rd.read_split()["splits"], ["test"])
     data = build_datasets(cfg, splits, Path(cfg.paths.cache), augment=False)["test"]
-    result = evaluate(model, eval_loader(data, 4, torch.device("cpu")), torch.device("cpu"),
-                      keep_predictions=True)
+    result = evaluate(Subject(model, torch.device("cpu")), eval_loader(data, 4, torch.device("cpu")),
+                      collect=Collect(keep_predictions=True))
     pred = torch.from_numpy(np.stack(result.predictions)).long()
     truth = torch.from_numpy(np.asarray(data.masks)).long()
     onehot = lambda x: torch.nn.functional.one_hot(x, 3).permute(0, 3, 1, 2).float()  # noqa: E731

@@ -11,7 +11,7 @@ import torch
 from conftest import TINY, read_json, run_cli
 from segbench.data.dataset import NativeMaskDataset
 from segbench.inference.cases import load_cases
-from segbench.inference.loop import eval_loader, evaluate
+from segbench.inference.loop import Collect, Subject, eval_loader, evaluate
 
 
 class Constant(torch.nn.Module):
@@ -29,8 +29,8 @@ def test_probabilities_are_resized_to_each_native_mask():
     masks[0][:, :10] = 1  # exactly the left half at 16x20
     masks[1][:, :6] = 1   # a quarter of a 24x24 mask
     data = NativeMaskDataset(images, masks, ["a", "b"])
-    result = evaluate(Constant(), eval_loader(data, 1, torch.device("cpu")), torch.device("cpu"),
-                      keep=(0, 1), keep_predictions=True)
+    result = evaluate(Subject(Constant(), torch.device("cpu")), eval_loader(data, 1, torch.device("cpu")),
+                      collect=Collect(keep=(0, 1), keep_predictions=True))
     assert result.counts.tolist() == [[160, 0, 0, 160], [144, 144, 0, 288]]
     assert [p.shape for p in result.predictions] == [(16, 20), (24, 24)]
     assert result.kept[0].shape == (8, 8)  # drawings stay at the model's resolution

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from segbench.registry import Registry, accepts
 from segbench.task import IGNORE, Task
 
 log = logging.getLogger(__name__)
+
+# segmentation-models-pytorch's losses load inside their factories: importing smp takes seconds
+# (it brings timm along), and a run of segbench's own models and losses (mcnet, unet; bce, ce,
+# ...) or `eval`, which reads loss_target() from here, never needs it.
 
 LOSSES = Registry("loss")
 register = LOSSES.register
@@ -100,14 +105,15 @@ class MaskedBCE(nn.Module):
         return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
-def _no_form(name: str, task: Task, use: str) -> SegbenchError:
-    return SegbenchError(f"loss {name} has no {task.kind} form; use {use}")
+def _no_form(name: str, kind: str, use: str) -> SegbenchError:
+    return SegbenchError(f"loss {name} has no {kind} form; use {use}")
 
 
 @register("bce")
 def bce(task: Task | None = None):
     if _mode(task) == "multiclass":
-        raise _no_form("bce", task, "loss=ce (softmax cross-entropy) or loss=bce_dice (CE + Dice)")
+        raise _no_form("bce", "multiclass",
+                       "loss=ce (softmax cross-entropy) or loss=bce_dice (CE + Dice)")
     if _mode(task) == "multilabel" or _ignore(task) is not None:
         return MaskedBCE()
     return nn.BCEWithLogitsLoss()
@@ -115,20 +121,21 @@ def bce(task: Task | None = None):
 
 @register("ce")
 def ce(class_weights, label_smoothing: float, task: Task | None = None):
-    if _mode(task) != "multiclass":
+    if task is None or task.kind != "multiclass":
         raise SegbenchError("loss ce is the softmax cross-entropy of a multiclass task; for "
                             f"{_mode(task)} masks use loss=bce")
     weight = None
     if class_weights is not None:
-        weight = [float(w) for w in class_weights]
-        if len(weight) != task.channels or min(weight) < 0:
+        weights = [float(w) for w in class_weights]
+        if len(weights) != task.channels or min(weights) < 0:
             raise SegbenchError(f"loss.class_weights: give {task.channels} weights >= 0, one per "
                                 f"class in the order {', '.join(task.names)}")
-        weight = torch.tensor(weight)
+        weight = torch.tensor(weights)
     if not 0 <= float(label_smoothing) < 1:
         raise SegbenchError(f"loss.label_smoothing must be in [0, 1), got {label_smoothing}")
+    ignore = _ignore(task)
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=float(label_smoothing),
-                               ignore_index=_ignore(task) if _ignore(task) is not None else -100)
+                               ignore_index=ignore if ignore is not None else -100)
 
 
 def foreground_share(masks) -> float:
@@ -207,7 +214,8 @@ def focal(alpha: float | None, gamma: float, task: Task | None = None):
 def _check_tversky(alpha, beta) -> tuple[float, float]:
     alpha, beta = float(alpha), float(beta)
     if alpha < 0 or beta < 0 or alpha + beta <= 0:
-        raise SegbenchError(f"loss.alpha and loss.beta must be >= 0 and not both 0, got {alpha}, {beta}")
+        raise SegbenchError(f"loss.alpha and loss.beta must be >= 0 and not both 0, got "
+                            f"{alpha}, {beta}")
     return alpha, beta
 
 
@@ -289,7 +297,8 @@ BOUNDARY_SCHEDULES = ("rebalance", "linear", "constant")
 class BoundaryLoss(nn.Module):
     """(1 - w) * region loss + w * mean(phi_G * (sigmoid(logits) - g)) (Kervadec et al. 2019).
 
-    phi_G is the signed distance map of the ground truth (segbench.metrics.distance.signed_distance).
+    phi_G is the signed distance map of the ground truth
+    (segbench.metrics.distance.signed_distance).
     Kervadec's boundary term is mean(phi_G * s); subtracting the constant mean(phi_G * g) leaves
     its gradient unchanged and makes the term 0 at a perfect prediction and >= 0 elsewhere.
     The weight w follows the epoch (set_epoch): rebalance (the paper's: w rises by `step` per
@@ -334,7 +343,8 @@ class BoundaryLoss(nn.Module):
 def boundary(region: dict, schedule: str, step: float, max_weight: float, normalize: bool,
              context: dict | None = None):
     if schedule not in BOUNDARY_SCHEDULES:
-        raise SegbenchError(f"loss.schedule={schedule!r}; use one of {', '.join(BOUNDARY_SCHEDULES)}")
+        raise SegbenchError(f"loss.schedule={schedule!r}; use one of "
+                            f"{', '.join(BOUNDARY_SCHEDULES)}")
     if not 0 <= float(max_weight) <= 1 or float(step) < 0:
         raise SegbenchError(f"loss.max_weight must be in [0, 1] and loss.step >= 0, got "
                             f"{max_weight}, {step}")
@@ -371,7 +381,8 @@ def shape_aware(distance_weight: float, normalize: bool):
 def build_loss(cfg, context: dict | None = None) -> nn.Module:
     """The configured loss. `context` carries facts of the training data some losses need: a
     factory gets the entries it names as parameters (and the whole context as `context`)."""
-    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    spec = (cast(dict, OmegaConf.to_container(cfg, resolve=True)) if isinstance(cfg, DictConfig)
+            else dict(cfg))
     context = dict(context or {})
     task = context.get("task")
     if task is not None and (task.kind != "binary" or task.ignore_index is not None):
@@ -387,8 +398,9 @@ def build_loss(cfg, context: dict | None = None) -> nn.Module:
 def set_epoch(loss: nn.Module, epoch: int, max_epochs: int) -> None:
     """Tell every part of a loss that follows a schedule which epoch starts (1-based)."""
     for module in loss.modules():
-        if hasattr(module, "set_epoch"):
-            module.set_epoch(epoch, max_epochs)
+        schedule = getattr(module, "set_epoch", None)  # (nn.Module types its attributes as tensors)
+        if schedule is not None:
+            schedule(epoch, max_epochs)
 
 
 def finite(loss: torch.Tensor) -> bool:

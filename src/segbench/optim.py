@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -18,8 +19,9 @@ from segbench import SegbenchError
 from segbench.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
-for _name, _cls in {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam,
-                    "rmsprop": torch.optim.RMSprop, "sgd": torch.optim.SGD}.items():
+for _name, _cls in {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+                    "radam": torch.optim.RAdam, "rmsprop": torch.optim.RMSprop,
+                    "sgd": torch.optim.SGD}.items():
     OPTIMIZERS.register(_name, _cls)
 
 
@@ -27,11 +29,19 @@ def list_optimizers() -> list[str]:
     return OPTIMIZERS.names()
 
 
+def _spec(cfg) -> dict:
+    """A config entry as a plain dict (a DictConfig resolved)."""
+    if isinstance(cfg, DictConfig):
+        return cast(dict, OmegaConf.to_container(cfg, resolve=True))
+    return dict(cfg)
+
+
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
-    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    spec = _spec(cfg)
     lr = spec.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or lr <= 0:
-        raise SegbenchError(f"optimizer.lr={lr}: a learning rate is a number > 0, e.g. optimizer.lr=1e-3")
+        raise SegbenchError(f"optimizer.lr={lr}: a learning rate is a number > 0, e.g. "
+                            "optimizer.lr=1e-3")
     if "betas" in spec:
         spec["betas"] = tuple(spec["betas"])
     return OPTIMIZERS.build(spec, params=params)
@@ -41,7 +51,8 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
 class Schedule:
     """A torch LR scheduler and when to step it: 'epoch' (after validation) or 'step'."""
 
-    scheduler: torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None
+    scheduler: (torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau
+                | None)
     interval: str = "epoch"
     monitor: str | None = None  # history column the scheduler reads (plateau)
 
@@ -101,7 +112,7 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, *, max_epochs: int,
     """The configured schedule. Each factory takes the optimizer, the run's length, the metric
     the run monitors (a history column; the plateau schedule reads it) and its config's options;
     its defaults live in configs/scheduler/<name>.yaml only."""
-    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    spec = _spec(cfg)
     return SCHEDULERS.build(spec, optimizer=optimizer,
                             context={"max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch,
                                      "monitor": monitor, "mode": mode})
@@ -114,7 +125,7 @@ def constant(optimizer) -> Schedule:
 
 @SCHEDULERS.register("plateau")
 def plateau(optimizer, factor: float, patience: int, min_lr: float, monitor: str,
-            mode: str) -> Schedule:
+            mode: Literal["min", "max"]) -> Schedule:
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=factor,
                                                        patience=patience, min_lr=min_lr)
     return Schedule(sched, monitor=monitor)
@@ -135,7 +146,8 @@ def step(optimizer, step_size: int, gamma: float) -> Schedule:
 
 
 @SCHEDULERS.register("poly")
-def poly(optimizer, max_epochs: int, steps_per_epoch: int, power: float, min_lr: float) -> Schedule:
+def poly(optimizer, max_epochs: int, steps_per_epoch: int, power: float,
+         min_lr: float) -> Schedule:
     if float(power) <= 0:
         raise SegbenchError(f"scheduler.power must be > 0, got {power}")
     lr = optimizer.param_groups[0]["lr"]
@@ -143,9 +155,14 @@ def poly(optimizer, max_epochs: int, steps_per_epoch: int, power: float, min_lr:
     return Schedule(torch.optim.lr_scheduler.LambdaLR(optimizer, fn), interval="step")
 
 
+Anneal = Literal["cos", "linear"]  # OneCycleLR's anneal_strategy
+
+
+# Ten parameters: the optimizer (every scheduler factory's), the run's length (context) and the
+# seven options of configs/scheduler/onecycle.yaml, whose keys the registry checks against them.
 @SCHEDULERS.register("onecycle")
 def onecycle(optimizer, max_epochs: int, steps_per_epoch: int, pct_start: float,
-             anneal_strategy: str, div_factor: float, final_div_factor: float,
+             anneal_strategy: Anneal, div_factor: float, final_div_factor: float,
              cycle_momentum: bool, base_momentum: float, max_momentum: float) -> Schedule:
     pct = float(pct_start)
     if not 0 < pct < 1:
@@ -157,7 +174,8 @@ def onecycle(optimizer, max_epochs: int, steps_per_epoch: int, pct_start: float,
     try:
         sched = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=group["lr"], total_steps=max_epochs * steps_per_epoch,
-            pct_start=pct, anneal_strategy=str(anneal_strategy), div_factor=float(div_factor),
+            pct_start=pct, anneal_strategy=cast(Anneal, str(anneal_strategy)),
+            div_factor=float(div_factor),
             final_div_factor=float(final_div_factor), cycle_momentum=bool(cycle_momentum),
             base_momentum=float(base_momentum), max_momentum=float(max_momentum))
     except ValueError as err:

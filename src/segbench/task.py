@@ -89,7 +89,8 @@ BINARY = Task("binary", ("foreground",), ())
 def _name(name, where: str) -> str:
     text = str(name).strip()
     if not text or any(c in text for c in "/\\,|"):
-        raise SegbenchError(f"{where}: class name {name!r} must be a non-empty word without / \\ , |")
+        raise SegbenchError(f"{where}: class name {name!r} must be a non-empty word without "
+                            "/ \\ , |")
     return text
 
 
@@ -116,13 +117,15 @@ def _palette(spec, names: Sequence[str], where: str) -> tuple[tuple[int, int, in
         raise SegbenchError(f"{where}.palette: " + "; ".join(
             p for p in (missing and f"no colour for {', '.join(missing)}",
                         unknown and f"{', '.join(unknown)} is not a declared class") if p))
-    colours = []
+    colours: list[tuple[int, int, int]] = []
     for n in names:
         rgb = spec[n]
         if (not isinstance(rgb, Sequence) or len(rgb) != 3
                 or not all(isinstance(c, int) and 0 <= c <= 255 for c in rgb)):
-            raise SegbenchError(f"{where}.palette.{n}={rgb!r}: an RGB colour is [r, g, b] in 0..255")
-        colours.append(tuple(int(c) for c in rgb))
+            raise SegbenchError(f"{where}.palette.{n}={rgb!r}: an RGB colour is [r, g, b] in "
+                                "0..255")
+        r, g, b = (int(c) for c in rgb)
+        colours.append((r, g, b))
     if len(set(colours)) != len(colours):
         raise SegbenchError(f"{where}.palette: two classes share a colour")
     return tuple(colours)

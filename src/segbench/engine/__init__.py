@@ -1,1 +1,1 @@
-"""The shared training loop (trainer.py), evaluation (evaluate.py), checkpoints and early stopping."""
+"""The shared training loop (trainer.py) and early stopping (early_stopping.py)."""

@@ -64,8 +64,8 @@ def resolve_monitor(metric: str, mode: str, dataset_default: str, volumetric: bo
         metric = ("val_volume_dice" if volumetric else
                   "val_iou" if task == "binary" else "val_dice")
     if metric not in MONITORS:
-        raise SegbenchError(f"trainer.monitor={metric}: not a validation metric; use auto or one of "
-                            f"{', '.join(MONITORS)}")
+        raise SegbenchError(f"trainer.monitor={metric}: not a validation metric; use auto or one "
+                            f"of {', '.join(MONITORS)}")
     if metric in VOLUMETRIC and not volumetric:
         raise SegbenchError(f"trainer.monitor={metric} needs volumetric data (images grouped by "
                             f"patient/volume) and dataset {dataset_name} has none; use val_iou, "
@@ -105,4 +105,5 @@ class EarlyStopping:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
     def load_state_dict(self, state: dict) -> None:
-        self.best, self.best_epoch, self.bad_epochs = state["best"], state["best_epoch"], state["bad_epochs"]
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]

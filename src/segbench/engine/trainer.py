@@ -30,25 +30,38 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+import albumentations
+import hydra
+import numpy
+import segmentation_models_pytorch
 import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from segbench import SegbenchError, __version__, faults, metrics
-from segbench.data import build_datasets, list_splits
+from segbench.data import Data, build_datasets, list_splits
 from segbench.data.dataset import SeededShuffleSampler, ignore_stop_signals
 from segbench.data.pinning import file_record, recorded_splits
 from segbench.data.resident import resident_batches
+from segbench.data.source import Sample
 from segbench.data.splits import split_document
 from segbench.data.verify import quick_check
 from segbench.engine.early_stopping import EarlyStopping, Monitor, resolve_monitor
 from segbench.inference.evaluation import Runtime, Split, Subject, eval_batch_size, evaluate_split
-from segbench.inference.loop import eval_loader, evaluate, metric_line, pixel_spacing
+from segbench.inference.loop import (
+    Collect,
+    eval_loader,
+    evaluate,
+    metric_line,
+    model_task,
+    pixel_spacing,
+)
 from segbench.losses import build_loss, loss_target, set_epoch
 from segbench.models import build_model
 from segbench.models.info import inference_latency, model_facts
-from segbench.optim import build_optimizer, build_scheduler
+from segbench.optim import Schedule, build_optimizer, build_scheduler
 from segbench.progress import RunProgress
 from segbench.runs.rundir import RunDir
 from segbench.runtime import distributed
@@ -67,6 +80,7 @@ from segbench.settings import Train
 from segbench.settings import Trainer as TrainerSettings
 from segbench.task import BINARY, Task
 from segbench.tracking import Trackers, build_trackers
+from segbench.viz import plot_curves
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +169,8 @@ class Compute:
 class RunData:
     """A run's splits, their datasets and the loaders of training and validation."""
 
-    splits: dict                         # split name -> samples (split.json)
-    datasets: dict                       # split name -> dataset
+    splits: dict[str, list[Sample]]      # split name -> samples (split.json)
+    datasets: Data                       # split name -> dataset
     sampler: SeededShuffleSampler        # the training order, seeded per epoch
     train_loader: DataLoader
     val_loader: DataLoader
@@ -171,7 +185,7 @@ class Optimisation:
 
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: object                     # optim.Schedule: step_batch(), step_epoch(row)
+    schedule: Schedule                   # step_batch(), step_epoch(row)
     scaler: torch.amp.GradScaler
 
 
@@ -215,6 +229,11 @@ class Parts:
         self.opt.scaler.load_state_dict(state["scaler"])
         self.early.load_state_dict(state["early_stopping"])
 
+    def subject(self) -> Subject:
+        """The model as evaluation runs it: on the run's device, autocast and memory format."""
+        c = self.compute
+        return Subject(self.model, c.device, c.amp_dtype, c.channels_last)
+
 
 def num_workers(spec, device: torch.device) -> int:
     if spec == "auto":
@@ -235,14 +254,14 @@ def build(s: Train, run: RunDir, resuming: bool) -> Parts:
     monitor = resolve_monitor(s.trainer.monitor, s.trainer.monitor_mode,
                               str(s.config.dataset.get("monitor", "auto")),
                               data.val_volumes is not None, s.config.dataset.name,
-                              model.task.kind,
+                              model_task(model).kind,
                               *selection(s.trainer, s.config.dataset))
     model, train_model, opt = make_optimisation(s, compute, model, data, monitor)
     t = s.trainer
     early = EarlyStopping(t.early_stopping.patience, t.early_stopping.min_delta, monitor.mode)
     parts = Parts(compute=compute, model=model, train_model=train_model, facts=facts, data=data,
                   opt=opt, monitor=monitor, early=early,
-                  config=OmegaConf.to_container(s.config, resolve=True))
+                  config=cast(dict, OmegaConf.to_container(s.config, resolve=True)))
     log_parts(s, parts)
     return parts
 
@@ -265,12 +284,13 @@ def make_model(s: Train, compute: Compute) -> tuple[torch.nn.Module, dict]:
     return model, model_facts(model, s.input_shape)
 
 
-def load_data(s: Train, run: RunDir, resuming: bool) -> tuple[dict, dict]:
+def load_data(s: Train, run: RunDir, resuming: bool) -> tuple[dict[str, list[Sample]], Data]:
     """The splits and their (cached) datasets. A new run's split is written before any
     training, so it can be audited; a resumed run keeps the split it recorded."""
     cfg = s.config
     record = {"dataset": cfg.dataset.name, "split_seed": int(cfg.dataset.get("split_seed", 0))}
-    with distributed.rank_zero_first():  # rank 0 generates and caches the data, then the others read it
+    # Rank 0 generates and caches the data, then the others read it.
+    with distributed.rank_zero_first():
         if resuming:  # the split recorded when the run started, checked against the files now
             splits = recorded_splits(cfg, run.read_split(), where=f"run {run.path}")
         else:
@@ -279,12 +299,14 @@ def load_data(s: Train, run: RunDir, resuming: bool) -> tuple[dict, dict]:
         datasets = build_datasets(cfg, splits, Path(cfg.paths.cache))
     if not resuming:
         run.write_split({**split_document(splits, record), **file_record(splits)})
-    log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name, len(splits["train"]),
-             len(splits["val"]), len(splits["test"]), s.resolution.height, s.resolution.width)
+    log.info("data: %s  train %d  val %d  test %d  at %dx%d", cfg.dataset.name,
+             len(splits["train"]), len(splits["val"]), len(splits["test"]), s.resolution.height,
+             s.resolution.width)
     return splits, datasets
 
 
-def make_loaders(s: Train, compute: Compute, splits: dict, datasets: dict) -> RunData:
+def make_loaders(s: Train, compute: Compute, splits: dict[str, list[Sample]],
+                 datasets: Data) -> RunData:
     """The training loader (this process's share, in a per-epoch seeded order) and the
     validation loader (sharded on several processes)."""
     t, ctx = s.trainer, distributed.current()
@@ -302,7 +324,8 @@ def make_loaders(s: Train, compute: Compute, splits: dict, datasets: dict) -> Ru
                                   persistent_workers=workers > 0,
                                   worker_init_fn=ignore_stop_signals, drop_last=drop_last)
     eval_batch = eval_batch_size(t)
-    val_loader = eval_loader(datasets["val"], eval_batch, compute.device, workers, shard=ctx.enabled)
+    val_loader = eval_loader(datasets["val"], eval_batch, compute.device, workers,
+                             shard=ctx.enabled)
     return RunData(splits=splits, datasets=datasets, sampler=sampler, train_loader=train_loader,
                    val_loader=val_loader, val_volumes=volume_numbers(splits["val"]),
                    eval_batch=eval_batch, workers=workers)
@@ -324,7 +347,7 @@ def make_optimisation(s: Train, compute: Compute, model: torch.nn.Module, data: 
     gradient scaler; returns (model, the module to train through, Optimisation)."""
     cfg, t = s.config, s.trainer
     loss_fn = build_loss(cfg.loss, {"train_masks": data.datasets["train"].masks,
-                                    "task": model.task}).to(compute.device)
+                                    "task": model_task(model)}).to(compute.device)
     model, train_model = distributed.wrap(model, t.sync_batchnorm)
     train_model = compile_model(train_model, t.compile, compute.device)
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
@@ -345,8 +368,10 @@ def log_parts(s: Train, parts: Parts) -> None:
     if ctx.enabled or t.accumulate_grad_batches > 1:
         log.info("global batch %d = batch_size %d%s%s; %d optimizer steps per epoch",
                  distributed.global_batch(t.batch_size, t.accumulate_grad_batches), t.batch_size,
-                 f" x {ctx.world_size} process(es) ({ctx.launcher}, {ctx.backend})" if ctx.enabled else "",
-                 f" x {t.accumulate_grad_batches} accumulated" if t.accumulate_grad_batches > 1 else "",
+                 f" x {ctx.world_size} process(es) ({ctx.launcher}, {ctx.backend})"
+                 if ctx.enabled else "",
+                 f" x {t.accumulate_grad_batches} accumulated"
+                 if t.accumulate_grad_batches > 1 else "",
                  steps)
     log.info("monitor: %s (%s) picks best.pt, stops early and drives the plateau schedule",
              parts.monitor.metric, parts.monitor.mode)
@@ -383,7 +408,8 @@ def train_one_epoch(model, loader, opt: Optimisation, compute: Compute, steps: S
     for step, (images, masks, _) in enumerate(batches, 1):
         first = (step - 1) % accumulate == 0
         last = step % accumulate == 0 or step == n
-        group = min(accumulate, n - (step - 1) // accumulate * accumulate)  # batches of this optimizer step
+        # The batches of this optimizer step (the last step of an epoch may have fewer).
+        group = min(accumulate, n - (step - 1) // accumulate * accumulate)
         images = images.to(device, non_blocking=True)
         if compute.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -414,7 +440,8 @@ def train_one_epoch(model, loader, opt: Optimisation, compute: Compute, steps: S
 
 
 def optimizer_step(model, opt: Optimisation, grad_clip: float | None) -> None:
-    """Clip (on unscaled gradients), step the optimizer and the scaler, then the per-step schedule."""
+    """Clip (on unscaled gradients), step the optimizer and the scaler, then the per-step
+    schedule."""
     if grad_clip:
         opt.scaler.unscale_(opt.optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
@@ -440,13 +467,12 @@ def check_running_loss(running: float, epoch: int, step: int, progress: RunProgr
         progress.running_loss(running)
 
 
-def validate(parts: Parts, threshold: float, epoch: int, progress: RunProgress | None = None) -> dict:
-    loader, compute = parts.data.val_loader, parts.compute
+def validate(parts: Parts, threshold: float, epoch: int,
+             progress: RunProgress | None = None) -> dict:
+    loader = parts.data.val_loader
     wrap = progress.evaluation("validation", len(loader)) if progress is not None else None
-    val = evaluate(parts.model, loader, compute.device, threshold=threshold,
-                   loss_fn=parts.opt.loss_fn, amp_dtype=compute.amp_dtype,
-                   channels_last=compute.channels_last, volumes=parts.data.val_volumes,
-                   progress=wrap).summary()
+    val = evaluate(parts.subject(), loader, threshold=threshold, loss_fn=parts.opt.loss_fn,
+                   collect=Collect(volumes=parts.data.val_volumes), progress=wrap).summary()
     if not math.isfinite(val["loss"]):
         raise TrainingDiverged(f"the validation loss is {val['loss']} in epoch {epoch}; "
                                "lower optimizer.lr or set trainer.grad_clip=1.0")
@@ -460,7 +486,8 @@ VAL_COLUMNS = ("loss", "dice", "iou", "dice_micro", "iou_micro", "precision", "r
                "volume_dice", "volume_dice_median")
 
 
-def history_row(epoch: int, lr: float, train: dict, val: dict, classes: tuple[str, ...] = ()) -> dict:
+def history_row(epoch: int, lr: float, train: dict, val: dict,
+                classes: tuple[str, ...] = ()) -> dict:
     """`classes`: the class names of a multi-class task, whose per-class validation Dice
     (`val_dice_<class>`) follows the summary columns."""
     return {"epoch": epoch, "lr": lr, **{f"train_{k}": train[k] for k in TRAIN_COLUMNS},
@@ -483,7 +510,8 @@ def fit(s: Train, run: RunDir, resuming: bool) -> dict:
     """Train, validate and test one configuration in `run`; returns the metrics.json record."""
     started = time.time()
     run = distributed.writer(run)  # rank 0 writes; other ranks read what it wrote
-    pixel_spacing(s.config, s.eval.native_resolution)  # a bad spacing fails before training, not at its end
+    # A bad pixel spacing fails before training, not at its end.
+    pixel_spacing(s.config, s.eval.native_resolution)
     parts = build(s, run, resuming)
     state = resume(run, parts) if resuming else start(run, parts)
     out = Outputs(run, open_trackers(s, run, state), open_progress(s, parts, state))
@@ -553,11 +581,11 @@ def run_epoch(epoch: int, s: Train, parts: Parts, state: TrainState, out: Output
               stop: StopSignal) -> None:
     """One epoch in named steps: train, validate, update schedule and stopping, save, record."""
     epoch_start = time.time()
+    task = model_task(parts.model)
     lr = begin_epoch(epoch, s, parts)
     train = train_one_epoch(parts.train_model, parts.data.train_loader, parts.opt, parts.compute,
-                            StepSettings.of(s.trainer, parts.model.task), epoch, out.progress, stop)
+                            StepSettings.of(s.trainer, task), epoch, out.progress, stop)
     val = validate(parts, s.eval.threshold, epoch, out.progress)
-    task = parts.model.task
     row = history_row(epoch, lr, train, val, task.names if task.kind != "binary" else ())
     improved = update_schedule_and_stopping(epoch, row, parts, state)
     state.finish_epoch(row, epoch_start)
@@ -643,7 +671,8 @@ def record_test(result: dict, out: Outputs, state: TrainState, started: float) -
     copies of the run's files."""
     result["wall_seconds"] = round(time.time() - started, 2)
     out.trackers.log_test(result, state.best_epoch)
-    out.run.write_metrics(result)  # metrics.json marks the run finished: every record comes before it
+    # metrics.json marks the run finished: every record comes before it.
+    out.run.write_metrics(result)
     out.trackers.log_artifacts()  # the trackers' copies of the run's files, metrics.json among them
     out.trackers.close()
     log.info("test (best epoch %d): %s", state.best_epoch, metric_line(result["test"]))
@@ -661,8 +690,6 @@ def test_steps(parts: Parts, native: bool) -> int:
 def test_best(s: Train, run: RunDir, parts: Parts, state: TrainState,
               progress: RunProgress | None = None) -> dict:
     """Test once, with the checkpoint chosen on validation; the metrics.json record."""
-    from segbench.viz import plot_curves
-
     cfg, ctx, compute, data = s.config, distributed.current(), parts.compute, parts.data
     if ctx.is_main:
         plot_curves(state.history, run / "curves.png", state.best_epoch,
@@ -673,7 +700,7 @@ def test_best(s: Train, run: RunDir, parts: Parts, state: TrainState,
     parts.model.load_state_dict(best["model"])
     e = s.eval
     record = evaluate_split(
-        Subject(parts.model, compute.device, compute.amp_dtype, compute.channels_last),
+        parts.subject(),
         Split(cfg, data.splits["test"], "test", data.datasets["test"]), e, run.path,
         Runtime(data.eval_batch, data.workers, shard=ctx.enabled,
                 progress=progress.evaluation("test", test_steps(parts, e.native_resolution))
@@ -709,12 +736,8 @@ def test_best(s: Train, run: RunDir, parts: Parts, state: TrainState,
 
 
 def versions() -> dict:
-    import albumentations
-    import hydra
-    import numpy
-    import segmentation_models_pytorch
-
-    return {"segbench": __version__, "python": platform.python_version(), "torch": torch.__version__,
+    return {"segbench": __version__, "python": platform.python_version(),
+            "torch": torch.__version__,
             "segmentation_models_pytorch": segmentation_models_pytorch.__version__,
             "albumentations": albumentations.__version__, "hydra": hydra.__version__,
             "numpy": numpy.__version__, "platform": platform.platform()}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,8 +102,8 @@ def _pack(masks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _unpack(bits, shapes, offsets) -> list[np.ndarray]:
-    return [np.unpackbits(bits[offsets[i]:offsets[i + 1]], count=int(h * w)).astype(bool).reshape(h, w)
-            for i, (h, w) in enumerate(shapes)]
+    return [np.unpackbits(bits[offsets[i]:offsets[i + 1]], count=int(h * w)).astype(bool)
+            .reshape(h, w) for i, (h, w) in enumerate(shapes)]
 
 
 def _flat(arrays) -> tuple[np.ndarray, np.ndarray]:
@@ -113,30 +114,52 @@ def _flat(arrays) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _unflat(flat, shapes, offsets) -> list[np.ndarray]:
-    return [flat[offsets[i]:offsets[i + 1]].reshape(int(h), int(w)) for i, (h, w) in enumerate(shapes)]
+    return [flat[offsets[i]:offsets[i + 1]].reshape(int(h), int(w))
+            for i, (h, w) in enumerate(shapes)]
 
 
-def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions, images, truths,
-               threshold: float, groups=None, spread: int = 6, plain=None, labels=None) -> None:
-    """Write cases.npz; `images` and `truths` are indexable per case (the split's arrays), only
-    the picked cases are read from them. `plain`: (masks, Dice) of the same split without TTA,
-    where the run evaluated with it; the cases TTA changed most are kept too. `labels`: (every
-    case's predicted label map, the truth label maps indexable per case, the task spec) of a
-    multi-class run, whose `predictions` and `truths` are the union of its foreground classes."""
-    hd95 = None if hd95 is None else np.asarray(hd95, np.float32)
-    shown = set(pick(np.asarray(dice), hd95, spread).values())
+@dataclass
+class SplitCases:
+    """What the test hands to `save_cases`: every case's scores and predicted mask, and the
+    split's images and truths, indexable per case (only the picked cases are read from them)."""
+
+    ids: list[str]
+    counts: np.ndarray                  # (N, 4) TP, FP, FN, TN per case
+    dice: np.ndarray
+    iou: np.ndarray
+    hd95: np.ndarray | None
+    predictions: list[np.ndarray]       # per case: bool mask at its scored size
+    images: Sequence | np.ndarray       # per case: uint8 image (H, W, C) at model resolution
+    truths: Sequence | np.ndarray       # per case: ground truth at its scored size
+    threshold: float
+    groups: list | None = None          # each case's volume (volumetric data)
+
+
+def save_cases(path: Path, cases: SplitCases, spread: int = 6, plain=None, labels=None) -> None:
+    """Write cases.npz: every case's scores and mask, with the image and truth of the cases a
+    report draws (`pick`, with `spread` cases over the split, and the worst volume's strip).
+    `plain`: (masks, Dice) of the same split without TTA, where the run evaluated with it; the
+    cases TTA changed most are kept too. `labels`: (every case's predicted label map, the truth
+    label maps indexable per case, the task spec) of a multi-class run, whose `predictions` and
+    `truths` are the union of its foreground classes."""
+    dice = cases.dice
+    hd95 = None if cases.hd95 is None else np.asarray(cases.hd95, np.float32)
+    picked = set(pick(np.asarray(dice), hd95, spread).values())
     if plain is not None:
-        shown |= set(tta_changed(dice, plain[1]))
-    volume, volume_dice, strip = worst_volume(np.asarray(counts), list(groups)) if groups else (None, math.nan, [])
-    shown = sorted(shown | set(strip))
-    pred_bits, shapes, pred_offsets = _pack(predictions)
-    truth_bits, _, truth_offsets = _pack([np.asarray(truths[i]) > 0 for i in shown])
-    arrays = dict(ids=np.array(ids), dice=np.asarray(dice, np.float32), iou=np.asarray(iou, np.float32),
-                  shapes=shapes, pred_bits=pred_bits, pred_offsets=pred_offsets,
-                  shown=np.array(shown, np.int64), truth_bits=truth_bits, truth_offsets=truth_offsets,
-                  images=np.stack([np.asarray(images[i], np.uint8) for i in shown]),
-                  strip=np.array(strip, np.int64), strip_volume=str(volume or ""),
-                  strip_dice=volume_dice, threshold=threshold)
+        picked |= set(tta_changed(dice, plain[1]))
+    volume, volume_dice, strip = (worst_volume(np.asarray(cases.counts), list(cases.groups))
+                                  if cases.groups else (None, math.nan, []))
+    shown = sorted(picked | set(strip))
+    pred_bits, shapes, pred_offsets = _pack(cases.predictions)
+    truth_bits, _, truth_offsets = _pack([np.asarray(cases.truths[i]) > 0 for i in shown])
+    arrays: dict[str, np.ndarray | str | float] = dict(
+        ids=np.array(cases.ids), dice=np.asarray(dice, np.float32),
+        iou=np.asarray(cases.iou, np.float32), shapes=shapes, pred_bits=pred_bits,
+        pred_offsets=pred_offsets, shown=np.array(shown, np.int64), truth_bits=truth_bits,
+        truth_offsets=truth_offsets,
+        images=np.stack([np.asarray(cases.images[i], np.uint8) for i in shown]),
+        strip=np.array(strip, np.int64), strip_volume=str(volume or ""),
+        strip_dice=volume_dice, threshold=cases.threshold)
     if hd95 is not None:
         arrays["hd95"] = hd95
     if plain is not None:
@@ -147,7 +170,8 @@ def save_cases(path: Path, ids, counts: np.ndarray, dice, iou, hd95, predictions
         arrays["pred_labels"], arrays["label_offsets"] = _flat([pred_labels[i] for i in shown])
         arrays["truth_labels"], _ = _flat([truth_labels[i] for i in shown])
         arrays["task"] = json.dumps(task)
-    write_atomic(Path(path), lambda f: np.savez_compressed(f, **arrays))
+    # numpy's stub checks **kwds against allow_pickle (a bool) too: every array is refused
+    write_atomic(Path(path), lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
 def load_cases(path: Path) -> Cases | None:

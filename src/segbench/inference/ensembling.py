@@ -10,9 +10,12 @@ the training/validation split) and, for `segbench ensemble`, the same recorded t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
+import torch
 from omegaconf import OmegaConf
 
 from segbench import SegbenchError
@@ -39,6 +42,7 @@ from segbench.runs.rundir import (
     REPLICATE_KEYS,
     SPLIT,
     RunDir,
+    read_json,
     write_json,
 )
 from segbench.runtime.device import autocast_dtype
@@ -56,7 +60,7 @@ def _finished(path: Path) -> bool:
             and not (path / ENSEMBLE).is_file())
 
 
-def find_members(paths: list[Path | str]) -> tuple[list[RunDir], bool]:
+def find_members(paths: Sequence[Path | str]) -> tuple[list[RunDir], bool]:
     """The runs named (run directories, or folders searched for finished runs) and whether
     any came from searching a folder."""
     members, searched = [], False
@@ -148,8 +152,6 @@ def ensemble_members(run: RunDir) -> list[RunDir] | None:
     """The members of an ensemble directory (its ensemble.json), None for a training run."""
     if not (run / ENSEMBLE).is_file():
         return None
-    from segbench.runs.rundir import read_json
-
     members = [RunDir(row["run"]) for row in read_json(run / ENSEMBLE).get("members", [])]
     for m in members:
         if not m.has_checkpoint("best"):
@@ -176,7 +178,7 @@ class Request:
     """What `segbench ensemble` was asked: the members' checkpoint, where and how to evaluate."""
 
     checkpoint: str
-    device: object
+    device: torch.device
     given_eval: dict            # the command line's eval.* (null: the members' own)
     batch_size: int | None = None
     data_root: str | None = None
@@ -208,13 +210,16 @@ def build_ensemble(members: list[RunDir], out: RunDir, request: Request) -> dict
     result = {"test": record.pop("test"),
               "ensemble": {"members": len(members), "checkpoint": request.checkpoint,
                            "tta": settings.tta,
-                           "method": "mean of the members' sigmoid probabilities, then the threshold"},
+                           "method": "mean of the members' sigmoid probabilities, then the "
+                                     "threshold"},
               **record,
               "model": {"name": "ensemble", **summed_facts(members),
-                        "latency_ms": inference_latency(ensemble, input_shape(train_cfg), request.device)
+                        "latency_ms": inference_latency(ensemble, input_shape(train_cfg),
+                                                        request.device)
                         if settings.latency else None},
               "split_sizes": {"test": len(splits["test"])},
-              "train_seconds": sum((m.read_metrics() or {}).get("train_seconds", 0.0) for m in members),
+              "train_seconds": sum((m.read_metrics() or {}).get("train_seconds", 0.0)
+                                   for m in members),
               "members": rows}
     out.write_config(ensemble_config(train_cfg, request.checkpoint, settings, common["differences"],
                                      len(members)))
@@ -233,7 +238,8 @@ def member_rows(members: list[RunDir], states: list[dict]) -> list[dict]:
     for m, state in zip(members, states, strict=True):
         s, record = m.settings(), m.read_metrics() or {}
         rows.append({"run": str(m.path), "name": m.name(), "seed": s.get("seed"),
-                     "fold": s.get("dataset.fold") if s.get("dataset.folds", "null") != "null" else None,
+                     "fold": (s.get("dataset.fold") if s.get("dataset.folds", "null") != "null"
+                              else None),
                      "epoch": state.get("epoch"), "test_dice": record.get("test", {}).get("dice")})
     return rows
 
@@ -248,10 +254,11 @@ def summed_facts(members: list[RunDir]) -> dict:
     return out
 
 
-def ensemble_config(train_cfg, checkpoint: str, settings, differences: list[str], members: int) -> dict:
+def ensemble_config(train_cfg, checkpoint: str, settings, differences: list[str],
+                    members: int) -> dict:
     """A run-like config.yaml: the first member's config with what the ensemble changed, so that
     `segbench report` tells it apart from the single models by its settings."""
-    config = OmegaConf.to_container(train_cfg, resolve=True)
+    config = cast(dict, OmegaConf.to_container(train_cfg, resolve=True))
     config["ensemble"] = {"members": members, "checkpoint": checkpoint}
     config.setdefault("eval", {}).update(tta=settings.tta, threshold=settings.threshold,
                                          native_resolution=settings.native_resolution,
@@ -260,4 +267,4 @@ def ensemble_config(train_cfg, checkpoint: str, settings, differences: list[str]
     merged = OmegaConf.create(config)
     for line in differences:  # members of several configurations: no single value
         OmegaConf.update(merged, line.split(":", 1)[0], "mixed", merge=False)
-    return OmegaConf.to_container(merged)
+    return cast(dict, OmegaConf.to_container(merged))

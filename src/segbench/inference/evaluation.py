@@ -17,18 +17,25 @@ run reads images (its channels and resolution) and scored at native resolution b
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segbench import SegbenchError, config_dir
 from segbench.data import build_datasets, dataset_module, native_masks
+from segbench.data.dataset import SegmentationDataset
 from segbench.data.pinning import file_record
 from segbench.data.source import Sample
-from segbench.inference.loop import evaluation_record, pixel_spacing, test_split
+from segbench.inference.loop import (  # Subject and Runtime: this module's interface too
+    Runtime,
+    Subject,
+    evaluation_record,
+    pixel_spacing,
+    test_split,
+)
 from segbench.metrics import CLASS_RULE
 from segbench.settings import Eval, typed
 from segbench.task import BINARY, task_of
@@ -39,8 +46,9 @@ SCORING = ("threshold", "tta", "surface_metrics", "native_resolution")
 
 @functools.cache
 def _default_eval() -> dict:
-    """The `eval:` block of configs/train.yaml: the value of a key a run recorded before it existed."""
-    return OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml").eval)
+    """The `eval:` block of configs/train.yaml: the value of a key a run recorded before it
+    existed."""
+    return cast(dict, OmegaConf.to_container(OmegaConf.load(config_dir() / "train.yaml").eval))
 
 
 def eval_settings(given: Mapping | None, own: list[Mapping], prefer: Mapping | None = None) -> Eval:
@@ -58,7 +66,8 @@ def eval_settings(given: Mapping | None, own: list[Mapping], prefer: Mapping | N
         else:
             values = [o.get(key) for o in own if o is not None and o.get(key) is not None]
             if key in SCORING and len({str(v) for v in values}) > 1:
-                raise SegbenchError(f"the runs use different eval.{key} ({sorted({str(v) for v in values})}); "
+                raise SegbenchError(f"the runs use different eval.{key} "
+                                    f"({sorted({str(v) for v in values})}); "
                                     f"choose one with eval.{key}=<value>")
             merged[key] = values[0] if values else default
     return typed(Eval, merged, "eval.")
@@ -85,16 +94,6 @@ def with_data_root(cfg: DictConfig, data_root: str | None) -> DictConfig:
 
 
 @dataclass
-class Subject:
-    """The model under evaluation (one run's, or an `Ensemble`) on its device."""
-
-    model: torch.nn.Module
-    device: torch.device
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-
-
-@dataclass
 class Split:
     """The images of one split: `cfg` reads them (dataset and resolution), `samples` name them;
     `dataset` when they are built already (the trainer's)."""
@@ -102,17 +101,7 @@ class Split:
     cfg: DictConfig
     samples: list[Sample]
     name: str = "test"
-    dataset: object | None = None
-
-
-@dataclass
-class Runtime:
-    """How the split is evaluated; none of it changes the numbers."""
-
-    batch_size: int
-    num_workers: int = 0
-    progress: Callable | None = None  # wraps the batches (the training run's progress)
-    shard: bool = False               # several processes, a share each (rank 0 gets the record)
+    dataset: SegmentationDataset | None = None
 
 
 def evaluate_split(subject: Subject, split: Split, settings: Eval, out_dir: Path,
@@ -128,16 +117,9 @@ def evaluate_split(subject: Subject, split: Split, settings: Eval, out_dir: Path
     native = settings.native_resolution
     spacing = pixel_spacing(cfg, native)
     groups = [s.group for s in split.samples]
-    summary = test_split(subject.model, dataset, subject.device, out_dir=out_dir,
-                         threshold=settings.threshold, tta=settings.tta,
-                         batch_size=runtime.batch_size, amp_dtype=subject.amp_dtype,
-                         num_predictions=settings.num_predictions,
-                         groups=groups if any(groups) else None,
-                         channels_last=subject.channels_last, num_workers=runtime.num_workers,
-                         surface_metrics=settings.surface_metrics, pixel_spacing=spacing,
-                         surface_workers=settings.surface_workers,
-                         native_masks=native_masks(cfg, split.samples) if native else None,
-                         progress=runtime.progress, shard=runtime.shard)
+    summary = test_split(subject, dataset, settings, out_dir, runtime,
+                         groups=groups if any(groups) else None, spacing=spacing,
+                         native_masks=native_masks(cfg, split.samples) if native else None)
     if not summary:
         return {}
     record = {split.name: summary, **evaluation_record(settings.threshold, settings.tta,
@@ -155,7 +137,7 @@ def external_config(run_cfg: DictConfig, dataset: DictConfig) -> DictConfig:
     given on the command line) with the run's channels (what its model takes, whatever the
     dataset's YAML says) and its root made absolute; the run's resolution, paths and model are
     kept, cross-validation folds dropped."""
-    merged = OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False))
+    merged = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(run_cfg, resolve=False)))
     merged.dataset = OmegaConf.to_container(dataset, resolve=False)
     merged.dataset.channels = run_cfg.dataset.get("channels", 3)  # what the model takes
     if merged.dataset.get("root"):

@@ -5,7 +5,7 @@ predicted masks) are accumulated on the device and copied to the host once per s
 distances (HD95, ASSD) are computed after the loop, in parallel over images, on the test split
 only, when `eval.surface_metrics` is true.
 
-On several processes (engine/distributed.py) a loader with a `ShardSampler` gives each process a
+On several processes (runtime/distributed.py) a loader with a `ShardSampler` gives each process a
 share of the split; `evaluate()` then gathers the per-image counts by dataset index and sums the
 histogram, per-volume counts and loss over the processes, so every process gets the split's
 result (and rank 0 the kept maps and predicted masks), as one process would compute it.
@@ -17,23 +17,30 @@ import csv
 import io
 import logging
 from collections import Counter
+from collections.abc import Callable, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+import cv2
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from segbench import SegbenchError, metrics
 from segbench.atomic import write_atomic
+from segbench.data.dataset import NativeMaskDataset, SegmentationDataset, ignore_stop_signals
+from segbench.inference.cases import SplitCases, save_cases
 from segbench.losses import loss_target
 from segbench.metrics import surface
 from segbench.models.averaged import Ensemble
 from segbench.runs import rundir
 from segbench.runtime import distributed
 from segbench.runtime.device import autocast
+from segbench.settings import Eval
 from segbench.task import BINARY, Task
+from segbench.viz import plot_class_predictions, plot_confusion, plot_predictions
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +67,36 @@ class EvalResult:
         if self.loss is not None:
             out["loss"] = self.loss
         return out
+
+
+@dataclass
+class Subject:
+    """The model under evaluation (one run's, or an `Ensemble`) on its device."""
+
+    model: torch.nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+
+@dataclass
+class Runtime:
+    """How the split is evaluated; none of it changes the numbers."""
+
+    batch_size: int
+    num_workers: int = 0
+    progress: Callable | None = None  # wraps the batches (the training run's progress)
+    shard: bool = False               # several processes, a share each (rank 0 gets the record)
+
+
+@dataclass(frozen=True)
+class Collect:
+    """What `evaluate()` keeps besides the confusion counts (and the loss, given a loss)."""
+
+    keep: tuple[int, ...] = ()           # dataset indices whose maps are kept (for figures)
+    scores: bool = False                 # the pixel-score histogram (AUROC, AP; binary tasks)
+    keep_predictions: bool = False       # every image's predicted mask (surface distances)
+    volumes: torch.Tensor | None = None  # each item's volume number: counts pooled per volume
 
 
 def predict_probs(model, images: torch.Tensor, amp_dtype=None, tta: bool = False,
@@ -90,98 +127,145 @@ def model_task(model) -> Task:
     return getattr(model, "task", BINARY)
 
 
+class _Tally:
+    """`evaluate()`'s running sums over a split, kept on the device: per-image counts, the loss,
+    the score histogram, per-volume counts, the kept maps and the predicted masks."""
+
+    def __init__(self, task: Task, device: torch.device, collect: Collect, threshold: float):
+        self.task, self.device, self.threshold = task, device, threshold
+        self.batch_counts: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.loss_sum, self.seen = torch.zeros((), device=device), 0
+        self.volumes = None if collect.volumes is None else collect.volumes.to(device)
+        self.volume_counts = None
+        if self.volumes is not None:
+            self.volume_counts = torch.zeros(int(self.volumes.max()) + 1,
+                                             *metrics.count_shape(task), dtype=torch.long,
+                                             device=device)
+        scores = collect.scores and task.kind == "binary"  # pixel AUROC/AP: one class only
+        self.histogram = (torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device)
+                          if scores else None)
+        self.keep_predictions = collect.keep_predictions
+        self.predicted: list[torch.Tensor] = []
+        self.keep_set = set(collect.keep)
+        self.kept: dict[int, np.ndarray] = {}
+        # After the loop (finish): the split's counts and predicted masks.
+        self.counts = torch.zeros(0)
+        self.masks: list[np.ndarray] | None = None
+
+    def add(self, probs: torch.Tensor, masks: torch.Tensor, index: torch.Tensor,
+            model_probs: torch.Tensor) -> None:
+        """One batch: `probs` at the masks' size, `model_probs` at the model's (kept maps)."""
+        counts = metrics.task_confusion(probs, masks, self.task, self.threshold)
+        self.batch_counts.append(counts)
+        if self.volumes is not None and self.volume_counts is not None:
+            self.volume_counts.index_add_(0, self.volumes[index.to(self.device)], counts.long())
+        if self.histogram is not None:
+            self.histogram += metrics.score_histogram(probs, masks)
+        if self.keep_predictions:
+            self.predicted.append(metrics.predicted_labels(probs, self.task, self.threshold))
+        if self.keep_set:
+            for row, i in enumerate(index.tolist()):
+                if i in self.keep_set:  # a probability map; several classes: the predicted labels
+                    self.kept[i] = self._kept_map(model_probs, row)
+        self.indices.append(index)
+
+    def _kept_map(self, model_probs: torch.Tensor, row: int) -> np.ndarray:
+        if self.task.kind == "binary":
+            return model_probs[row, 0].float().cpu().numpy()
+        labels = metrics.predicted_labels(model_probs[row:row + 1], self.task, self.threshold)
+        return labels[0].cpu().numpy()
+
+    def finish(self) -> None:
+        """The split's counts (one tensor) and predicted masks (host arrays), after the loop."""
+        if self.keep_predictions:
+            self.masks = [p.numpy() for batch in self.predicted for p in batch.cpu()]
+        self.counts = (torch.cat(self.batch_counts) if self.batch_counts else
+                       torch.zeros((0, *metrics.count_shape(self.task)), dtype=torch.long,
+                                   device=self.device))
+
+    def gather(self, total: int) -> None:
+        """This process evaluated its share of a `total`-item split: every sum becomes the
+        split's, over all processes; rank 0 gets every share's kept maps and predicted masks."""
+        index = torch.cat(self.indices) if self.indices else torch.zeros(0, dtype=torch.long)
+        self.counts = distributed.gather_rows(self.counts, index, total)
+        totals = distributed.all_sum(torch.stack([self.loss_sum,
+                                                  self.loss_sum.new_tensor(self.seen)]))
+        self.loss_sum, self.seen = totals[0], int(totals[1].item())
+        if self.histogram is not None:
+            self.histogram = distributed.all_sum(self.histogram)
+        if self.volume_counts is not None:
+            self.volume_counts = distributed.all_sum(self.volume_counts)
+        masks = dict(zip(index.tolist(), self.masks or []))
+        shares = distributed.gather_objects((self.kept, masks))
+        if shares is None:  # not rank 0
+            self.kept, self.masks = {}, None
+            return
+        self.kept = {i: p for share, _ in shares for i, p in share.items()}
+        by_index = {i: m for _, share in shares for i, m in share.items()}
+        self.masks = [by_index[i] for i in range(total)] if self.keep_predictions else None
+
+    def result(self, with_loss: bool) -> EvalResult:
+        return EvalResult(
+            counts=self.counts.cpu(),
+            loss=float(self.loss_sum.item() / self.seen) if with_loss else None,
+            kept=self.kept,
+            scores=self.histogram.cpu() if self.histogram is not None else None,
+            predictions=self.masks,
+            volume_counts=self.volume_counts.cpu() if self.volume_counts is not None else None,
+            task=self.task,
+        )
+
+
 @torch.no_grad()
-def evaluate(model, loader: DataLoader, device: torch.device, *, threshold: float = 0.5,
-             loss_fn=None, amp_dtype=None, tta: bool = False, keep: tuple[int, ...] = (),
-             channels_last: bool = False, scores: bool = False,
-             keep_predictions: bool = False, volumes: torch.Tensor | None = None,
-             progress=None) -> EvalResult:
-    """progress: wraps the batches (the run's progress bar or lines);
-    scores: accumulate the pixel-score histogram (AUROC, AP); keep_predictions: return the
-    thresholded masks (for surface distances); volumes: each dataset item's volume number, to pool
-    the confusion counts per volume on the device (per-volume Dice, one sync per split). A loader
-    whose sampler is a distributed.ShardSampler evaluates this process's share and returns the
-    whole split's result, gathered from every process."""
+def evaluate(subject: Subject, loader: DataLoader, *, threshold: float = 0.5, tta: bool = False,
+             loss_fn=None, collect: Collect | None = None, progress=None) -> EvalResult:
+    """The split's confusion counts (and its mean loss, given `loss_fn`; with `collect`, the
+    kept maps, score histogram, predicted masks or per-volume counts). `progress` wraps the
+    batches (the run's progress bar or lines). A loader whose sampler is a
+    distributed.ShardSampler evaluates this process's share and returns the whole split's
+    result, gathered from every process."""
+    model, device = subject.model, subject.device
     model.eval()
     task = model_task(model)
-    counts, loss_sum, seen = [], torch.zeros((), device=device), 0
-    indices = []
-    volume_counts = None
-    if volumes is not None:
-        volumes = volumes.to(device)
-        volume_counts = torch.zeros(int(volumes.max()) + 1, *metrics.count_shape(task),
-                                    dtype=torch.long, device=device)
-    scores = scores and task.kind == "binary"  # pixel AUROC/AP: one foreground class only
-    histogram = torch.zeros(2 * metrics.SCORE_BINS, dtype=torch.long, device=device) if scores else None
-    predictions = []
-    kept: dict[int, np.ndarray] = {}
-    keep_set = set(keep)
+    tally = _Tally(task, device, collect or Collect(), threshold)
     for images, masks, index in (progress(loader) if progress is not None else loader):
         images = images.to(device, non_blocking=True)
-        if channels_last:
+        if subject.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         masks = masks.to(device, non_blocking=True)
-        if loss_fn is not None:
-            with autocast(device, amp_dtype):
-                logits = model(images)
-            loss_sum += loss_fn(logits.float(), loss_target(masks, task)) * len(images)
-            probs = predict_probs(model, images, amp_dtype, tta, logits=logits)
-        else:
-            probs = predict_probs(model, images, amp_dtype, tta)
-        seen += len(images)
-        model_probs = probs
+        model_probs = _batch_probabilities(subject, images, masks, tta, loss_fn, tally)
+        tally.seen += len(images)
+        probs = model_probs
         if masks.shape[-2:] != probs.shape[-2:]:  # native-resolution masks: score at their size
             probs = torch.nn.functional.interpolate(probs, size=masks.shape[-2:], mode="bilinear",
                                                     align_corners=False)
-        counts.append(metrics.task_confusion(probs, masks, task, threshold))
-        if volume_counts is not None:
-            volume_counts.index_add_(0, volumes[index.to(device)], counts[-1].long())
-        if histogram is not None:
-            histogram += metrics.score_histogram(probs, masks)
-        if keep_predictions:
-            predictions.append(metrics.predicted_labels(probs, task, threshold))
-        if keep_set:
-            for row, i in enumerate(index.tolist()):
-                if i in keep_set:  # a probability map; several classes: the predicted labels
-                    kept[i] = (model_probs[row, 0].float().cpu().numpy() if task.kind == "binary"
-                               else metrics.predicted_labels(model_probs[row:row + 1], task,
-                                                             threshold)[0].cpu().numpy())
-        indices.append(index)
-    masks_out = [p.numpy() for batch in predictions for p in batch.cpu()] if keep_predictions else None
-    counts = (torch.cat(counts) if counts else
-              torch.zeros((0, *metrics.count_shape(task)), dtype=torch.long, device=device))
-    if isinstance(loader.sampler, distributed.ShardSampler):  # this process's share: gather the rest
-        index = torch.cat(indices) if indices else torch.zeros(0, dtype=torch.long)
-        counts = distributed.gather_rows(counts, index, len(loader.dataset))
-        totals = distributed.all_sum(torch.stack([loss_sum, loss_sum.new_tensor(seen)]))
-        loss_sum, seen = totals[0], int(totals[1].item())
-        histogram = distributed.all_sum(histogram) if histogram is not None else None
-        volume_counts = distributed.all_sum(volume_counts) if volume_counts is not None else None
-        shares = distributed.gather_objects((kept, dict(zip(index.tolist(), masks_out or []))))
-        if shares is not None:  # rank 0: the kept maps and predicted masks of every share
-            kept = {i: p for share, _ in shares for i, p in share.items()}
-            by_index = {i: m for _, share in shares for i, m in share.items()}
-            masks_out = [by_index[i] for i in range(len(loader.dataset))] if keep_predictions else None
-        else:
-            kept, masks_out = {}, None
-    if len(counts) == 0:
+        tally.add(probs, masks, index, model_probs)
+    tally.finish()
+    if isinstance(loader.sampler, distributed.ShardSampler):  # this process's share
+        tally.gather(len(cast(Sized, loader.dataset)))
+    if len(tally.counts) == 0:
         raise SegbenchError("evaluation got an empty split")
-    return EvalResult(
-        counts=counts.cpu(),
-        loss=float(loss_sum.item() / seen) if loss_fn is not None else None,
-        kept=kept,
-        scores=histogram.cpu() if histogram is not None else None,
-        predictions=masks_out,
-        volume_counts=volume_counts.cpu() if volume_counts is not None else None,
-        task=task,
-    )
+    return tally.result(with_loss=loss_fn is not None)
+
+
+def _batch_probabilities(subject: Subject, images: torch.Tensor, masks: torch.Tensor, tta: bool,
+                         loss_fn, tally: _Tally) -> torch.Tensor:
+    """A batch's probabilities at the model's size; with `loss_fn`, its loss added to the tally
+    (from the same forward pass)."""
+    model, amp_dtype = subject.model, subject.amp_dtype
+    if loss_fn is None:
+        return predict_probs(model, images, amp_dtype, tta)
+    with autocast(subject.device, amp_dtype):
+        logits = model(images)
+    tally.loss_sum += loss_fn(logits.float(), loss_target(masks, tally.task)) * len(images)
+    return predict_probs(model, images, amp_dtype, tta, logits=logits)
 
 
 def eval_loader(dataset, batch_size: int, device: torch.device, num_workers: int = 0,
                 shard: bool = False) -> DataLoader:
-    """Batches of a split in order; with `shard`, this process's share of it (several processes)."""
-    from segbench.data.dataset import ignore_stop_signals
-
+    """Batches of a split in order; with `shard`, this process's share of it (several
+    processes)."""
     sampler = distributed.ShardSampler(len(dataset)) if shard else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler,
                       num_workers=num_workers, pin_memory=device.type == "cuda",
@@ -222,99 +306,134 @@ def write_per_volume(path: Path, counts: torch.Tensor, groups: list) -> None:
     write_atomic(path, f.getvalue())
 
 
-def test_split(model, dataset, device, *, out_dir: Path, threshold: float, tta: bool,
-               batch_size: int, amp_dtype=None, num_predictions: int = 6, groups=None,
-               channels_last: bool = False, num_workers: int = 0, surface_metrics: bool = False,
-               pixel_spacing=None, surface_workers="auto", native_masks=None, progress=None,
-               shard: bool = False) -> dict:
+# A split's masks, indexable per image: the dataset's array, or a list of native-size masks.
+Masks = np.ndarray | list[np.ndarray]
+
+
+@dataclass
+class _Test:
+    """What `test_split`'s records are written from, besides the evaluation's result."""
+
+    dataset: SegmentationDataset    # the split at the model's resolution: images, masks, ids
+    truths: Masks                   # the masks scored against (native-resolution ones or these)
+    keep: tuple[int, ...]           # the cases drawn in predictions.png
+    settings: Eval
+    out_dir: Path
+    groups: list | None             # each image's volume, on volumetric data
+    spacing: list[float] | None     # mm per pixel (None: distances in pixels)
+
+
+def test_split(subject: Subject, dataset: SegmentationDataset, settings: Eval, out_dir: Path,
+               runtime: Runtime, *,
+               groups: list | None = None, spacing: list[float] | None = None,
+               native_masks: list[np.ndarray] | None = None) -> dict:
     """Evaluate a split once and write per_case.csv, predictions.png, confusion_matrix.png (and
     per_volume.csv when `groups` name each image's volume); returns the metrics (with HD95/ASSD
-    when surface_metrics, in mm when pixel_spacing is set). With `native_masks` (the masks at
-    their size on disk) every metric is computed at that size, probabilities resized to it.
-    cases.npz keeps every case's predicted mask for the report's galleries.
-    `progress`: wraps the loader (the training run's progress bar or lines). `shard`: several
-    processes evaluate a share each; rank 0 writes and returns the metrics, the others return {}."""
-    from segbench.data.dataset import NativeMaskDataset
-    from segbench.inference.cases import save_cases
-    from segbench.viz import plot_confusion, plot_predictions
-
-    keep = tuple(np.linspace(0, len(dataset) - 1, min(num_predictions, len(dataset))).round().astype(int).tolist())
-    scored, truths = dataset, dataset.masks
+    when settings.surface_metrics, in mm when `spacing` is set). With `native_masks` (the masks
+    at their size on disk) every metric is computed at that size, probabilities resized to it.
+    cases.npz keeps every case's predicted mask for the report's galleries. With
+    `runtime.shard`, several processes evaluate a share each; rank 0 writes and returns the
+    metrics, the others return {}."""
+    keep = tuple(np.linspace(0, len(dataset) - 1, min(settings.num_predictions, len(dataset)))
+                 .round().astype(int).tolist())
+    scored: Dataset = dataset
+    truths: Masks = dataset.masks
+    batch_size = runtime.batch_size
     if native_masks is not None:
-        scored, truths, batch_size = NativeMaskDataset(dataset.images, native_masks, dataset.ids), native_masks, 1
-    result = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
-                      progress=progress,
-                      threshold=threshold, amp_dtype=amp_dtype, tta=tta, keep=keep,
-                      channels_last=channels_last, scores=True, keep_predictions=True)
+        scored, truths, batch_size = (NativeMaskDataset(dataset.images, native_masks, dataset.ids),
+                                      native_masks, 1)
+
+    def loader() -> DataLoader:
+        return eval_loader(scored, batch_size, subject.device, runtime.num_workers, runtime.shard)
+
+    result = evaluate(subject, loader(), threshold=settings.threshold, tta=settings.tta,
+                      collect=Collect(keep=keep, scores=True, keep_predictions=True),
+                      progress=runtime.progress)
     plain = None
-    if tta:  # the same split without TTA: the gallery shows the cases TTA changed most
-        plain = evaluate(model, eval_loader(scored, batch_size, device, num_workers, shard), device,
-                         threshold=threshold, amp_dtype=amp_dtype, channels_last=channels_last,
-                         keep_predictions=True)
+    if settings.tta:  # the same split without TTA: the gallery shows the cases TTA changed most
+        plain = evaluate(subject, loader(), threshold=settings.threshold,
+                         collect=Collect(keep_predictions=True))
     if not distributed.current().is_main:
         return {}
+    test = _Test(dataset, truths, keep, settings, out_dir, groups, spacing)
     if result.task != BINARY:
-        return _test_classes(result, dataset, truths, out_dir, keep, groups, surface_metrics,
-                             pixel_spacing, surface_workers, threshold, num_predictions)
+        return _test_classes(test, result)
+    return _test_binary(test, result, plain)
+
+
+def _predicted(result: EvalResult) -> list[np.ndarray]:
+    """The predicted masks of test_split's evaluation (it keeps them: keep_predictions)."""
+    assert result.predictions is not None
+    return result.predictions
+
+
+def _test_binary(test: _Test, result: EvalResult, plain: EvalResult | None) -> dict:
+    """test_split's records for one foreground class: per_case.csv (per_volume.csv), the
+    confusion matrix, the drawn cases (predictions.png, predictions.npz) and cases.npz."""
+    dataset, settings, out_dir = test.dataset, test.settings, test.out_dir
     summary = result.summary()
-    summary.update(zip(metrics.COUNT_NAMES, (int(v) for v in result.counts.sum(0).tolist()), strict=True))
+    totals = [int(v) for v in result.counts.sum(0).tolist()]
+    summary.update(zip(metrics.COUNT_NAMES, totals, strict=True))
     per_image_surface = None
-    if surface_metrics:
-        s = surface.surface_metrics(result.predictions, truths, pixel_spacing,
-                                    workers=surface_workers)
-        per_image_surface = {"hd95": s["hd95"], "assd": s["assd"]}
-        summary.update(metrics.summarize_surface(s["hd95"], s["assd"]))
-        summary["surface_seconds"] = round(s["seconds"], 3)
-        log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d thread(s); "
-                 "%d image(s) with an empty mask left out", "mm" if pixel_spacing else "pixels",
-                 len(dataset), s["seconds"], s["workers"], summary["surface_nan_count"])
-    write_per_case(out_dir / rundir.PER_CASE, dataset.ids, result.counts, groups, per_image_surface)
-    plot_confusion(summary["tp"], summary["fp"], summary["fn"], summary["tn"],
-                   out_dir / rundir.CONFUSION,
-                   f"{len(dataset)} images, threshold {threshold}{', flip TTA' if tta else ''}")
-    if groups:  # volumetric data: per-volume Dice beside the per-slice figures
-        write_per_volume(out_dir / rundir.PER_VOLUME, result.counts, list(groups))
-        summary.update(metrics.volume_summary(result.counts, groups))
+    if settings.surface_metrics:
+        per_image_surface = _binary_surface(test, result, summary)
+    write_per_case(out_dir / rundir.PER_CASE, dataset.ids, result.counts, test.groups,
+                   per_image_surface)
+    tp, fp, fn, tn = totals
+    plot_confusion(tp, fp, fn, tn, out_dir / rundir.CONFUSION,
+                   f"{len(dataset)} images, threshold {settings.threshold}"
+                   f"{', flip TTA' if settings.tta else ''}")
+    if test.groups:  # volumetric data: per-volume Dice beside the per-slice figures
+        write_per_volume(out_dir / rundir.PER_VOLUME, result.counts, list(test.groups))
+        summary.update(metrics.volume_summary(result.counts, test.groups))
+    _draw_binary_cases(test, result)
+    per_image = metrics.per_image(result.counts)  # the report's case galleries (cases.py)
+    cases = SplitCases(list(dataset.ids), result.counts.numpy(), per_image["dice"],
+                       per_image["iou"], per_image_surface["hd95"] if per_image_surface else None,
+                       _predicted(result), dataset.images, test.truths, settings.threshold,
+                       test.groups)
+    without_tta = (plain.predictions, metrics.per_image(plain.counts)["dice"]) if plain else None
+    save_cases(out_dir / rundir.CASES, cases, settings.num_predictions, plain=without_tta)
+    return summary
+
+
+def _binary_surface(test: _Test, result: EvalResult, summary: dict) -> dict[str, np.ndarray]:
+    """Every image's HD95 and ASSD; their summary added to `summary`."""
+    s = surface.surface_metrics(_predicted(result), test.truths, test.spacing,
+                                workers=test.settings.surface_workers)
+    summary.update(metrics.summarize_surface(s["hd95"], s["assd"]))
+    summary["surface_seconds"] = round(s["seconds"], 3)
+    log.info("surface metrics (HD95, ASSD in %s) of %d images: %.2fs in %d thread(s); "
+             "%d image(s) with an empty mask left out", "mm" if test.spacing else "pixels",
+             len(test.dataset), s["seconds"], s["workers"], summary["surface_nan_count"])
+    return {"hd95": s["hd95"], "assd": s["assd"]}
+
+
+def _draw_binary_cases(test: _Test, result: EvalResult) -> None:
+    """predictions.png and its thumbnails (predictions.npz) of the kept cases."""
+    dataset, keep, threshold = test.dataset, test.keep, test.settings.threshold
     dice = metrics.per_image(result.counts)["dice"]
     images = [np.asarray(dataset.images[i]) for i in keep]
     masks = [np.asarray(dataset.masks[i]) for i in keep]
     probs = [result.kept[i] for i in keep]
     plot_predictions(images, masks, probs, [f"{dataset.ids[i]}\nDice {dice[i]:.3f}" for i in keep],
-                     out_dir / rundir.PREDICTIONS, threshold)
-    save_prediction_samples(out_dir / rundir.PREDICTION_SAMPLES, [dataset.ids[i] for i in keep], images,
-                            masks, probs, dice[list(keep)], threshold)
-    per_image = metrics.per_image(result.counts)  # the report's case galleries (cases.py)
-    save_cases(out_dir / rundir.CASES, list(dataset.ids), result.counts.numpy(), per_image["dice"],
-               per_image["iou"], per_image_surface["hd95"] if per_image_surface else None,
-               result.predictions, dataset.images, truths, threshold, groups, num_predictions,
-               plain=(plain.predictions, metrics.per_image(plain.counts)["dice"]) if plain else None)
-    return summary
+                     test.out_dir / rundir.PREDICTIONS, threshold)
+    save_prediction_samples(test.out_dir / rundir.PREDICTION_SAMPLES,
+                            [dataset.ids[i] for i in keep], images, masks, probs,
+                            dice[list(keep)], threshold)
 
 
-def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_metrics: bool,
-                  pixel_spacing, surface_workers, threshold: float, num_predictions: int) -> dict:
+def _test_classes(test: _Test, result: EvalResult) -> dict:
     """test_split's records for several classes: metrics per class and their foreground mean,
     per_case.csv (and per_volume.csv) with a column per class, the prediction figure in class
     colours; cases.npz keeps the label maps the galleries colour, with the union of the
     foreground classes as each case's mask."""
-    from segbench.inference.cases import save_cases
-    from segbench.viz import plot_class_predictions
-
+    dataset, out_dir, groups = test.dataset, test.out_dir, test.groups
     task, counts = result.task, result.counts
     summary = result.summary()
     per_image_surface: dict[str, np.ndarray] = {}
-    if surface_metrics:
-        for k, name in zip(task.foreground, task.foreground_names, strict=True):
-            s = surface.surface_metrics([task.class_mask(np.asarray(p), k) for p in result.predictions],
-                                        [task.class_mask(np.asarray(t), k) for t in truths], pixel_spacing,
-                                        workers=surface_workers)
-            per_image_surface[f"hd95_{name}"], per_image_surface[f"assd_{name}"] = s["hd95"], s["assd"]
-            summary.update({f"{key}_{name}": v for key, v in
-                            metrics.summarize_surface(s["hd95"], s["assd"]).items()})
-        for key in ("hd95", "assd"):  # the foreground classes' mean of each class's mean
-            values = [summary[f"{key}_{n}"] for n in task.foreground_names]
-            ok = [v for v in values if not np.isnan(v)]
-            summary[key] = float(np.mean(ok)) if ok else float("nan")
+    if test.settings.surface_metrics:
+        per_image_surface = _class_surface(test, result, summary)
     per_image = metrics.task_per_image(counts, task)
     write_class_table(out_dir / rundir.PER_CASE, "image", dataset.ids, per_image, task,
                       groups, per_image_surface)
@@ -325,19 +444,47 @@ def _test_classes(result, dataset, truths, out_dir: Path, keep, groups, surface_
                           metrics.task_per_image(pooled, task), task)
         summary.update(metrics.volume_summary_classes(counts.numpy(), groups, task.names,
                                                       task.foreground))
+    keep = test.keep
     images = [np.asarray(dataset.images[i]) for i in keep]
-    plot_class_predictions(images, [np.asarray(truths[i]) for i in keep],
+    plot_class_predictions(images, [np.asarray(test.truths[i]) for i in keep],
                            [result.kept[i] for i in keep],
                            [f"{dataset.ids[i]}\nDice {per_image['dice'][i]:.3f}" for i in keep],
                            out_dir / rundir.PREDICTIONS, task)
-    union = [task.foreground_mask(np.asarray(p)) for p in result.predictions]
-    union_truth = [task.foreground_mask(np.asarray(t)) for t in truths]
+    _save_class_cases(test, result, per_image)
+    return summary
+
+
+def _class_surface(test: _Test, result: EvalResult, summary: dict) -> dict[str, np.ndarray]:
+    """Every image's HD95 and ASSD per foreground class; each class's summary, and the
+    foreground classes' mean of each class's mean, added to `summary`."""
+    task, out = result.task, {}
+    for k, name in zip(task.foreground, task.foreground_names, strict=True):
+        s = surface.surface_metrics([task.class_mask(np.asarray(p), k) for p in _predicted(result)],
+                                    [task.class_mask(np.asarray(t), k) for t in test.truths],
+                                    test.spacing, workers=test.settings.surface_workers)
+        out[f"hd95_{name}"], out[f"assd_{name}"] = s["hd95"], s["assd"]
+        summary.update({f"{key}_{name}": v for key, v in
+                        metrics.summarize_surface(s["hd95"], s["assd"]).items()})
+    for key in ("hd95", "assd"):  # the foreground classes' mean of each class's mean
+        values = [summary[f"{key}_{n}"] for n in task.foreground_names]
+        ok = [v for v in values if not np.isnan(v)]
+        summary[key] = float(np.mean(ok)) if ok else float("nan")
+    return out
+
+
+def _save_class_cases(test: _Test, result: EvalResult, per_image: dict) -> None:
+    """cases.npz of several classes: the union of the foreground classes as each case's mask
+    (and its counts), the label maps kept for the galleries' colours."""
+    task = result.task
+    union = [task.foreground_mask(np.asarray(p)) for p in _predicted(result)]
+    union_truth = [task.foreground_mask(np.asarray(t)) for t in test.truths]
     union_counts = np.array([[(u & t).sum(), (u & ~t).sum(), (~u & t).sum(), (~u & ~t).sum()]
                              for u, t in zip(union, union_truth, strict=True)], np.int64)
-    save_cases(out_dir / rundir.CASES, list(dataset.ids), union_counts, per_image["dice"],
-               per_image["iou"], None, union, dataset.images, union_truth, threshold, groups,
-               num_predictions, labels=(result.predictions, truths, task.spec()))
-    return summary
+    cases = SplitCases(list(test.dataset.ids), union_counts, per_image["dice"], per_image["iou"],
+                       None, union, test.dataset.images, union_truth, test.settings.threshold,
+                       test.groups)
+    save_cases(test.out_dir / rundir.CASES, cases, test.settings.num_predictions,
+               labels=(result.predictions, test.truths, task.spec()))
 
 
 def write_class_table(path: Path, key: str, ids, values: dict, task: Task, groups=None,
@@ -346,7 +493,8 @@ def write_class_table(path: Path, key: str, ids, values: dict, task: Task, group
     metric_names = ["dice", "iou", "precision", "recall"]
     columns = [*metric_names, *(f"{m}_{n}" for n in task.names for m in ("dice", "iou")),
                *(f"gt_pixels_{n}" for n in task.names), *(f"pred_pixels_{n}" for n in task.names)]
-    extra = list(surface_values or {})
+    surface_values = surface_values or {}
+    extra = list(surface_values)
     f = io.StringIO()
     w = csv.writer(f)
     w.writerow([key, *(["group"] if groups else []), *columns, *extra])
@@ -362,8 +510,6 @@ def save_prediction_samples(path: Path, ids, images, masks, probs, dice, thresho
                             max_side: int = 256) -> None:
     """The drawn test images as small thumbnails with their ground truth, probabilities (uint8)
     and Dice, so that `segbench report` can compare runs on the same images without the data."""
-    import cv2
-
     if not ids:
         return
     h, w = masks[0].shape
@@ -374,12 +520,14 @@ def save_prediction_samples(path: Path, ids, images, masks, probs, dice, thresho
         out = cv2.resize(a, size, interpolation=interp) if scale < 1 else a
         return out.reshape(size[1], size[0], -1) if a.ndim == 3 else out
 
-    arrays = dict(
+    arrays: dict[str, np.ndarray | float] = dict(
         ids=np.array(ids), dice=np.asarray(dice, np.float32), threshold=threshold,
         images=np.stack([small(np.ascontiguousarray(i), cv2.INTER_AREA) for i in images]),
-        masks=np.stack([small(np.ascontiguousarray(m, np.uint8), cv2.INTER_NEAREST) for m in masks]),
+        masks=np.stack([small(np.ascontiguousarray(m, np.uint8), cv2.INTER_NEAREST)
+                        for m in masks]),
         probs=np.stack([small(np.round(p * 255).astype(np.uint8), cv2.INTER_AREA) for p in probs]))
-    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))
+    # numpy's stub checks **kwds against allow_pickle (a bool) too: every array is refused
+    write_atomic(path, lambda f: np.savez_compressed(f, **arrays))  # type: ignore[arg-type]
 
 
 def metric_line(m: dict, prefix: str = "") -> str:
@@ -406,7 +554,8 @@ def pixel_spacing(cfg: DictConfig, native: bool = False) -> list[float] | None:
             "images it describes (segbench rescales the spacing to the training resolution); "
             "give pixel_spacing as a number or [row_mm,column_mm], or set it to null for pixels")
     if min(float(v) for v in [*spacing, *native_size]) <= 0:
-        raise SegbenchError(f"dataset.pixel_spacing {spacing} and native_size {list(native_size)} must be > 0")
+        raise SegbenchError(f"dataset.pixel_spacing {spacing} and native_size "
+                            f"{list(native_size)} must be > 0")
     if native:
         return [float(sp) for sp in spacing]
     size = (int(cfg.resolution.height), int(cfg.resolution.width))

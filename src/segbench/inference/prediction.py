@@ -22,17 +22,22 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from omegaconf import DictConfig
+from PIL import Image
 
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
 from segbench.data import image_reader
+from segbench.inference.ensembling import check_members, find_members, load_ensemble
 from segbench.inference.evaluation import eval_settings
 from segbench.inference.loop import model_task, predict_probs
+from segbench.metrics import predicted_labels
 from segbench.models import load_trained
+from segbench.progress import ItemProgress
 from segbench.runs.rundir import RunDir
 from segbench.runtime.device import autocast_dtype
 from segbench.settings import Eval
-from segbench.viz import overlay
+from segbench.viz import class_palette, colour_labels, overlay
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +49,11 @@ def list_inputs(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     if not path.is_dir():
-        raise SegbenchError(f"input={path} does not exist; pass an image file or a folder of images")
+        raise SegbenchError(f"input={path} does not exist; pass an image file or a folder of "
+                            "images")
     files = sorted(p for p in path.iterdir()
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith("."))
     if not files:
         raise SegbenchError(f"no images in {path} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return files
@@ -104,8 +111,6 @@ def predicted_mask(prob: np.ndarray, task, threshold: float) -> np.ndarray:
     uint8 label map as the task stores masks (class indices, or one bit per class)."""
     if task.kind == "binary":
         return prob >= threshold
-    from segbench.metrics import predicted_labels
-
     return predicted_labels(torch.from_numpy(prob)[None], task, threshold)[0].numpy()
 
 
@@ -137,11 +142,11 @@ class Predictor:
 
     model: torch.nn.Module
     members: list[RunDir]
-    cfg: object                 # the (first) run's config: decoding and resolution
+    cfg: DictConfig             # the (first) run's config: decoding and resolution
     settings: Eval
     device: torch.device
     amp_dtype: torch.dtype | None
-    epoch: object
+    epoch: object               # the checkpoint's epoch (an ensemble: each member's)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -165,14 +170,13 @@ def find_predictor_runs(paths: list[str]) -> list[RunDir]:
     if len(paths) == 1 and (RunDir(one).is_run() or not one.is_dir()
                             or not any(one.rglob("config.yaml"))):
         return [RunDir.open(one)]
-    from segbench.inference.ensembling import check_members, find_members
-
     members, searched = find_members(paths)
     check_members(members, same_test=False, one_configuration=searched)
     return members
 
 
-def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: dict | None) -> Predictor:
+def load_predictor(members: list[RunDir], checkpoint: str, device,
+                   given_eval: dict | None) -> Predictor:
     """The members' model on `device`, with threshold and TTA from the command line where given,
     else the runs' own (segbench.inference.evaluation.eval_settings)."""
     first = members[0]
@@ -184,8 +188,6 @@ def load_predictor(members: list[RunDir], checkpoint: str, device, given_eval: d
         epoch = state.get("epoch")
         amp_dtype = autocast_dtype(device, cfg.trainer.get("precision", "auto"))
     else:
-        from segbench.inference.ensembling import load_ensemble
-
         model, states = load_ensemble(members, checkpoint, device)
         epoch, amp_dtype = ", ".join(str(st.get("epoch")) for st in states), None
     return Predictor(model.eval(), members, cfg, settings, device, amp_dtype, epoch)
@@ -201,8 +203,6 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
     probability map) per readable file and areas.csv in `out_dir`, with progress (a bar on a
     terminal, else lines); unreadable files are skipped with a warning and listed in areas.csv
     with their error. Returns {"predicted": n, "skipped": [(file, error)], "seconds": s}."""
-    from segbench.progress import ItemProgress
-
     read_image = image_reader(predictor.cfg)  # the run's own decoding (e.g. its CT window)
     task = model_task(predictor.model)
     if task.kind != "binary" and probabilities == "png":
@@ -226,10 +226,10 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
         if batch:
             probs = predictor.probabilities([image for _, image in batch])
             for (f, image), prob in zip(batch, probs):
-                row = (write_prediction(out_dir, stems[f], f, image, prob, predictor.settings.threshold)
+                threshold = predictor.settings.threshold
+                row = (write_prediction(out_dir, stems[f], f, image, prob, threshold)
                        if task.kind == "binary" else
-                       write_labels(out_dir, stems[f], f, image, prob, task,
-                                    predictor.settings.threshold))
+                       write_labels(out_dir, stems[f], f, image, prob, task, threshold))
                 if probabilities:
                     row["probability"] = write_probability(out_dir, stems[f], prob, probabilities)
                 rows.append(row)
@@ -238,8 +238,8 @@ def predict_files(predictor: Predictor, files: list[Path], out_dir: Path, batch_
     fields = AREA_FIELDS[:-1] + (["probability"] if probabilities else []) + AREA_FIELDS[-1:]
     if task.kind != "binary":
         fields = fields[:5] + [f"pixels_{n}" for n in task.names] + fields[5:]
-    write_areas(out_dir / "areas.csv", rows + [{"image": f.name, "error": err} for f, err in skipped],
-                fields)
+    unread = [{"image": f.name, "error": err} for f, err in skipped]
+    write_areas(out_dir / "areas.csv", rows + unread, fields)
     return {"predicted": len(rows), "skipped": skipped, "seconds": seconds}
 
 
@@ -248,7 +248,8 @@ def write_prediction(out_dir: Path, stem: str, file: Path, image: np.ndarray, pr
     """One image's mask and overlay; its areas.csv row."""
     mask = (prob >= threshold).astype(np.uint8)
     write_png(out_dir / f"{stem}_mask.png", mask * 255)
-    write_png(out_dir / f"{stem}_overlay.png", (overlay(image, mask, mask) * 255).round().astype(np.uint8))
+    write_png(out_dir / f"{stem}_overlay.png",
+              (overlay(image, mask, mask) * 255).round().astype(np.uint8))
     area = int(mask.sum())
     return {"image": file.name, "width": image.shape[1], "height": image.shape[0],
             "foreground_pixels": area, "foreground_fraction": f"{area / mask.size:.6f}",
@@ -260,8 +261,6 @@ def write_labels(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: 
     """One image's label map and overlay (several classes); its areas.csv row. Multiclass: a
     palette PNG whose pixel values are the declared mask values and whose colours are the
     classes'; multilabel: one 0/255 PNG per class (`<stem>_<class>_mask.png`)."""
-    from segbench.viz import class_palette, colour_labels
-
     labels = predicted_mask(prob, task, threshold)
     row = {"image": file.name, "width": image.shape[1], "height": image.shape[0], "error": ""}
     if task.kind == "multiclass":
@@ -270,7 +269,8 @@ def write_labels(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: 
         row["mask"] = f"{stem}_mask.png"
     else:
         for k, name in enumerate(task.names):
-            write_png(out_dir / f"{stem}_{name}_mask.png", task.class_mask(labels, k).astype(np.uint8) * 255)
+            write_png(out_dir / f"{stem}_{name}_mask.png",
+                      task.class_mask(labels, k).astype(np.uint8) * 255)
         row["mask"] = f"{stem}_<class>_mask.png"
     for k, name in enumerate(task.names):
         row[f"pixels_{name}"] = int(task.class_mask(labels, k).sum())
@@ -285,8 +285,6 @@ def write_labels(out_dir: Path, stem: str, file: Path, image: np.ndarray, prob: 
 
 def write_palette_png(path: Path, values: np.ndarray, task, palette: np.ndarray) -> None:
     """A palette (P mode) PNG: pixel values are the mask values, shown in each class's colour."""
-    from PIL import Image
-
     if values.max(initial=0) > 255:
         write_png(path, values.astype(np.uint16))  # 16-bit values have no palette form
         return

@@ -159,7 +159,8 @@ def volume_summary(counts, groups) -> dict[str, float]:
     }
 
 
-def score_histogram(prob: torch.Tensor, target: torch.Tensor, bins: int = SCORE_BINS) -> torch.Tensor:
+def score_histogram(prob: torch.Tensor, target: torch.Tensor,
+                    bins: int = SCORE_BINS) -> torch.Tensor:
     """(2 * bins,) int64 counts on the inputs' device: background pixels per bin of probability
     [k / bins, (k + 1) / bins) in [0, bins), foreground pixels in [bins, 2 * bins) (p = 1 joins
     the top bin). Sum over batches, then `auroc_ap()`. bins must be a power of two."""
@@ -302,7 +303,8 @@ def class_argmax(probs: torch.Tensor) -> torch.Tensor:
     """(N, H, W) uint8 index of each pixel's largest channel (the first on a tie, as argmax).
     One comparison per class: torch's argmax over the channel dimension of an N x C x H x W
     tensor strides through memory and was 6x slower on the CPU (scripts/bench_eval_classes.py)."""
-    best, index = probs[:, 0], torch.zeros(probs[:, 0].shape, dtype=torch.uint8, device=probs.device)
+    best = probs[:, 0]
+    index = torch.zeros(probs[:, 0].shape, dtype=torch.uint8, device=probs.device)
     for c in range(1, probs.shape[1]):
         index = torch.where(probs[:, c] > best, c, index)
         best = torch.maximum(best, probs[:, c])

@@ -49,7 +49,8 @@ def distance_to(feature: torch.Tensor, method: str = "auto") -> torch.Tensor:
     feature = feature.bool()
     if method == "scipy" or (method == "auto" and feature.device.type == "cpu"):
         return _distance_scipy(feature)
-    transpose = feature.shape[-1] > feature.shape[-2]  # the quadratic pass runs over the shorter side
+    # The quadratic pass runs over the shorter side.
+    transpose = feature.shape[-1] > feature.shape[-2]
     if transpose:
         feature = feature.transpose(-1, -2)
     g = _column_distance_sq(feature)                          # (..., H, W)

@@ -68,7 +68,7 @@ def paired_comparison(candidate, baseline, *, alpha: float = 0.05, n_resamples: 
     if n == 0:
         out["verdict"] = "no common test images: not compared"
         return out
-    out["mean_diff"] = float(d.mean())
+    mean_diff = out["mean_diff"] = float(d.mean())
     out["ci_low"], out["ci_high"] = bootstrap_mean_ci(d, confidence=1 - alpha,
                                                       n_resamples=n_resamples, seed=seed)
     if nonzero == 0:
@@ -77,8 +77,8 @@ def paired_comparison(candidate, baseline, *, alpha: float = 0.05, n_resamples: 
         return out
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy notes when ties force the normal approximation
-        out["p_value"] = float(stats.wilcoxon(a[keep], b[keep]).pvalue)
-    out["verdict"] = verdict(out["p_value"], out["mean_diff"], nonzero, alpha, higher_is_better)
+        p_value = out["p_value"] = float(stats.wilcoxon(a[keep], b[keep]).pvalue)
+    out["verdict"] = verdict(p_value, mean_diff, nonzero, alpha, higher_is_better)
     return out
 
 
@@ -166,7 +166,7 @@ def hierarchical_comparison(candidate, baseline, *, alpha: float = 0.05,
     if a.shape[1] == 0:
         out["verdict"] = "no common test cases: not compared"
         return out
-    out["mean_diff"] = float(a.mean() - b.mean())
+    mean_diff = out["mean_diff"] = float(a.mean() - b.mean())
     draws = hierarchical_resamples([a, b], n_resamples=n_resamples, seed=seed)
     d = draws[:, 0] - draws[:, 1]
     tail = alpha / 2 * 100
@@ -176,8 +176,8 @@ def hierarchical_comparison(candidate, baseline, *, alpha: float = 0.05,
         out["p_value"], out["verdict"] = 1.0, "identical on every test case"
         return out
     below, above = np.count_nonzero(d <= 0), np.count_nonzero(d >= 0)
-    out["p_value"] = float(min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1)))
-    out["verdict"] = bootstrap_verdict(out["p_value"], out["mean_diff"], alpha, higher_is_better)
+    p_value = out["p_value"] = float(min(1.0, 2 * (min(below, above) + 1) / (n_resamples + 1)))
+    out["verdict"] = bootstrap_verdict(p_value, mean_diff, alpha, higher_is_better)
     return out
 
 
@@ -198,13 +198,15 @@ def single_run_verdict(p: float, mean_diff: float, nonzero: int, n: int, unit: s
     if min_wilcoxon_p(nonzero) > alpha:
         return f"too few differing {unit} ({nonzero}) for the test to reach {alpha:g}: inconclusive"
     if not p < alpha:
-        return f"no difference on these {n} {unit} at {alpha:g} (one run: seed variance not captured)"
+        return (f"no difference on these {n} {unit} at {alpha:g} (one run: seed variance not "
+                "captured)")
     better = (mean_diff > 0) == higher_is_better
     return (f"{'better' if better else 'worse'} on these {n} {unit} at {alpha:g}; one run, so "
             "seed-to-seed variance is not captured")
 
 
-def holm_verdicts(results: list[dict], *, alpha: float = 0.05, higher_is_better: bool = True) -> None:
+def holm_verdicts(results: list[dict], *, alpha: float = 0.05,
+                  higher_is_better: bool = True) -> None:
     """Add `p_holm` to each comparison of one table and re-decide its verdict on that corrected
     p: the words beside a p (Holm) never claim what it does not support. A Wilcoxon comparison
     with a `unit` ("images", "volumes": one run a side) gets single_run_verdict's words."""

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypedDict
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -81,8 +82,17 @@ def resolve_workers(spec) -> int:
     return int(spec)
 
 
+class SurfaceResult(TypedDict):
+    """`surface_metrics`' answer: per-image values, and how long they took on how many threads."""
+
+    hd95: np.ndarray
+    assd: np.ndarray
+    seconds: float
+    workers: int
+
+
 def surface_metrics(preds, truths, spacing: Sequence[float] | None = None,
-                    workers=1) -> dict[str, np.ndarray]:
+                    workers=1) -> SurfaceResult:
     """Per-image HD95 and ASSD of (N, H, W) predicted and true masks (anything > 0 is foreground).
 
     Images are shared among `workers` threads: the work is numpy array operations and KD-tree
@@ -101,4 +111,5 @@ def surface_metrics(preds, truths, spacing: Sequence[float] | None = None,
         values = [_pair(p, t, spacing) for p, t in zip(preds, truths, strict=True)]
     hd95 = np.array([v[0] for v in values], np.float64).reshape(n)
     assd = np.array([v[1] for v in values], np.float64).reshape(n)
-    return {"hd95": hd95, "assd": assd, "seconds": time.perf_counter() - started, "workers": workers}
+    return {"hd95": hd95, "assd": assd, "seconds": time.perf_counter() - started,
+            "workers": workers}

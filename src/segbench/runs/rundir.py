@@ -3,7 +3,8 @@
     <run_dir>/
       .hydra/          config.yaml, overrides.yaml, hydra.yaml (Hydra's own)
       config.yaml      the resolved config
-      status.json      running (with pid and host) | interrupted | failed (with the error) | finished
+      status.json      running (with pid and host) | interrupted | failed (with the error)
+                       | finished
       train.log        the log of every attempt
       split.json       the image ids of each split
       history.csv      one row per epoch
@@ -33,11 +34,20 @@ import os
 import re
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
+from typing import cast
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
 from segbench import SegbenchError
 from segbench.atomic import pid_alive, remove_stale_temporaries, write_atomic
+from segbench.registry import check_trusted
+
+if sys.platform != "win32":  # flock; on Windows one writer is the user's to ensure
+    import fcntl
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +79,8 @@ REPLICATE_KEYS = ("seed", "dataset.fold")
 ENSEMBLE = "ensemble.json"  # beside metrics.json in a `segbench ensemble` output
 
 # Config keys a resumed run may change; anything else must match the interrupted run.
-RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device", "trainer.num_workers",
-                     "trainer.compile",
+RESUMABLE_CHANGES = ("trainer.resume", "trainer.max_epochs", "trainer.device",
+                     "trainer.num_workers", "trainer.compile",
                      "trainer.progress", "trainer.log_every_steps", "paths.",
                      "eval.surface_", "eval.native_resolution", "eval.latency", "logger")
 
@@ -108,15 +118,13 @@ def load_yaml(path: Path):
     """A YAML file of a run directory as an OmegaConf object, refused (one line) before parsing
     when it is over MAX_YAML_BYTES or uses anchors or aliases, which segbench never writes and
     which let a small file expand to billions of nodes (a "billion laughs")."""
-    import yaml
-    from omegaconf import OmegaConf
-
     path = Path(path)
     try:
         size = path.stat().st_size
         if size > MAX_YAML_BYTES:
-            raise SegbenchError(f"{path} is {size / 2**20:.1f} MiB, over the {MAX_YAML_BYTES >> 20} "
-                                "MiB a run's YAML file may have; it is not a file segbench wrote")
+            raise SegbenchError(f"{path} is {size / 2**20:.1f} MiB, over the "
+                                f"{MAX_YAML_BYTES >> 20} MiB a run's YAML file may have; it is "
+                                "not a file segbench wrote")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SegbenchError(f"{path} is missing") from None
@@ -185,7 +193,8 @@ class RunDir:
                                 "directory (e.g. outputs/quickstart/<time>)")
         for name in needs:
             if not (run.path / name).is_file():
-                raise SegbenchError(f"{run.path} is not a segbench run directory: {name} is missing")
+                raise SegbenchError(f"{run.path} is not a segbench run directory: {name} is "
+                                    "missing")
         return run
 
     def holds_run(self) -> bool:
@@ -201,10 +210,6 @@ class RunDir:
     def read_config(self, to_build: bool = True):
         """The run's config.yaml. `to_build` (anything rebuilt from it: a model, a dataset):
         refused where it names an import path this machine's user has not allowed."""
-        from omegaconf import OmegaConf
-
-        from segbench.registry import check_trusted
-
         if not (self.path / CONFIG).is_file():
             raise SegbenchError(f"{self.path} has no {CONFIG}")
         config = load_yaml(self.path / CONFIG)
@@ -215,30 +220,27 @@ class RunDir:
     def settings(self) -> dict[str, str]:
         """The resolved config as `dotted.key -> value text`, bookkeeping left out (seed and
         fold kept: they tell repeats apart)."""
-        from omegaconf import OmegaConf
-
-        config = OmegaConf.to_container(self.read_config(to_build=False), resolve=False)
+        config = cast(dict, OmegaConf.to_container(self.read_config(to_build=False), resolve=False))
         return {k: value_text(v) for k, v in flatten(config).items() if not is_bookkeeping(k)}
 
     def name(self) -> str:
         """A short name: the folder, with its parent when the folder is a sweep's seed=N."""
         parts = self.path.resolve().parts
-        return "/".join(parts[-2:]) if parts[-1].startswith("seed=") and len(parts) > 1 else parts[-1]
+        if parts[-1].startswith("seed=") and len(parts) > 1:
+            return "/".join(parts[-2:])
+        return parts[-1]
 
     def write_config(self, config: dict) -> None:
-        from omegaconf import OmegaConf
-
         write_atomic(self.path / CONFIG, OmegaConf.to_yaml(config))
 
     def write_hydra(self, cfg, hydra_cfg) -> None:
         """.hydra/config.yaml, hydra.yaml and overrides.yaml as Hydra writes them: segbench writes
         them itself (train sets hydra.output_subdir=null) once a run is accepted."""
-        from omegaconf import OmegaConf
-
         folder = self.path / HYDRA
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-        write_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+        write_atomic(folder / "hydra.yaml",
+                     OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
         write_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(hydra_cfg.overrides.task))
 
     def status(self) -> dict:
@@ -299,9 +301,7 @@ class RunDir:
         """Hold the run directory's lock while the block runs; a SegbenchError naming the other
         process where one holds it. The lock is an flock on the directory itself: nothing is
         written for it, and the OS releases it when the process ends, even by SIGKILL."""
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): one writer is then the user's to ensure
+        if sys.platform == "win32":  # no flock: one writer is then the user's to ensure
             yield
             return
         fd = os.open(self.path, os.O_RDONLY)
@@ -356,7 +356,8 @@ class RunDir:
     def read_split(self) -> dict:
         doc = read_json(self.path / SPLIT)
         if "splits" not in doc:
-            raise SegbenchError(f"{self.path / SPLIT} holds no splits; it is not a segbench split file")
+            raise SegbenchError(f"{self.path / SPLIT} holds no splits; it is not a segbench "
+                                "split file")
         return doc
 
     def write_split(self, doc: dict) -> None:
@@ -437,7 +438,8 @@ class RunDir:
             if changes:
                 raise SegbenchError(
                     "the config differs from the run being resumed, which would mix two "
-                    "experiments: " + "; ".join(changes[:8]) + ". Resume with the run's own overrides")
+                    "experiments: " + "; ".join(changes[:8])
+                    + ". Resume with the run's own overrides")
         return "resume"
 
     def _check_same_job(self, config: dict) -> None:
@@ -466,10 +468,8 @@ class RunDir:
             return False
 
 
-def _to_dict(cfg) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg)
+def _to_dict(cfg: DictConfig) -> dict:
+    return cast(dict, OmegaConf.to_container(cfg))
 
 
 def config_changes(old: dict, new: dict) -> list[str]:
@@ -501,9 +501,7 @@ def _hold(fd: int) -> None:
 
 def lock_held(path: Path) -> bool | None:
     """Whether a process holds the lock of run directory `path` (None: locks not available)."""
-    try:
-        import fcntl
-    except ImportError:
+    if sys.platform == "win32":
         return None
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -21,6 +21,7 @@ import shlex
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.runs.rundir import write_json
 
 RECORD = "search.json"
 STUDY_FILE = "optuna.db"
@@ -54,15 +55,13 @@ def objective_value(record, path: str) -> float | None:
 
 def require_optuna():
     try:
-        import optuna
+        import optuna  # optional extra
     except ImportError:
         raise SegbenchError(f"hparams_search needs Optuna: {EXTRA}") from None
     return optuna
 
 
 def write_record(sweep_dir: Path, record: dict) -> None:
-    from segbench.runs.rundir import write_json
-
     write_json(Path(sweep_dir) / RECORD, record)
 
 

@@ -23,7 +23,10 @@ import re
 import time
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
+
+from segbench.cli_args import asks_for_help
 
 MAX_NAME = 120  # characters of one directory name before it is shortened with a hash
 RECORD = "sweep.json"  # in a sweep directory: the command that made it (found again by it)
@@ -60,6 +63,8 @@ def job_dirname(override_dirname: str, seed) -> str:
 def gpus_per_job() -> int:
     """One GPU for a launcher's job where CUDA is available, none elsewhere (a Ray task asking
     for a GPU on a machine without one would wait forever)."""
+    # Here, not at the top: this module is on the command line's path before any command runs
+    # (train's prepare(), every command's resolvers) and torch takes seconds to import.
     import torch
 
     return 1 if torch.cuda.is_available() else 0
@@ -73,8 +78,6 @@ def register_resolvers() -> None:
 
 
 def _parse(argv: list[str]):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     return OverridesParser.create().parse_overrides(
         [a for a in argv if "=" in a and not a.startswith("-")])
 
@@ -114,7 +117,8 @@ def _label(overrides, constant) -> tuple[str, str, str]:
         old_base = f"{base}/{label}"
     else:
         rest, base, old_base = named, "outputs/multirun", "outputs/multirun"
-        search = next((str(o.value()) for o in constant if o.key_or_group == "hparams_search"), None)
+        search = next((str(o.value()) for o in constant if o.key_or_group == "hparams_search"),
+                      None)
         swept = [o.key_or_group.lstrip("+~") for o in named if o.is_sweep_override()]
         label = (f"search_{search}" if search and search not in ("null", "none") else
                  "+".join(dict.fromkeys(swept)) or "seeds")
@@ -134,8 +138,6 @@ def sweep_folder(argv: list[str], overrides, constant) -> str:
     else a sweep's old command-named folder that exists, else `<label>_<today>` (`_2`, ... when
     another command took that name today), created with its sweep.json unless only a config
     is printed or help is asked for."""
-    from segbench.cli_args import asks_for_help
-
     base, label, old = _label(overrides, constant)
     key = command_key(overrides)
     root = Path(base)

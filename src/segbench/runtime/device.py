@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,13 +31,17 @@ def resolve_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise SegbenchError(f"trainer.device={spec!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise SegbenchError(f"trainer.device={spec!r} is not a device; use auto, cpu, cuda, "
+                            "cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SegbenchError("trainer.device asks for CUDA but no CUDA GPU is available; use trainer.device=auto or cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise SegbenchError(f"trainer.device={spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+        raise SegbenchError("trainer.device asks for CUDA but no CUDA GPU is available; use "
+                            "trainer.device=auto or cpu")
+    count = torch.cuda.device_count() if device.type == "cuda" else 0
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise SegbenchError(f"trainer.device={spec}: only {count} CUDA device(s) present")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise SegbenchError("trainer.device=mps but MPS is not available; use trainer.device=auto or cpu")
+        raise SegbenchError("trainer.device=mps but MPS is not available; use trainer.device=auto "
+                            "or cpu")
     return device
 
 
@@ -89,14 +94,16 @@ def set_determinism(deterministic: bool, device: torch.device) -> None:
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG states as tensors and plain values."""
-    np_state = np.random.get_state()
+    # get_state's legacy form (the default): (name, keys, position, has_gauss, cached_gauss)
+    _, keys, pos, has_gauss, cached_gauss = cast(tuple[str, np.ndarray, int, int, float],
+                                                 np.random.get_state())
     _, py_internal, py_gauss = random.getstate()
     state = {
         "python": list(py_internal),
         "python_gauss": [py_gauss is not None, 0.0 if py_gauss is None else py_gauss],
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
+        "numpy_gauss": [int(has_gauss), float(cached_gauss)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -123,4 +130,4 @@ def compile_model(model: torch.nn.Module, setting, device: torch.device) -> torc
     whose batch shapes vary."""
     if setting is False or (setting == "auto" and device.type != "cuda"):
         return model
-    return torch.compile(model)
+    return cast(torch.nn.Module, torch.compile(model))  # a module's compiled form is a module

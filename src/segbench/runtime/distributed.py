@@ -38,11 +38,17 @@ import signal
 import sys
 import uuid
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.api import SignalException
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+from torch.nn.parallel import DistributedDataParallel
 
 from segbench import SegbenchError
+from segbench.runtime.device import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +76,8 @@ class Context:
 
 _SINGLE = Context()
 _context = _SINGLE
-_control = None          # the gloo group for control messages (None: the default group is gloo)
+# The gloo group for control messages (None: the default group is gloo).
+_control: dist.ProcessGroup | None = None
 
 
 def current() -> Context:
@@ -82,7 +89,7 @@ def current() -> Context:
 def launcher_environment() -> Context | None:
     """The rank and world a launcher gave this process, or None for a lone process."""
     if os.environ.get("SUBMITIT_EXECUTOR"):  # a submitit job (SLURM or local) with several tasks
-        import submitit
+        import submitit  # optional extra
 
         if submitit.JobEnvironment().num_tasks > 1:
             env = submitit.helpers.TorchDistributedEnvironment().export(
@@ -93,8 +100,8 @@ def launcher_environment() -> Context | None:
         world = int(os.environ["WORLD_SIZE"])
         if world <= 1:
             return None
-        return Context(rank=int(os.environ["RANK"]), local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                       world_size=world,
+        return Context(rank=int(os.environ["RANK"]),
+                       local_rank=int(os.environ.get("LOCAL_RANK", 0)), world_size=world,
                        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
                        launcher="torchrun")
     return None
@@ -104,8 +111,6 @@ def setup(device_spec: str, devices) -> Context:
     """Join the process group when a launcher started several processes (one process: nothing
     to join). `devices`: trainer.devices, checked against the processes started on this node."""
     global _context, _control
-    from segbench.runtime.device import resolve_device
-
     env = launcher_environment()
     if env is None:
         return _context
@@ -129,7 +134,9 @@ def setup(device_spec: str, devices) -> Context:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
-    _control = dist.new_group(backend="gloo") if backend != "gloo" else None
+    # A group of every rank: never GroupMember.NON_GROUP_MEMBER, which new_group's type allows.
+    _control = (cast(dist.ProcessGroup, dist.new_group(backend="gloo")) if backend != "gloo"
+                else None)
     _context = Context(env.rank, env.local_rank, env.world_size, env.local_world_size,
                        env.launcher, device, backend)
     if not _context.is_main:  # rank 0 speaks for the run (until this process ends)
@@ -305,21 +312,21 @@ class ShardSampler(torch.utils.data.Sampler):
         return iter(range(self.rank, self.length, self.world_size))
 
 
-# ----------------------------------------------------------------------------- the model and the run
+# ------------------------------------------------------------------------- the model and the run
 
 def wrap(model: torch.nn.Module, sync_batchnorm: bool):
     """(model, the module to train through): DDP over `model` when several processes run, with
     batch norm synchronised across them when asked (CUDA only: PyTorch's SyncBatchNorm)."""
     if not _context.enabled:
         return model, model
-    from torch.nn.parallel import DistributedDataParallel
-
+    device = _context.device
+    assert device is not None  # setup() gives every process of several its device
     if sync_batchnorm:
-        if _context.device.type != "cuda":
+        if device.type != "cuda":
             raise SegbenchError("trainer.sync_batchnorm=true needs CUDA GPUs (PyTorch's "
                                 "SyncBatchNorm runs on GPUs only); set it to false on CPUs")
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    device_ids = [_context.device.index] if _context.device.type == "cuda" else None
+    device_ids = [device.index] if device.type == "cuda" else None
     return model, DistributedDataParallel(model, device_ids=device_ids)
 
 
@@ -391,11 +398,8 @@ def launch(nproc: int, argv: list[str], cpu: bool) -> None:
     """Run `python -m segbench <argv>` in `nproc` processes on this machine with torchrun's
     launcher (torch.distributed.launcher), inheriting this process's console; returns when they
     all finished. Ctrl-C or SIGTERM reaches each worker once (they stop together at the next
-    step). Raises SegbenchError when a worker failed, SystemExit(130) when they were interrupted."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
+    step). Raises SegbenchError when a worker failed, SystemExit(130) when they were
+    interrupted."""
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           run_id=f"segbench-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
