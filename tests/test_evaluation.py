@@ -160,26 +160,14 @@ def test_test_split_computes_surface_metrics_only_when_asked(tmp_path):
                   runtime=Runtime(batch_size=2))
     off = test_split(settings=settings(False), **common)
     assert "hd95" not in off and "hd95" not in read_rows(tmp_path / "per_case.csv")[0]
-<<<<<<< HEAD
-    px = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
-                    **common)
+    px = test_split(settings=settings(True), **common)
     rows = read_rows(tmp_path / "per_case.csv")
     assert math.isnan(float(rows[0]["hd95"])) and px["surface_nan_count"] == 1  # empty truth
     assert [float(r["hd95"]) for r in rows[2:]] == [0.0, 0.0, 0.0]  # perfect predictions
     assert float(rows[1]["hd95"]) > 0
     assert px["hd95"] == pytest.approx(float(rows[1]["hd95"]) / 4, abs=1e-5)
-    mm = test_split(Net(), dataset, torch.device("cpu"), out_dir=tmp_path, surface_metrics=True,
-                    pixel_spacing=[2.0, 2.0], **common)
+    mm = test_split(settings=settings(True), spacing=[2.0, 2.0], **common)
     assert mm["hd95"] == pytest.approx(2 * px["hd95"])
     assert mm["assd"] == pytest.approx(2 * px["assd"])
-=======
-    px = test_split(settings=settings(True), **common)
-    rows = read_rows(tmp_path / "per_case.csv")
-    assert math.isnan(float(rows[0]["hd95"])) and px["surface_nan_count"] == 1  # empty truth
-    assert [float(r["hd95"]) for r in rows[2:]] == [0.0, 0.0, 0.0]  # perfect predictions
-    assert float(rows[1]["hd95"]) > 0 and px["hd95"] == pytest.approx(float(rows[1]["hd95"]) / 4, abs=1e-5)
-    mm = test_split(settings=settings(True), spacing=[2.0, 2.0], **common)
-    assert mm["hd95"] == pytest.approx(2 * px["hd95"]) and mm["assd"] == pytest.approx(2 * px["assd"])
->>>>>>> core
     assert px["dice"] == mm["dice"] and px["fp"] == 9 + 1
     assert (tmp_path / "confusion_matrix.png").is_file()
