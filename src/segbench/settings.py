@@ -180,7 +180,9 @@ _MISSING = _Missing()
 
 
 def _show(value) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _describe(annotation) -> str:

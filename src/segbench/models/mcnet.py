@@ -41,8 +41,8 @@ class SPConv(nn.Module):
         super().__init__()
         self.split = int(in_channels * ratio)
         if not can_split(in_channels, out_channels, ratio, groups):
-            raise SegbenchError(f"SPConv cannot split {in_channels} -> {out_channels} channels with "
-                                f"ratio {ratio} into {groups} groups")
+            raise SegbenchError(f"SPConv cannot split {in_channels} -> {out_channels} channels "
+                                f"with ratio {ratio} into {groups} groups")
         self.group_wise = nn.Conv2d(self.split, out_channels, 3, padding=1, groups=groups,
                                     bias=False)
         self.point_wise = nn.Conv2d(self.split, out_channels, 1, bias=False)
