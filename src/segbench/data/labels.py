@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from segbench import SegbenchError
 from segbench.data.io import read_array
@@ -54,8 +55,6 @@ def _read_label_array(path: Path) -> np.ndarray:
     """Stored label values: a palette PNG's indices (not its colours), else the pixels."""
     path = Path(path)
     if path.suffix.lower() == ".png":
-        from PIL import Image
-
         try:
             with Image.open(path) as img:
                 if img.mode == "P":

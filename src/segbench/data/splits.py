@@ -81,7 +81,7 @@ def fold_assignment(samples: list[Sample], folds: int, seed: int) -> list[list[s
         unit = "patients" if any(s.group is not None for s in samples) else "images"
         raise SegbenchError(f"dataset.folds={folds} but the training pool has {len(groups)} "
                             f"{unit}: use at most {len(groups)} folds")
-    size = {}
+    size: dict[str, int] = {}
     for s in samples:
         key = s.group if s.group is not None else s.id
         size[key] = size.get(key, 0) + 1

@@ -36,7 +36,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
 
 def _tissue(rng: np.random.Generator, size: int, difficulty: float) -> np.ndarray:
     base = np.array([0.78, 0.36, 0.30]) + rng.normal(0, 0.05, 3)  # reddish mucosa (RGB)
-    img = np.ones((size, size, 3), np.float32) * base
+    img: np.ndarray = np.ones((size, size, 3), np.float32) * base
     folds = _smooth_noise(rng, size, 12)
     img *= (1 + 0.25 * folds)[..., None]
     fine = _smooth_noise(rng, size, 3)
@@ -118,7 +118,7 @@ def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
 
 def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.ndarray, np.ndarray]:
     """One frame: (uint8 HxWx3 RGB image, uint8 HxW labels: 0 tissue, 1 shaft, 2 tip)."""
-    img = _tissue(rng, size, difficulty)
+    img: np.ndarray = _tissue(rng, size, difficulty)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])):
         _instrument(rng, size, img, mask, difficulty)
@@ -148,7 +148,7 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         raise SegbenchError("dataset.num_train must be >= 2 and dataset.num_test >= 1")
     if image_size < 32:
         raise SegbenchError(f"dataset.image_size must be >= 32, got {image_size}")
-    params = dict(seed=seed, num_train=num_train, num_test=num_test, image_size=image_size,
+    params: dict[str, object] = dict(seed=seed, num_train=num_train, num_test=num_test, image_size=image_size,
                   difficulty=difficulty, version=GENERATOR_VERSION)
     if labels:  # binary folders keep their names (and caches) from before the multiclass mode
         params["labels"] = "tissue,shaft,tip"

@@ -6,6 +6,8 @@ mask are transformed together, masks with nearest-neighbour interpolation so the
 
 from __future__ import annotations
 
+from typing import cast
+
 import albumentations as A
 from omegaconf import DictConfig, OmegaConf
 
@@ -54,7 +56,9 @@ def build_augmentation(cfg: DictConfig | dict | None,
     """
     if cfg is None:
         return None
-    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    # A preset is a mapping (name, transforms).
+    spec = (cast(dict, OmegaConf.to_container(cfg, resolve=True)) if isinstance(cfg, DictConfig)
+            else dict(cfg))
     swapping = sorted(_types(spec.get("transforms")) & SQUARE_ONLY)
     if size is not None and size[0] != size[1] and swapping:
         raise SegbenchError(
