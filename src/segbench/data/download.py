@@ -242,7 +242,8 @@ def manual_steps(name: str, cfg: DictConfig, root: Path) -> str:
         archive = Path(urlsplit(source["url"]).path).name
         return "\n".join([
             f"Get {name} by hand:",
-            f"  1. download {source['url']}" + (f" (see {source['page']})" if source.get("page") else ""),
+            f"  1. download {source['url']}"
+            + (f" (see {source['page']})" if source.get("page") else ""),
             f"  2. save it as {root / archive}",
             f"  3. segbench download dataset={name} dataset.root={root}   (checks and unpacks it)",
             f"  4. segbench verify dataset={name} dataset.root={root}",

@@ -219,8 +219,9 @@ def write_lgg_mri(root: Path, patients: Mapping[str, int] | None = None, size: i
         writer.writerow(LGG_CSV_HEADER)
         rng = np.random.default_rng(seed)
         for patient in by_patient:
+            # 13 codes, age, race, ethnicity, death
             writer.writerow([patient, *rng.integers(1, 5, 13).tolist(), int(rng.integers(20, 80)),
-                             3, 2, int(rng.integers(0, 2))])  # 13 codes, age, race, ethnicity, death
+                             3, 2, int(rng.integers(0, 2))])
     return StandIn(Path(root), tuple(sorted(ids)), {i: (size, size) for i in ids},
                    frozenset(foreground), patients=by_patient)
 

@@ -86,8 +86,8 @@ def check_size(path: Path) -> None:
     limit = max_pixels()
     if size is not None and size[0] * size[1] > limit:
         w, h = size
-        raise TooLarge(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels), over the limit of "
-                       f"{limit} pixels; it is not decoded (it would need about "
+        raise TooLarge(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels), over the "
+                       f"limit of {limit} pixels; it is not decoded (it would need about "
                        f"{w * h * 3 / 2**30:.1f} GiB). Shrink it, or raise the limit: "
                        f"{MAX_PIXELS}=<pixels>")
 
@@ -209,7 +209,8 @@ def to_uint8_image(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:
         return np.repeat(arr, 3, axis=2)
     if channels == 1 and arr.shape[2] == 3:
         return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)[..., None]
-    raise SegbenchError(f"{path}: {arr.shape[2]} channels cannot become dataset.channels={channels}")
+    raise SegbenchError(f"{path}: {arr.shape[2]} channels cannot become "
+                        f"dataset.channels={channels}")
 
 
 def read_image(path: Path, channels: int = 3) -> np.ndarray:

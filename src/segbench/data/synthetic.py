@@ -3,8 +3,9 @@
 Each frame is textured tissue (reddish, with folds, vessels, pale patches and vignetting) with one
 to three instrument shafts entering from the border: shaded cylinders with a specular stripe,
 sometimes with open jaws at the tip. `dataset.task=multiclass` labels shaft (1) and tip (2: the
-last fifth of the shaft and the jaws) apart: configs/experiment/quickstart_multiclass.yaml. Specular spots on the tissue, blur and sensor noise make
-pixel-level thresholds fail; the shapes make it learnable. `difficulty` pushes tool colours
+last fifth of the shaft and the jaws) apart: configs/experiment/quickstart_multiclass.yaml.
+Specular spots on the tissue, blur and sensor noise make pixel-level thresholds fail; the shapes
+make it learnable. `difficulty` pushes tool colours
 toward the tissue's, adds pale tissue patches and noise.
 """
 
@@ -148,8 +149,9 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         raise SegbenchError("dataset.num_train must be >= 2 and dataset.num_test >= 1")
     if image_size < 32:
         raise SegbenchError(f"dataset.image_size must be >= 32, got {image_size}")
-    params: dict[str, object] = dict(seed=seed, num_train=num_train, num_test=num_test, image_size=image_size,
-                  difficulty=difficulty, version=GENERATOR_VERSION)
+    params: dict[str, object] = dict(seed=seed, num_train=num_train, num_test=num_test,
+                                     image_size=image_size, difficulty=difficulty,
+                                     version=GENERATOR_VERSION)
     if labels:  # binary folders keep their names (and caches) from before the multiclass mode
         params["labels"] = "tissue,shaft,tip"
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -168,7 +170,8 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         img, mask = render(np.random.default_rng(ss), image_size, difficulty)
         name = f"{'train' if i < num_train else 'test'}_{i:05d}.png"
         cv2.imwrite(str(tmp / "images" / name), img[..., ::-1])
-        cv2.imwrite(str(tmp / "masks" / name), mask if labels else (mask > 0).astype(np.uint8) * 255)
+        stored = mask if labels else (mask > 0).astype(np.uint8) * 255
+        cv2.imwrite(str(tmp / "masks" / name), stored)
     (tmp / "params.json").write_text(json.dumps(params, indent=2))
     try:
         tmp.rename(folder)

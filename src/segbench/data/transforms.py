@@ -18,7 +18,8 @@ def _build_one(spec: dict):
     spec = dict(spec)
     name = spec.pop("type", None)
     if name is None:
-        raise SegbenchError(f"augmentation entry {spec} has no `type` (an albumentations class name)")
+        raise SegbenchError(f"augmentation entry {spec} has no `type` "
+                            "(an albumentations class name)")
     if "transforms" in spec:  # OneOf / SomeOf / Sequential hold transforms of their own
         spec["transforms"] = [_build_one(t) for t in spec["transforms"]]
     cls = getattr(A, name, None)
