@@ -102,7 +102,8 @@ def _ct_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     spot = (int(s / 2 + rng.uniform(-0.05, 0.05) * s), int(cy + rng.uniform(-0.05, 0.05) * s))
     cv2.circle(hu, spot, max(1, int(s * 0.004)), float(rng.uniform(1500, 3000)), -1)
     hu = cv2.GaussianBlur(hu, (0, 0), max(0.6, s / 512))  # partial volume at the edges
-    hu += rng.normal(0, 8.0, shape)
+    # OpenCV's stubs type its result as an integer or float array; a blurred float image is float
+    hu += rng.normal(0, 8.0, shape)  # type: ignore[arg-type]
     circle = _ellipse(shape, s / 2, s / 2, s * 0.5, s * 0.5)
     if rng.random() < 0.5:                                        # padding outside the scan circle
         hu[~circle] = float(rng.integers(-2620, -1500))
@@ -298,5 +299,6 @@ def write_kvasir_instrument(root: Path, sizes: Sequence[tuple[int, int]] = KVASI
              "test": tuple(present[cut:] + absent[extra_train:])}
     for name, listed in lists.items():
         (root / f"{name}.txt").write_text("".join(f"{i}\n" for i in listed))
-    return StandIn(root, tuple(sorted(present)), dict(zip(present, (tuple(s) for s in sizes))),
+    return StandIn(root, tuple(sorted(present)),
+                   {i: (w, h) for i, (w, h) in zip(present, sizes)},
                    frozenset(present), split_files=lists)

@@ -49,9 +49,9 @@ def _tissue(rng: np.random.Generator, size: int, difficulty: float) -> np.ndarra
     # Vessels: thin dark-red curves.
     for _ in range(rng.integers(2, 6)):
         pts = np.cumsum(rng.normal(0, size / 10, (8, 2)), axis=0) + rng.uniform(0, size, 2)
-        vessel = np.zeros((size, size), np.float32)
-        cv2.polylines(vessel, [pts.astype(np.int32)], False, 1.0, thickness=max(1, size // 96))
-        vessel = cv2.GaussianBlur(vessel, (0, 0), 0.8)[..., None]
+        line = np.zeros((size, size), np.float32)
+        cv2.polylines(line, [pts.astype(np.int32)], False, 1.0, thickness=max(1, size // 96))
+        vessel = cv2.GaussianBlur(line, (0, 0), 0.8)[..., None]
         img = img * (1 - 0.35 * vessel) + np.array([0.45, 0.08, 0.10]) * 0.35 * vessel
     return img
 
@@ -135,7 +135,8 @@ def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.n
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     img *= (1 - rng.uniform(0.6, 1.0) * (xx**2 + yy**2))[..., None]
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.6 + difficulty))
-    img += rng.normal(0, 0.01 + 0.03 * difficulty, img.shape)
+    # OpenCV's stubs type its result as an integer or float array; a blurred float image is float
+    img += rng.normal(0, 0.01 + 0.03 * difficulty, img.shape)  # type: ignore[arg-type]
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
 
 
