@@ -92,11 +92,11 @@ def _inspect(read, sample: Sample) -> dict:
 class _Collect(logging.Handler):
     """The warnings the dataset module logs while listing, for the report."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 
 
