@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 # albumentations asks PyPI for a newer version on every import (up to 2 s without network, a
 # warning on an offline cluster node); a run that never touches the network is segbench's promise.
@@ -25,28 +26,30 @@ class SegbenchError(Exception):
 
 
 def config_dir() -> Path:
-    """The Hydra config tree: inside the package in a wheel, at the repository root in a checkout."""
+    """The Hydra config tree: inside the package in a wheel, at the repository root in a
+    checkout."""
     packaged = Path(__file__).resolve().parent / "configs"
     if packaged.is_dir():
         return packaged
     checkout = Path(__file__).resolve().parents[2] / "configs"
     if checkout.is_dir():
         return checkout
-    raise SegbenchError(
-        f"segbench's config tree is missing (looked in {packaged} and {checkout}); reinstall segbench"
-    )
+    raise SegbenchError(f"segbench's config tree is missing (looked in {packaged} and "
+                        f"{checkout}); reinstall segbench")
 
 
 _API = ("train", "evaluate", "predict", "load_run", "Run")
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _API:
+        # On first use: segbench.api imports this package (a cycle at import time) and, for
+        # the Python API's users only, more of segbench.
         from segbench import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'segbench' has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted([*globals(), *_API])

@@ -15,6 +15,7 @@ from a notebook:
 from __future__ import annotations
 
 import contextlib
+import csv
 import logging
 import math
 import os
@@ -22,8 +23,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any, cast
 
-from segbench import SegbenchError
+import numpy as np
+
+from segbench import SegbenchError, commands
+from segbench.commands.train import prepare
+from segbench.runs.rundir import PER_CASE, RunDir
+
+# torch, Hydra, OmegaConf and the segbench modules that import them load inside the functions
+# that use them: `import segbench` loads this module on first use of segbench.train & co., and
+# `segbench.train(...)` pays for Hydra only when it runs (tests/test_api.py).
 
 __all__ = ["Run", "evaluate", "load_run", "predict", "train"]
 
@@ -54,10 +64,6 @@ class Run:
     def per_case(self):
         """The test metrics per image (per_case.csv): a pandas DataFrame when pandas is
         installed, else a list of dicts (numbers as numbers); empty before the run finished."""
-        import csv
-
-        from segbench.runs.rundir import PER_CASE
-
         path = Path(self.path) / PER_CASE
         rows = []
         if path.is_file():
@@ -65,7 +71,7 @@ class Run:
                 rows = [{k: _number(v) if k not in ("image", "group", "volume") else v
                          for k, v in row.items()} for row in csv.DictReader(f)]
         try:
-            import pandas
+            import pandas  # optional: not a dependency of segbench
         except ImportError:
             return rows
         return pandas.DataFrame(rows)
@@ -73,7 +79,6 @@ class Run:
     def load_model(self, checkpoint: str = "best", device: str = "cpu"):
         """The run's model with `checkpoint` (best | last) loaded, in eval mode."""
         from segbench.models import load_trained
-        from segbench.runs.rundir import RunDir
 
         model, _, _ = load_trained(RunDir.open(self.path), checkpoint, device)
         return model.eval()
@@ -88,12 +93,11 @@ def load_run(run_dir: str | os.PathLike) -> Run:
     and status; SegbenchError if it is not a run directory."""
     from omegaconf import OmegaConf
 
-    from segbench.runs.rundir import RunDir
-
-    run = RunDir.open(run_dir)
+    run = RunDir.open(os.fspath(run_dir))
     history = [{k: _number(v) for k, v in row.items()} for row in run.read_history()]
-    return Run(run.path.resolve(), OmegaConf.to_container(run.read_config(to_build=False), resolve=True), history,
-               run.read_metrics(), run.status())
+    # A run's config.yaml is a mapping.
+    config = cast(dict, OmegaConf.to_container(run.read_config(to_build=False), resolve=True))
+    return Run(run.path.resolve(), config, history, run.read_metrics(), run.status())
 
 
 def _number(text):
@@ -103,7 +107,8 @@ def _number(text):
         value = float(text)
     except (TypeError, ValueError):
         return text
-    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text).lower() else value
+    written_as_int = "." not in str(text) and "e" not in str(text).lower()
+    return int(value) if value.is_integer() and written_as_int else value
 
 
 def overrides(args: Sequence[str] | None = None, kwargs: dict | None = None) -> list[str]:
@@ -158,15 +163,13 @@ def _isolated():
             if handler not in root.handlers:
                 root.addHandler(handler)
         root.setLevel(level)
-        from hydra.core.global_hydra import GlobalHydra
+        from hydra.core.global_hydra import GlobalHydra  # Hydra is loaded by now: it ran
 
         GlobalHydra.instance().clear()
 
 
 def _run(name: str, argv: list[str]) -> list[tuple[str, object]]:
     """A command through the CLI's own steps (numeric choices quoted, prepare(), Hydra)."""
-    from segbench import commands
-
     argv = commands.prepare_argv(name, argv)
     with _isolated():
         try:
@@ -176,7 +179,8 @@ def _run(name: str, argv: list[str]) -> list[tuple[str, object]]:
         except SystemExit as stop:
             if stop.code == 130:
                 raise KeyboardInterrupt(f"segbench {name} was interrupted") from None
-            raise SegbenchError(f"segbench {name} stopped (exit code {stop.code}); see its log above") from None
+            raise SegbenchError(f"segbench {name} stopped (exit code {stop.code}); "
+                                "see its log above") from None
         except Exception as err:
             from hydra.errors import HydraException
             from omegaconf.errors import OmegaConfBaseException
@@ -194,12 +198,11 @@ def _sweep_dir(argv: list[str]) -> Path | None:
     return None
 
 
-def train(args: Sequence[str] | None = None, /, *, multirun: bool = False, **kwargs) -> Run | list[Run]:
+def train(args: Sequence[str] | None = None, /, *, multirun: bool = False,
+          **kwargs: Any) -> Run | list[Run]:
     """`segbench train <overrides>`: one run (its `Run`), or with `multirun=True` a sweep (a
     `Run` per job directory, in job order). Output directories are the CLI's (outputs/...
     under the working directory, or hydra.run.dir / hydra.sweep.dir)."""
-    from segbench.commands.train import prepare
-
     argv = overrides(args, kwargs)
     if multirun:
         argv = ["-m", *argv]
@@ -209,7 +212,8 @@ def train(args: Sequence[str] | None = None, /, *, multirun: bool = False, **kwa
         if sweep is not None and sweep.is_dir():  # jobs in other processes (parallel launchers)
             from segbench.report import find_run_dirs
 
-            dirs += [d for d in find_run_dirs(sweep) if d.resolve() not in {x.resolve() for x in dirs}]
+            known = {x.resolve() for x in dirs}
+            dirs += [d for d in find_run_dirs(sweep) if d.resolve() not in known]
         return [load_run(d) for d in dirs if (d / "config.yaml").is_file()]
     results = _run("train", argv)
     if not results:
@@ -222,7 +226,7 @@ def evaluate(run_dir: str | os.PathLike, args: Sequence[str] | None = None, /, *
     <run_dir>/eval/<time>/metrics.json (keys: split, checkpoint, threshold, ..., test or val)."""
     results = _run("eval", [f"run_dir={os.fspath(run_dir)}", *overrides(args, kwargs)])
     out_dir, result = results[-1]
-    return {**result, "output_dir": str(out_dir)}
+    return {**cast(dict, result), "output_dir": str(out_dir)}  # eval's run() returns its record
 
 
 def predict(run_dir: str | os.PathLike, images, output: str | os.PathLike | None = None, /, *,
@@ -250,18 +254,16 @@ def predict(run_dir: str | os.PathLike, images, output: str | os.PathLike | None
         if probabilities:
             argv.append(f"predict.probabilities={_value(probabilities)}")
         _, result = _run("predict", argv)[-1]
-        return {**result, "output": str(Path(output).resolve())}
+        # predict's run() returns its record
+        return {**cast(dict, result), "output": str(Path(output).resolve())}
     return _predict_arrays(run_dir, list(images), checkpoint, device, threshold, tta,
                            bool(probabilities))
 
 
 def _predict_arrays(run_dir, images: Iterable, checkpoint, device, threshold, tta,
                     probabilities: bool = False) -> list:
-    import numpy as np
-
     from segbench.inference.loop import model_task
     from segbench.inference.prediction import load_predictor, predicted_mask
-    from segbench.runs.rundir import RunDir
     from segbench.runtime.device import resolve_device
 
     run = RunDir.open(run_dir)

@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, cast
 
 from segbench import faults
 
@@ -35,9 +35,10 @@ class _Recorder:
     turn it into their own RuntimeError) and holds the `write:<name>` fault point."""
 
     def __init__(self, f: BinaryIO, name: str):
-        self._f, self._name, self.error, self._first = f, name, None, True
+        self._f, self._name, self._first = f, name, True
+        self.error: OSError | None = None
 
-    def write(self, data) -> int:
+    def write(self, data: bytes) -> int:
         try:
             if self._first:
                 self._first = False
@@ -47,7 +48,7 @@ class _Recorder:
             self.error = err
             raise
 
-    def __getattr__(self, attr):
+    def __getattr__(self, attr: str) -> Any:
         return getattr(self._f, attr)
 
 
@@ -60,7 +61,7 @@ def write_atomic(path: Path, data: bytes | str | Callable[[BinaryIO], None]) -> 
         with open(tmp, "wb") as f:
             recorder = _Recorder(f, path.name)
             if callable(data):
-                data(recorder)
+                data(cast(BinaryIO, recorder))  # a binary file to its writer (see _Recorder)
             else:
                 recorder.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -123,7 +124,8 @@ def fresh_dir(path: Path, limit: int = 1000) -> Path:
             return candidate
         except FileExistsError:
             continue
-    raise FileExistsError(errno.EEXIST, f"{limit} folders named {path.name}-<n> exist already", str(path))
+    raise FileExistsError(errno.EEXIST, f"{limit} folders named {path.name}-<n> exist already",
+                          str(path))
 
 
 def holds_files(folder: Path, ignore: tuple[str, ...] = ()) -> bool:
@@ -151,7 +153,7 @@ def pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files of atomic writes in `folder` whose process is gone (a kill
     during a write leaves one, as large as the file being written); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(Path(folder).iterdir())
     except OSError:
@@ -182,4 +184,5 @@ def os_error_message(err: BaseException, where: str = "") -> str | None:
         return None
     what, fix = KNOWN_OS_ERRORS[err.errno]
     name = f" writing {err.filename}" if err.filename else ""
-    return f"{what}{name} ([Errno {err.errno}] {err.strerror}): {fix}" + (f" ({where})" if where else "")
+    return (f"{what}{name} ([Errno {err.errno}] {err.strerror}): {fix}"
+            + (f" ({where})" if where else ""))

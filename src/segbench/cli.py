@@ -3,15 +3,18 @@
 The command word is taken off argv before Hydra parses the rest, so every Hydra form works as
 written: `segbench train model=unetpp optimizer=radam`, `segbench train -m seed=0,1,2`,
 `segbench train --cfg job`, `segbench train --help`. Commands live in segbench.commands and are
-imported by name; nothing heavy (torch, smp) is imported before a command runs.
+imported by name; nothing heavy (torch, smp, Hydra) is imported before a command runs.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 
-from segbench import SegbenchError, __version__
+from segbench import SegbenchError, __version__, commands
+from segbench.cli_args import has_flag
+from segbench.suggest import closest
 
 EXAMPLES = """examples:
   segbench train experiment=quickstart
@@ -28,8 +31,6 @@ EXAMPLES = """examples:
 
 
 def usage() -> str:
-    from segbench import commands
-
     modules = {name: commands.load(name) for name in commands.NAMES}
     width = max(len(name) for name in modules)
     lines = ["usage: segbench <command> [hydra overrides] [-m] [--cfg job] [--help]",
@@ -49,9 +50,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _main(argv: list[str]) -> None:
-    from segbench import commands
-    from segbench.cli_args import has_flag
-
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
         raise SystemExit(0 if argv else 2)
@@ -60,12 +58,11 @@ def _main(argv: list[str]) -> None:
         raise SystemExit(0)
     if any(a.startswith("install=") or a.startswith("uninstall=") for a in argv) and \
             has_flag(argv, "--shell-completion", "-sc"):
-        print(completion_script(commands.NAMES, uninstall=any(a.startswith("uninstall=") for a in argv)))
+        uninstall = any(a.startswith("uninstall=") for a in argv)
+        print(completion_script(commands.NAMES, uninstall=uninstall))
         raise SystemExit(0)
     name, rest = argv[0], argv[1:]
     if name not in commands.NAMES:
-        from segbench.suggest import closest
-
         near = closest(name, commands.NAMES, 1)
         guess = f"; did you mean {near[0]}?" if near else ""
         print(f"segbench: unknown command {name!r}{guess}\n\n{usage()}", file=sys.stderr)
@@ -91,12 +88,15 @@ def _main(argv: list[str]) -> None:
         raise SystemExit(130) from None
 
 
-def completion_script(names, uninstall: bool = False) -> str:
+def completion_script(names: Iterable[str], uninstall: bool = False) -> str:
     """Bash (and zsh with bashcompinit) completion for `segbench`: command names first, then
     each command's config groups, options and values from Hydra's own completion.
     `eval "$(segbench --shell-completion install=bash)"`"""
     if uninstall:
         return "complete -r segbench 2> /dev/null"
+    # Hydra's completion of one command's overrides (the command word is words[1]).
+    hydra_query = ("COMP_POINT=$COMP_POINT COMP_LINE=$COMP_LINE segbench ${words[1]} "
+                   "-sc query=bash 2> /dev/null")
     return f"""_segbench_completion()
 {{
     local words=($COMP_LINE)
@@ -109,7 +109,7 @@ def completion_script(names, uninstall: bool = False) -> str:
         return
     fi
     local choices
-    choices=$(COMP_POINT=$COMP_POINT COMP_LINE=$COMP_LINE segbench ${{words[1]}} -sc query=bash 2> /dev/null)
+    choices=$({hydra_query})
     COMPREPLY=($(compgen -o nospace -o default -W "$choices" -- "$word"))
 }}
 COMP_WORDBREAKS=${{COMP_WORDBREAKS//=}}

@@ -7,6 +7,8 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 from segbench import SegbenchError, config_dir
 from segbench.suggest import check_encoder, closest
 
@@ -95,8 +97,7 @@ def check_group_choices(argv: list[str]) -> None:
         unknown = [n for n in names if n and not (root / group / f"{n}.yaml").is_file()]
         if unknown:
             options = sorted((p.relative_to(root / group).with_suffix("").as_posix()
-                              for p in (root / group).rglob("*.yaml")),
-                             key=lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)])
+                              for p in (root / group).rglob("*.yaml")), key=_natural_order)
             hint = ""
             if group == "resolution" and unknown[0].isdigit():
                 hint = (f"; for another size set resolution.height={unknown[0]} "
@@ -106,6 +107,11 @@ def check_group_choices(argv: list[str]) -> None:
             raise SegbenchError(
                 f"{group}={unknown[0]}: no such option in configs/{group}/; {guess}choose one of "
                 f"{', '.join(options)}{hint} (or add your own: docs/extending.md)")
+
+
+def _natural_order(name: str) -> list[int | str]:
+    """A sort key that puts `resolution=96` before `resolution=128`."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
 def check_encoders(argv: list[str]) -> None:
@@ -125,8 +131,6 @@ def _yaml_keys(path: Path) -> tuple[list[str], list[str]]:
     """(top-level keys, config groups of the defaults list and keys holding settings) of a
     config file, read as plain YAML (no Hydra composition: this answers before anything heavy
     loads)."""
-    import yaml
-
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError):
@@ -196,8 +200,11 @@ def worker_argv(argv: list[str]) -> list[str]:
     return argv[:at] + ["hydra.run.dir=.", "hydra.output_subdir=null"] + argv[at:]
 
 
-REQUIRED_HELP = {"run_dir": "a training run directory", "runs": "a folder of runs, or run directories", "dir": "a sweep or a folder of runs",
-                 "input": "an image file or a folder of images", "output": "a folder for the masks"}
+REQUIRED_HELP = {"run_dir": "a training run directory",
+                 "runs": "a folder of runs, or run directories",
+                 "dir": "a sweep or a folder of runs",
+                 "input": "an image file or a folder of images",
+                 "output": "a folder for the masks"}
 
 
 def quote_list(key: str, values: list[str]) -> str:
@@ -236,7 +243,8 @@ def path_arguments(positional: str, quoted: tuple[str, ...] = (), required: tupl
                                     f"{positional}=<{REQUIRED_HELP.get(positional, positional)}>")
             out.append(arg)
         if paths:
-            out.insert(0, quote_list(positional, paths) if len(paths) > 1 else quote(positional, paths[0]))
+            out.insert(0, quote_list(positional, paths) if len(paths) > 1
+                       else quote(positional, paths[0]))
         if asks_for_help(out):
             return out
         for key in (positional, *required):

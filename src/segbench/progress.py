@@ -14,9 +14,20 @@ from __future__ import annotations
 import logging
 import math
 import shlex
+import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 log = logging.getLogger("segbench.progress")
 
@@ -37,12 +48,16 @@ def duration(seconds: float | None) -> str:
 class SweepState:
     """Where a sweep is, shared by the callback, the sweeper and the runs of this process."""
 
-    job: int | None = None          # 1-based number of the running job
-    total: int | None = None        # jobs in the sweep, when known
-    offset: int = 0                 # jobs an earlier attempt finished (a resumed search)
+    job: int | None = None  # 1-based number of the running job
+    total: int | None = None  # jobs in the sweep, when known
+    offset: int = 0  # jobs an earlier attempt finished (a resumed search)
     durations: list[float] = field(default_factory=list)  # seconds of jobs that trained
     job_started: float = 0.0
-    trained: bool = False           # whether the running job trains (a finished one is skipped)
+    trained: bool = False  # whether the running job trains (a finished one is skipped)
+
+    def reset(self) -> None:
+        """Back to the state of a new SweepState (no sweep running)."""
+        vars(self).update(vars(SweepState()))
 
     def active(self) -> bool:
         return self.job is not None
@@ -68,23 +83,14 @@ class SweepState:
 SWEEP = SweepState()
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a core dependency
-    Callback = object
-
-
 class SweepProgress(Callback):
     """Hydra callback: "job k of n" and the sweep's ETA at the start of each job of a sweep."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        SWEEP.__init__()
+        SWEEP.reset()
         SWEEP.total = sweep_size(config)
 
     def on_job_start(self, config, **kwargs) -> None:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             return
         SWEEP.job = SWEEP.offset + int(config.hydra.job.num) + 1
@@ -106,7 +112,7 @@ class SweepProgress(Callback):
             SWEEP.durations.append(time.monotonic() - SWEEP.job_started)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        SWEEP.__init__()
+        SWEEP.reset()
         if config.hydra.job.name == "train":  # where it went, and the next step, exactly
             folder = Path(str(config.hydra.sweep.dir))
             log.info("sweep finished: %s\nreport: segbench report %s", folder.absolute(),
@@ -116,8 +122,6 @@ class SweepProgress(Callback):
 def sweep_size(config) -> int | None:
     """Jobs in a sweep: the basic sweeper's cross product of its overrides and params, a
     search's n_trials; None when the sweeper does not say."""
-    from omegaconf import OmegaConf
-
     sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
     if sweeper is None:
         return None
@@ -126,12 +130,10 @@ def sweep_size(config) -> int | None:
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return None
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         params = sweeper.get("params") or {}
         lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(lines), None)
+        parsed = OverridesParser.create().parse_overrides(lines)
+        batches = BasicSweeper.split_arguments(parsed, None)
         return sum(len(b) for b in batches)
     except Exception:  # glob() and other sweeps that need the config tree: unknown
         return None
@@ -148,20 +150,17 @@ class RunProgress:
         self.epoch, self.step, self.phase_name = first_epoch, 0, "train"
         self.phase_step = self.phase_steps = 0
         self.loss: float | None = None
-        self.train_seconds = 0.0       # measured in this attempt: training steps ...
+        self.train_seconds = 0.0  # measured in this attempt: training steps ...
         self.train_done = 0
-        self.eval_seconds = 0.0        # ... and validation/test steps
+        self.eval_seconds = 0.0  # ... and validation/test steps
         self.eval_done = 0
         self.epoch_images = 0
         self.epoch_seconds = 0.0
         self.last_line = time.monotonic()
         SWEEP.trained = True
-        self.bar = None
-        self._redirect = None
+        self.bar: tqdm | None = None
+        self._redirect: AbstractContextManager[None] | None = None
         if bar:
-            from tqdm.auto import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
             epochs = max(0, max_epochs - first_epoch + 1)
             self.bar = tqdm(total=epochs * (train_steps + val_steps) + test_steps, leave=False,
                             dynamic_ncols=True, unit="step",
@@ -183,7 +182,7 @@ class RunProgress:
     def eta(self) -> float | None:
         """Seconds left in this run (training, validation and the test), from measured rates."""
         per_train, per_eval = self._per_train_step(), self._per_eval_step()
-        if per_train is None:
+        if per_train is None or per_eval is None:
             return None
         epochs_after = self.max_epochs - self.epoch
         train_left = epochs_after * self.train_steps
@@ -218,11 +217,16 @@ class RunProgress:
             out.append(f"sweep ETA {duration(sweep_eta)}")
         return out
 
+    def _head(self) -> str:
+        """`[job k of n  ]epoch e/E`, or `test` in the final test."""
+        if self.phase_name == "test":
+            return f"{SWEEP.prefix()}test"
+        return f"{SWEEP.prefix()}epoch {self.epoch}/{self.max_epochs}"
+
     def _report(self, force: bool = False) -> None:
         now = time.monotonic()
         if self.bar is not None:
-            self.bar.set_description_str(f"{SWEEP.prefix()}epoch {self.epoch}/{self.max_epochs}"
-                                         if self.phase_name != "test" else f"{SWEEP.prefix()}test")
+            self.bar.set_description_str(self._head())
             self.bar.set_postfix_str(", ".join(self._fields()), refresh=False)
             self.bar.update(1)
             return
@@ -231,9 +235,7 @@ class RunProgress:
             due = True
         if due:
             self.last_line = now
-            head = f"{SWEEP.prefix()}epoch {self.epoch}/{self.max_epochs}" \
-                if self.phase_name != "test" else f"{SWEEP.prefix()}test"
-            log.info("%s  %s", head, "  ".join(self._fields()))
+            log.info("%s  %s", self._head(), "  ".join(self._fields()))
 
     # ------------------------------------------------------------------ hooks
 
@@ -274,7 +276,8 @@ class RunProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-            self._redirect.__exit__(None, None, None)
+            if self._redirect is not None:
+                self._redirect.__exit__(None, None, None)
             self.bar = None
 
 
@@ -286,16 +289,12 @@ class ItemProgress:
 
     def __init__(self, total: int, *, what: str = "images", label: str = "predict",
                  bar: bool | None = None, interval_s: float = 10.0):
-        import sys
-
         self.total, self.what, self.label, self.interval_s = total, what, label, interval_s
         self.done, self.started = 0, time.monotonic()
         self.last_line: float | None = None
-        self.bar = self._redirect = None
+        self.bar: tqdm | None = None
+        self._redirect: AbstractContextManager[None] | None = None
         if sys.stderr.isatty() if bar is None else bar:
-            from tqdm.auto import tqdm
-            from tqdm.contrib.logging import logging_redirect_tqdm
-
             self.bar = tqdm(total=total, leave=False, dynamic_ncols=True, unit=what[:-1] or what,
                             desc=label)
             self._redirect = logging_redirect_tqdm()
@@ -309,8 +308,9 @@ class ItemProgress:
         rate = self.rate()
         eta = (self.total - self.done) / rate if rate else None
         pct = 100 * self.done / self.total if self.total else 100.0
+        unit = "img" if self.what == "images" else self.what
         return (f"{self.label}  {self.done}/{self.total} {self.what} ({pct:.0f}%)"
-                + (f"  {rate:.1f} {'img' if self.what == 'images' else self.what}/s" if rate else "")
+                + (f"  {rate:.1f} {unit}/s" if rate else "")
                 + f"  ETA {duration(eta)}")
 
     def update(self, n: int) -> None:
@@ -319,7 +319,8 @@ class ItemProgress:
             self.bar.update(n)
             return
         now = time.monotonic()
-        if self.last_line is None or now - self.last_line >= self.interval_s or self.done >= self.total:
+        if (self.last_line is None or now - self.last_line >= self.interval_s
+                or self.done >= self.total):
             self.last_line = now
             log.info("%s", self.line())
 
@@ -327,6 +328,7 @@ class ItemProgress:
         """Closes the bar; returns the seconds taken."""
         if self.bar is not None:
             self.bar.close()
-            self._redirect.__exit__(None, None, None)
+            if self._redirect is not None:
+                self._redirect.__exit__(None, None, None)
             self.bar = None
         return time.monotonic() - self.started

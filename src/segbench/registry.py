@@ -28,7 +28,9 @@ import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
+
+from omegaconf import OmegaConf
 
 from segbench import SegbenchError, config_dir
 from segbench.suggest import closest
@@ -43,8 +45,8 @@ class Registry:
     """
 
     def __init__(self, kind: str, group: str | None = None):
-        self.kind = kind                       # "model", "loss", ... for messages
-        self.group = group or kind             # its config group: configs/<group>/<name>.yaml
+        self.kind = kind  # "model", "loss", ... for messages
+        self.group = group or kind  # its config group: configs/<group>/<name>.yaml
         self._entries: dict[str, Callable | str] = {}
         self._meta: dict[str, dict] = {}
         self._defaults: dict[str, dict] = {}
@@ -74,7 +76,8 @@ class Registry:
             raise SegbenchError(f"unknown {self.kind} {name!r}; "
                                 + (f"did you mean {near[0]!r}? " if near else "")
                                 + f"available: {', '.join(self.names())}"
-                                f" (or a {self.group} config with a _target_: see docs/extending.md)")
+                                f" (or a {self.group} config with a _target_: "
+                                "see docs/extending.md)")
         entry = self._entries[name]
         if isinstance(entry, str):
             entry = self._entries[name] = import_object(entry)
@@ -86,10 +89,12 @@ class Registry:
         target = kwargs.pop("_target_", None)
         name = kwargs.pop("name", None)
         if target:
-            return str(name or target), import_object(str(target), f"{self.group}._target_"), kwargs
+            factory = import_object(str(target), f"{self.group}._target_")
+            return str(name or target), factory, kwargs
         if name is None:
             raise SegbenchError(f"the {self.group} config names no {self.kind}: give "
-                                f"{self.group}.name (one of {', '.join(self.names())}) or a _target_")
+                                f"{self.group}.name (one of {', '.join(self.names())}) "
+                                "or a _target_")
         factory = self.get(str(name))
         return str(name), factory, {**self.defaults(str(name)), **kwargs}
 
@@ -98,10 +103,10 @@ class Registry:
         that names an entry without all its options (a nested loss, a call from Python) is
         completed from there."""
         if name not in self._defaults:
-            from omegaconf import OmegaConf
-
             path = config_dir() / self.group / f"{name}.yaml"
-            found = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {}
+            # A group's option file is a mapping of options.
+            found = (cast(dict, OmegaConf.to_container(OmegaConf.load(path)))
+                     if path.is_file() else {})
             self._defaults[name] = {k: v for k, v in found.items() if k not in ("name", "_target_")
                                     and not (isinstance(v, str) and "${" in v)}
         return dict(self._defaults[name])
@@ -111,8 +116,10 @@ class Registry:
         (e.g. an optimizer's parameters); `context` entries go to factories that name them as a
         parameter (e.g. a loss that needs the training masks) and are dropped for the others."""
         label, factory, kwargs = self.resolve(spec)
-        offered = {k: v for k, v in (context or {}).items() if accepts(factory, k) and k not in kwargs}
-        check_options(factory, kwargs, f"{self.kind} {label}", self.group, given=(*fixed, *offered))
+        offered = {k: v for k, v in (context or {}).items()
+                   if accepts(factory, k) and k not in kwargs}
+        check_options(factory, kwargs, f"{self.kind} {label}", self.group,
+                      given=(*fixed, *offered))
         try:
             return factory(**fixed, **kwargs, **offered)
         except SegbenchError:
@@ -127,7 +134,8 @@ TRUSTED_MODULES = "SEGBENCH_TRUSTED_MODULES"  # this machine's user's allowed im
 def trusted_prefixes() -> list[str]:
     """The module prefixes this machine's user allows a run directory to name (comma, colon or
     space separated, e.g. `SEGBENCH_TRUSTED_MODULES=mylab,otherlab.models`)."""
-    return [p.strip(".") for p in re.split(r"[,:\s]+", os.environ.get(TRUSTED_MODULES, "")) if p.strip(".")]
+    given = re.split(r"[,:\s]+", os.environ.get(TRUSTED_MODULES, ""))
+    return [p.strip(".") for p in given if p.strip(".")]
 
 
 def is_trusted(path: str) -> bool:
@@ -136,8 +144,9 @@ def is_trusted(path: str) -> bool:
 
 def import_paths(doc, prefix: str = "") -> list[tuple[str, str]]:
     """(dotted key, value) of every `_target_` anywhere in a config tree (dicts and lists)."""
-    found = []
-    items = doc.items() if isinstance(doc, Mapping) else enumerate(doc) if isinstance(doc, list) else ()
+    found: list[tuple[str, str]] = []
+    items = (doc.items() if isinstance(doc, Mapping)
+             else enumerate(doc) if isinstance(doc, list) else ())
     for key, value in items:
         where = f"{prefix}{key}"
         if str(key) == "_target_":
@@ -154,9 +163,10 @@ def check_trusted(doc, source: str) -> None:
         if not is_trusted(path):
             top = path.split(".")[0]
             raise SegbenchError(
-                f"{source}: {key}={path} is an import path, and segbench does not import code named "
-                f"by a run directory (it could run anything); if you trust it, allow its package on "
-                f"this machine: export {TRUSTED_MODULES}={top} (see docs/guarantees.md)")
+                f"{source}: {key}={path} is an import path, and segbench does not import code "
+                f"named by a run directory (it could run anything); if you trust it, allow its "
+                f"package on this machine: export {TRUSTED_MODULES}={top} "
+                "(see docs/guarantees.md)")
 
 
 def import_object(path: str, key: str = "_target_"):
@@ -205,7 +215,8 @@ def check_options(factory: Callable, kwargs: Mapping, label: str, group: str,
 def _check_unknown(params, kwargs, label, group, given) -> None:
     unknown = sorted(set(kwargs) - set(params))
     if unknown:
-        options = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        options = [n for n, p in params.items()
+                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                    and n not in ("self", "context", *given)]
         raise SegbenchError(f"{label} has no option {', '.join(unknown)}; its options: "
                             f"{', '.join(options) or '(none)'} (see configs/{group}/)")

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -20,70 +21,80 @@ from segbench import SegbenchError
 from segbench.task import task_of
 
 
-def _rule(predicate, allowed: str):
-    return field(metadata={"check": (predicate, allowed)})
+def _rule(predicate: Callable[[Any], bool], allowed: str) -> dict[str, Any]:
+    """A field's metadata: `check=(predicate, "what is allowed")`."""
+    return {"check": (predicate, allowed)}
 
 
-def _positive(allowed="an integer >= 1"):
+def _positive(allowed: str = "an integer >= 1") -> dict[str, Any]:
     return _rule(lambda v: v >= 1, allowed)
 
 
-def _non_negative(allowed="a number >= 0"):
+def _non_negative(allowed: str = "a number >= 0") -> dict[str, Any]:
     return _rule(lambda v: v >= 0, allowed)
 
 
 @dataclass(frozen=True)
 class EarlyStopping:
-    patience: int = _positive()
-    min_delta: float = _non_negative()
+    patience: int = field(metadata=_positive())
+    min_delta: float = field(metadata=_non_negative())
 
 
 @dataclass(frozen=True)
 class Trainer:
     device: str
     precision: Literal["auto", "fp32", "bf16", "fp16"]
-    max_epochs: int = _positive()
-    batch_size: int = _positive()
-    eval_batch_size: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
-    num_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 0, "auto or an integer >= 0")
-    grad_clip: float | None = _rule(lambda v: v is None or v > 0, "null or a number > 0")
-    monitor: str                          # auto | a validation metric (engine.early_stopping.MONITORS)
+    max_epochs: int = field(metadata=_positive())
+    batch_size: int = field(metadata=_positive())
+    eval_batch_size: int | None = field(
+        metadata=_rule(lambda v: v is None or v >= 1, "null or an integer >= 1"))
+    num_workers: Literal["auto"] | int = field(
+        metadata=_rule(lambda v: v == "auto" or v >= 0, "auto or an integer >= 0"))
+    grad_clip: float | None = field(
+        metadata=_rule(lambda v: v is None or v > 0, "null or a number > 0"))
+    monitor: str  # auto | a validation metric (engine.early_stopping.MONITORS)
     monitor_mode: Literal["auto", "max", "min"]
-    monitor_smoothing: Literal["auto"] | float = _rule(lambda v: v == "auto" or 0 <= v < 1,
-                                                       "auto or a number in [0, 1), e.g. 0.9")
-    best_from_epoch: int = _positive()
+    monitor_smoothing: Literal["auto"] | float = field(
+        metadata=_rule(lambda v: v == "auto" or 0 <= v < 1, "auto or a number in [0, 1), e.g. 0.9"))
+    best_from_epoch: int = field(metadata=_positive())
     early_stopping: EarlyStopping
     resume: bool | str | None  # auto | true | false | a run directory
     deterministic: bool
     channels_last: Literal["auto"] | bool
     data_on_device: Literal["auto"] | bool
-    data_on_device_budget: float = _rule(lambda v: 0 < v <= 1, "a fraction of the device's memory in (0, 1], e.g. 0.25")
+    data_on_device_budget: float = field(
+        metadata=_rule(lambda v: 0 < v <= 1,
+                       "a fraction of the device's memory in (0, 1], e.g. 0.25"))
     compile: Literal["auto"] | bool
     progress_bar: Literal["auto"] | bool
-    progress_interval_s: float = _rule(lambda v: v > 0, "seconds > 0, e.g. 30")
-    progress_every_steps: int | None = _rule(lambda v: v is None or v >= 1, "null or an integer >= 1")
-    log_every_steps: int = _positive()
-    devices: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
+    progress_interval_s: float = field(metadata=_rule(lambda v: v > 0, "seconds > 0, e.g. 30"))
+    progress_every_steps: int | None = field(
+        metadata=_rule(lambda v: v is None or v >= 1, "null or an integer >= 1"))
+    log_every_steps: int = field(metadata=_positive())
+    devices: Literal["auto"] | int = field(
+        metadata=_rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1"))
     sync_batchnorm: bool
-    accumulate_grad_batches: int = _positive()
+    accumulate_grad_batches: int = field(metadata=_positive())
 
 
 @dataclass(frozen=True)
 class Eval:
-    threshold: float = _rule(lambda v: 0 <= v <= 1, "a probability in [0, 1] (a pixel is "
-                             "foreground when sigmoid(logit) >= threshold)")
+    threshold: float = field(
+        metadata=_rule(lambda v: 0 <= v <= 1, "a probability in [0, 1] (a pixel is "
+                       "foreground when sigmoid(logit) >= threshold)"))
     tta: bool
-    num_predictions: int = _non_negative("an integer >= 0")
+    num_predictions: int = field(metadata=_non_negative("an integer >= 0"))
     surface_metrics: bool
-    surface_workers: Literal["auto"] | int = _rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1")
+    surface_workers: Literal["auto"] | int = field(
+        metadata=_rule(lambda v: v == "auto" or v >= 1, "auto or an integer >= 1"))
     native_resolution: bool
     latency: bool
 
 
 @dataclass(frozen=True)
 class Resolution:
-    height: int = _rule(lambda v: v >= 8, "an integer >= 8 pixels")
-    width: int = _rule(lambda v: v >= 8, "an integer >= 8 pixels")
+    height: int = field(metadata=_rule(lambda v: v >= 8, "an integer >= 8 pixels"))
+    width: int = field(metadata=_rule(lambda v: v >= 8, "an integer >= 8 pixels"))
 
 
 @dataclass(frozen=True)
@@ -93,8 +104,9 @@ class Train:
 
     # NumPy (augmentation, sampling) takes seeds below 2**32 and segbench reduces larger ones
     # modulo 2**32: seed=4294967296 would run as seed 0 while the run recorded 4294967296.
-    seed: int = _rule(lambda v: 0 <= v < 2**32, "an integer in 0..4294967295 (NumPy's seed range; "
-                      "a larger seed would run as another one)")
+    seed: int = field(
+        metadata=_rule(lambda v: 0 <= v < 2**32, "an integer in 0..4294967295 (NumPy's seed "
+                       "range; a larger seed would run as another one)"))
     trainer: Trainer
     eval: Eval
     resolution: Resolution
@@ -111,9 +123,11 @@ class Train:
 
 # Sections whose keys are all declared: an extra key there is a typo.
 STRICT = (EarlyStopping, Trainer, Eval)
+# (type, predicate, "what is allowed") of one key of a config group.
+GroupRule = tuple[Any, Callable[[Any], bool], str]
 # Keys that options of a group share, checked when present (the rest of a group's options are
 # checked against its factory's signature when it is built).
-DATASET_RULES = {
+DATASET_RULES: dict[str, GroupRule] = {
     "val_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "test_fraction": (float, lambda v: 0 < v < 1, "a fraction in (0, 1)"),
     "train_fraction": (float, lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
@@ -122,7 +136,7 @@ DATASET_RULES = {
     "folds": (int | None, lambda v: v is None or v >= 2, "null or a number of folds >= 2"),
     "fold": (int | None, lambda v: v is None or v >= 0, "a fold index 0..folds-1"),
 }
-OPTIMIZER_RULES = {
+OPTIMIZER_RULES: dict[str, GroupRule] = {
     "lr": (float, lambda v: v > 0, "a learning rate > 0, e.g. optimizer.lr=1e-3"),
     "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
 }
@@ -138,8 +152,10 @@ def typed(cls, node, prefix: str = "", strict: bool | None = None):
     if strict and node is not None:
         extra = sorted(set(node.keys()) - {f.name for f in dataclasses.fields(cls)})
         if extra:
-            raise SegbenchError(f"{prefix}{extra[0]} is not a setting of {prefix.rstrip('.') or 'this command'}; "
-                                f"its settings: {', '.join(f.name for f in dataclasses.fields(cls))}")
+            section = prefix.rstrip('.') or 'this command'
+            names = ', '.join(f.name for f in dataclasses.fields(cls))
+            raise SegbenchError(f"{prefix}{extra[0]} is not a setting of {section}; "
+                                f"its settings: {names}")
     values = {}
     for f in dataclasses.fields(cls):
         if f.metadata.get("untyped"):
@@ -164,7 +180,9 @@ _MISSING = _Missing()
 
 
 def _show(value) -> str:
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    if value is None:
+        return "null"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _describe(annotation) -> str:
@@ -186,9 +204,9 @@ def convert(value: Any, annotation, key: str):
             raise SegbenchError(f"{key}={_show(value)}: {key} is a group of settings, not a value")
         return typed(annotation, value, f"{key}.")
     origin = typing.get_origin(annotation)
-    options = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
+    union = typing.get_args(annotation) if origin in (Union, types.UnionType) else (annotation,)
     # Literals first: `auto` is a choice, not text.
-    options = sorted(options, key=lambda a: typing.get_origin(a) is not Literal)
+    options = sorted(union, key=lambda a: typing.get_origin(a) is not Literal)
     for option in options:
         ok, out = _as(value, option)
         if ok:

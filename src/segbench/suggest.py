@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from importlib.metadata import version
 from pathlib import Path
 
 from segbench import SegbenchError
@@ -32,8 +33,6 @@ def closest(word: str, names, n: int = 3) -> list[str]:
 
 
 def _encoder_cache() -> Path:
-    from importlib.metadata import version
-
     root = os.environ.get("SEGBENCH_CACHE") or "~/.cache/segbench"
     return Path(root).expanduser() / f"smp-encoders-{version('segmentation_models_pytorch')}.txt"
 
@@ -50,6 +49,7 @@ def smp_encoder_names() -> list[str]:
             return names
     except OSError:
         pass  # not kept yet: ask smp
+    # smp imports torch (seconds): loaded only here, when the cache file cannot answer.
     from segmentation_models_pytorch.encoders import encoders
 
     names = sorted(encoders)
@@ -78,4 +78,5 @@ def check_encoder(name: str) -> None:
         f"model.encoder={name}: not an smp encoder; "
         + (f"closest: {', '.join(near)}; " if near else "")
         + "e.g. resnet34, efficientnet-b0, or tu-<timm model name> "
-        "(python -c \"import segmentation_models_pytorch as smp; print(smp.encoders.get_encoder_names())\" lists all)")
+        "(python -c \"import segmentation_models_pytorch as smp; "
+        "print(smp.encoders.get_encoder_names())\" lists all)")

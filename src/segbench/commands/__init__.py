@@ -15,11 +15,26 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import NoReturn
 
 from segbench import SegbenchError, config_dir
 from segbench.atomic import fresh_dir, holds_files, os_error_message
+from segbench.cli_args import (
+    asks_for_help,
+    check_encoders,
+    check_group_choices,
+    check_keys,
+    check_non_ascii,
+    has_flag,
+    quote_numeric_choices,
+)
+
+# Hydra and OmegaConf (and segbench.runs.sweeps, which imports them) load inside the functions
+# that run a command: they take about a second to import, and `segbench --help`, `--version`
+# and the argument checks load this package without running one.
 
 log = logging.getLogger("segbench")
 
@@ -38,15 +53,6 @@ def prepare_argv(name: str, argv: list[str]) -> list[str]:
     choices checked (one line naming the closest options), encoder names checked before torch
     loads, numeric choices quoted, then the command's own prepare() (paths, required keys,
     resume); SegbenchError to refuse."""
-    from segbench.cli_args import (
-        check_encoders,
-        check_group_choices,
-        check_keys,
-        check_non_ascii,
-        has_flag,
-        quote_numeric_choices,
-    )
-
     module = load(name)
     if has_flag(argv, "--shell-completion", "-sc"):  # a half-typed line: Hydra completes it
         return argv
@@ -218,9 +224,7 @@ class OutputDir:
                 raise
             self._refuse(message)
 
-    def _refuse(self, message: str):
-        import sys
-
+    def _refuse(self, message: str) -> NoReturn:
         print(f"segbench {self.command}: error: {message}", file=sys.stderr)
         raise SystemExit(2) from None
 
@@ -232,13 +236,12 @@ def _restore_task(name: str, raise_errors: bool = False) -> HydraTask:
     return HydraTask(name, raise_errors)
 
 
-def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> list[tuple[str, object]]:
+def run_command(name: str, argv: list[str], *,
+                raise_errors: bool = False) -> list[tuple[str, object]]:
     """Run command `name` with a Hydra command line (overrides, -m, --cfg, --help), in this
     process; returns (output dir, result) of each job that ran in this process. Raises
     SystemExit as a CLI does (2 for a refused command); with `raise_errors` (the Python API),
     a refused single run raises its SegbenchError instead."""
-    import sys
-
     import hydra
 
     from segbench.runs.sweeps import register_resolvers
@@ -250,8 +253,6 @@ def run_command(name: str, argv: list[str], *, raise_errors: bool = False) -> li
     @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=module.CONFIG)
     def entry(cfg):
         return task(cfg)
-
-    from segbench.cli_args import asks_for_help
 
     if not asks_for_help(argv):  # the output folder is created, or refused in one line, first
         argv = [*argv, f"+hydra.callbacks.segbench_output_dir._target_={__name__}.OutputDir",

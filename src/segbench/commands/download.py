@@ -9,6 +9,9 @@ from urllib.parse import urlsplit
 
 from segbench import SegbenchError
 
+# segbench.data's modules (torch, albumentations) load inside the functions that use them, so that
+# `segbench --help` and argument errors answer at once.
+
 CONFIG = "download"
 HELP = "fetch a dataset into dataset.root: download dataset=kvasir_instrument|lgg_mri|lung_ct"
 
@@ -61,7 +64,8 @@ def run(cfg) -> None:
             raise SegbenchError(f"dataset.download of {name} names neither a url nor a kaggle "
                                 "dataset")
     except DownloadError as err:
-        raise SegbenchError(f"cannot download {name}: {err}\n{manual_steps(name, cfg.dataset, root)}") from None
+        steps = manual_steps(name, cfg.dataset, root)
+        raise SegbenchError(f"cannot download {name}: {err}\n{steps}") from None
     found = already_there(cfg)
     if not found:
         raise SegbenchError(f"{name} was downloaded into {root} but its loader finds no image/mask "

@@ -7,8 +7,13 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import cast
 
 from segbench.cli_args import path_arguments, quote
+from segbench.runs.rundir import RunDir
+
+# Hydra, OmegaConf (about a second to import) and segbench's inference modules (torch) load inside
+# the functions that use them, so that `segbench --help` and argument errors answer at once.
 
 CONFIG = "ensemble"
 HELP = "average several runs' probabilities on their test split: ensemble <folder or run dirs>"
@@ -41,14 +46,14 @@ def run(cfg) -> dict:
     from omegaconf import OmegaConf
 
     from segbench.inference.ensembling import Request, build_ensemble, find_members
-    from segbench.runs.rundir import RunDir
     from segbench.runtime.device import resolve_device
 
     runs = list(cfg.runs) if OmegaConf.is_list(cfg.runs) else [cfg.runs]
     members, searched = find_members(runs)
     out = RunDir(Path(cfg.output).expanduser())
-    request = Request(cfg.checkpoint, resolve_device(cfg.device),
-                      OmegaConf.to_container(cfg.eval), cfg.batch_size, cfg.data_root, searched)
+    eval_options = cast(dict, OmegaConf.to_container(cfg.eval))  # the `eval:` mapping
+    request = Request(cfg.checkpoint, resolve_device(cfg.device), eval_options, cfg.batch_size,
+                      cfg.data_root, searched)
     result = build_ensemble(members, out, request)
     log.info("wrote %s", out.path)
     return result

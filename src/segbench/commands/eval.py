@@ -14,6 +14,10 @@ from pathlib import Path
 
 from segbench import SegbenchError
 from segbench.cli_args import override_key, path_arguments
+from segbench.runs import rundir
+
+# Hydra (about a second to import) and segbench's inference modules (torch) load inside the
+# functions that use them, so that `segbench --help` and argument errors answer at once.
 
 CONFIG = "eval"
 HELP = ("re-evaluate a run's best checkpoint: eval run_dir=<dir> [eval.tta=true] "
@@ -58,7 +62,6 @@ def run(cfg) -> dict:
         with_data_root,
     )
     from segbench.inference.loop import metric_line
-    from segbench.runs import rundir
     from segbench.runtime.device import resolve_device
 
     run = rundir.RunDir.open(cfg.run_dir, needs=(rundir.CONFIG, rundir.SPLIT))

@@ -4,13 +4,19 @@ beside it (<file>.json and <file>.md)."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from pathlib import Path
+from typing import cast
 
 from segbench import SegbenchError
 from segbench.atomic import atomic_path, write_atomic
 from segbench.cli_args import path_arguments
+from segbench.runs.rundir import PER_CASE, RunDir
+
+# torch, Hydra, OmegaConf and the segbench modules that import them load inside the functions that
+# use them, so that `segbench --help` and argument errors answer at once.
 
 CONFIG = "export"
 HELP = ("export a run's checkpoint (ONNX, torch.export, TorchScript) with a model card: "
@@ -28,7 +34,6 @@ def run(cfg) -> dict:
     from segbench.models import load_trained
     from segbench.models.export import SUFFIX, card_markdown, export_model, model_card
     from segbench.models.registry import output_channels
-    from segbench.runs.rundir import PER_CASE, RunDir
 
     run_dir = RunDir.open(cfg.run_dir)
     if cfg.format not in SUFFIX:
@@ -47,8 +52,8 @@ def run(cfg) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     path = Path(cfg.output).expanduser() if cfg.output else out_dir / f"model{SUFFIX[cfg.format]}"
     with atomic_path(path) as tmp:  # a kill never leaves half a model file
-        check = export_model(model, cfg.format, tmp, (channels, height, width), opset=int(cfg.opset),
-                             atol=float(cfg.atol))
+        check = export_model(model, cfg.format, tmp, (channels, height, width),
+                             opset=int(cfg.opset), atol=float(cfg.atol))
     diff = check.get("max_abs_diff")
     if diff is not None and not diff <= float(cfg.atol):
         raise SegbenchError(
@@ -70,7 +75,7 @@ def run(cfg) -> dict:
         "opset": int(cfg.opset) if cfg.format == "onnx" else None,
         "atol": float(cfg.atol), **check,
     }
-    config = OmegaConf.to_container(run_dir.read_config(), resolve=True)
+    config = cast(dict, OmegaConf.to_container(run_dir.read_config(), resolve=True))
     info["card"] = model_card(info, config, run_dir.read_metrics(), run_dir.read_split(),
                               _rows(run_dir.path / PER_CASE))
     write_atomic(path.with_name(path.name + ".json"), json.dumps(info, indent=2))
@@ -83,8 +88,6 @@ def run(cfg) -> dict:
 
 
 def _rows(path: Path) -> list[dict]:
-    import csv
-
     if not path.is_file():
         return []
     with open(path, newline="") as f:

@@ -11,7 +11,11 @@ from segbench import SegbenchError
 from segbench.atomic import write_atomic
 
 CONFIG = "info"
-HELP = "a model's parameters, size, FLOPs, latency and peak memory: info model=<name> (-m to compare)"
+HELP = ("a model's parameters, size, FLOPs, latency and peak memory: "
+        "info model=<name> (-m to compare)")
+
+# torch, Hydra and the segbench modules that import them load inside the functions that use them, so
+# that `segbench --help` and argument errors answer at once.
 
 log = logging.getLogger("segbench.info")
 
@@ -35,7 +39,8 @@ def run(cfg) -> dict:
     if cfg.latency:
         device = resolve_device(cfg.device)
         try:
-            row.update(measure(model, shape, int(cfg.batch_size), device, int(cfg.warmup), int(cfg.repeats)))
+            row.update(measure(model, shape, int(cfg.batch_size), device, int(cfg.warmup),
+                               int(cfg.repeats)))
         except torch.OutOfMemoryError:
             raise SegbenchError(f"out of memory running a batch of {cfg.batch_size} at "
                                 f"{shape[1]}x{shape[2]} on {device}; lower batch_size or "
@@ -43,7 +48,8 @@ def run(cfg) -> dict:
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     write_atomic(out_dir / "info.json", json.dumps(row, indent=2))
     if HydraConfig.get().mode == RunMode.MULTIRUN:  # the sweep's table comes at the end (InfoTable)
-        log.info("%s: %s parameters, %s GFLOPs per image", row["label"], f"{row['params']:,}", row["gflops"])
+        log.info("%s: %s parameters, %s GFLOPs per image", row["label"], f"{row['params']:,}",
+                 row["gflops"])
     else:
         print(format_table([row]), flush=True)
     return row

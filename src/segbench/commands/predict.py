@@ -1,34 +1,38 @@
 """`segbench predict run_dir=<dir> input=<file or folder> output=<folder>`: segment new images.
 
 Each image goes through the run's own preprocessing and best checkpoint and comes back at its
-original size (see segbench.inference.prediction). Writes <stem>_mask.png (0/255), <stem>_overlay.png,
-optionally the probabilities (`predict.probabilities`), and areas.csv; unreadable files are
-skipped with a warning and listed in areas.csv with their error; the command fails only when no
-image could be read. Its log is <output>.predict.log, beside the masks folder.
+original size (see segbench.inference.prediction). Writes <stem>_mask.png (0/255),
+<stem>_overlay.png, optionally the probabilities (`predict.probabilities`), and areas.csv;
+unreadable files are skipped with a warning and listed in areas.csv with their error; the command
+fails only when no image could be read. Its log is <output>.predict.log, beside the masks folder.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 from segbench import SegbenchError
 from segbench.cli_args import path_arguments
+from segbench.commands import log_file
+
+# OmegaConf and the segbench modules that import torch load inside the functions that use them, so
+# that `segbench --help` and argument errors answer at once.
 
 CONFIG = "predict"
-HELP = "segment new images with a run (or an ensemble of runs): predict <run_dir...> input=<path> output=<dir>"
+HELP = ("segment new images with a run (or an ensemble of runs): "
+        "predict <run_dir...> input=<path> output=<dir>")
 
 OWN_LOG_FILE = True  # predict.log goes beside the masks folder, not among the masks
 
-prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"), must_exist=("run_dir",),
-                         many=True)
+prepare = path_arguments("run_dir", ("input", "output"), ("input", "output"),
+                         must_exist=("run_dir",), many=True)
 
 log = logging.getLogger("segbench.predict")
 
 
 def run(cfg) -> dict:
-    from segbench.commands import log_file
-
     out_dir = Path(cfg.output).expanduser().resolve()  # output=. has a name too
     path = out_dir.parent / f"{out_dir.name}.predict.log"
     existed = path.exists()
@@ -65,8 +69,8 @@ def _run(cfg) -> dict:
     if source.is_dir() and source.resolve() == out_dir.resolve():
         raise SegbenchError("output is the input folder: masks would mix with the images; "
                             "choose another output folder")
-    predictor = load_predictor(members, cfg.checkpoint, resolve_device(cfg.device),
-                               OmegaConf.to_container(cfg.eval))
+    eval_options = cast(dict, OmegaConf.to_container(cfg.eval))  # the `eval:` mapping
+    predictor = load_predictor(members, cfg.checkpoint, resolve_device(cfg.device), eval_options)
     height, width = predictor.size
     log.info("predicting %d image(s) with %s (%s checkpoint, epoch %s) at %dx%d%s", len(files),
              predictor.describe(), cfg.checkpoint, predictor.epoch, height, width,

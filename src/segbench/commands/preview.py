@@ -11,7 +11,11 @@ from pathlib import Path
 from segbench import SegbenchError
 
 CONFIG = "preview"
-HELP = "what an augmentation preset does to training images and masks: preview augmentation=<preset>"
+HELP = ("what an augmentation preset does to training images and masks: "
+        "preview augmentation=<preset>")
+
+# Hydra and segbench.inspection (matplotlib) load inside the functions that use them, so that
+# `segbench --help` and argument errors answer at once.
 
 log = logging.getLogger("segbench.preview")
 

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from segbench import SegbenchError
 from segbench.cli_args import path_arguments
+from segbench.runs.search import summary
+
+# Hydra and segbench.report (torch, matplotlib, scipy) load inside the functions that use them, so
+# that `segbench --help` and argument errors answer at once.
 
 CONFIG = "report"
 HELP = "tables, statistics and figures of every run below a folder: report <dir>"
@@ -28,7 +32,8 @@ def run(cfg) -> dict:
     if not 0 < float(r.alpha) < 1:
         raise SegbenchError(f"report.alpha={r.alpha}; use a level between 0 and 1, e.g. 0.05")
     if int(r.bootstrap) < 100:
-        raise SegbenchError(f"report.bootstrap={r.bootstrap}; use at least 100 resamples (10000 is usual)")
+        raise SegbenchError(f"report.bootstrap={r.bootstrap}; use at least 100 resamples "
+                            "(10000 is usual)")
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     result = build_report(Path(cfg.dir).expanduser(), out_dir, baseline=r.baseline, metrics=metrics,
                           alpha=float(r.alpha), n_resamples=int(r.bootstrap), seed=int(r.seed),
@@ -61,8 +66,6 @@ def results_table(markdown: str) -> str:
 def search_section(root: Path, out_dir: Path) -> dict | None:
     """An Optuna search folder (search.json): its trials and best configuration, printed and
     written to <dir>/report/search.md, with the command that re-runs the best with 3 seeds."""
-    from segbench.runs.search import summary
-
     try:
         found = summary(root)
     except SegbenchError as err:  # e.g. the optuna extra is missing: the report itself stands

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segbench import SegbenchError
+from segbench.atomic import os_error_message
 from segbench.cli_args import (
     asks_for_help,
     has_flag,
@@ -23,6 +24,14 @@ from segbench.cli_args import (
     quote,
     worker_argv,
 )
+from segbench.commands import log_file
+from segbench.runs.rundir import LOG, RERUN_HINT, RunDir, load_yaml, running_status, signals_held
+from segbench.runs.search import require_optuna
+from segbench.settings import check_train
+from segbench.tracking import check_trackers
+
+# torch, Hydra, OmegaConf and the segbench modules that import them load inside the functions that
+# use them, so that `segbench --help` and argument errors answer at once.
 
 CONFIG = "train"
 HELP = "train, validate and test one configuration (a sweep with -m)"
@@ -46,8 +55,6 @@ def _prepare(argv: list[str]) -> list[str]:
         if not has_flag(argv, "-m", "--multirun"):
             raise SegbenchError("hparams_search runs a search, one job per trial: add -m "
                                 "(segbench train -m hparams_search=<preset>)")
-        from segbench.runs.search import require_optuna
-
         require_optuna()  # a missing extra is one line here, not a plugin traceback later
     for i, arg in enumerate(argv):
         if not arg.startswith("trainer.resume="):
@@ -71,7 +78,6 @@ def _replayed_overrides(run_dir: Path, new: list[str]) -> list[str]:
     Hydra's own keys (callbacks, launchers, search paths) are never replayed from it, and an
     override naming an import path only where this machine's user allowed its module."""
     from segbench.registry import TRUSTED_MODULES, is_trusted
-    from segbench.runs.rundir import load_yaml
 
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
@@ -86,11 +92,12 @@ def _replayed_overrides(run_dir: Path, new: list[str]) -> list[str]:
         key = override_key(line)
         if key in ("trainer.resume", "hydra.run.dir") or key.split(".")[0].split("/")[0] == "hydra":
             continue
-        if "_target_" in line and not (key.endswith("._target_") and is_trusted(line.split("=", 1)[1])):
+        trusted = key.endswith("._target_") and is_trusted(line.split("=", 1)[1])
+        if "_target_" in line and not trusted:
             raise SegbenchError(
-                f"{overrides_file}: {line} names an import path, and a resume does not replay code "
-                f"named by a run directory; if you trust it, export {TRUSTED_MODULES}=<its package> "
-                "(see docs/guarantees.md)")
+                f"{overrides_file}: {line} names an import path, and a resume does not replay "
+                f"code named by a run directory; if you trust it, export "
+                f"{TRUSTED_MODULES}=<its package> (see docs/guarantees.md)")
         kept.append(line)
     _check_search_path(run_dir, new)
     return kept
@@ -100,8 +107,6 @@ def _check_search_path(run_dir: Path, new: list[str]) -> None:
     """A run composed with the user's own config folders (hydra.searchpath) is resumed with them
     given again on the command line: the folders a run directory names are not searched."""
     from omegaconf import OmegaConf
-
-    from segbench.runs.rundir import load_yaml
 
     hydra_file = run_dir / ".hydra" / "hydra.yaml"
     if not hydra_file.is_file() or any(override_key(o) == "hydra.searchpath" for o in new):
@@ -119,8 +124,8 @@ def _check_search_path(run_dir: Path, new: list[str]) -> None:
 def absolute_root(cfg) -> None:
     """Record dataset.root as an absolute path: `eval`, `ensemble` and `report` read the run's
     data from its config.yaml, from whatever folder they are started in."""
-    dataset = cfg.get("dataset") or {}
-    root = dataset.get("root")
+    dataset = cfg.get("dataset")
+    root = dataset.get("root") if dataset else None
     if isinstance(root, str) and root and "://" not in root:
         absolute = os.path.abspath(os.path.expanduser(root))
         if absolute != root:
@@ -130,10 +135,7 @@ def absolute_root(cfg) -> None:
 def run(cfg) -> dict | None:
     from hydra.core.hydra_config import HydraConfig
 
-    from segbench.runs.rundir import RunDir
     from segbench.runtime import distributed
-    from segbench.settings import check_train
-    from segbench.tracking import check_trackers
 
     hydra_cfg = HydraConfig.get()
     run_dir = RunDir(hydra_cfg.runtime.output_dir)
@@ -163,7 +165,6 @@ def run(cfg) -> dict | None:
 
 def _joined(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     """Join the run's processes (one: nothing to do) and run it in rank 0's run directory."""
-    from segbench.runs.rundir import RunDir
     from segbench.runtime import distributed
 
     t = settings.trainer
@@ -190,8 +191,6 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     """Decide (rank 0 for all), record the accepted run, train."""
     from omegaconf import OmegaConf
 
-    from segbench.commands import log_file
-    from segbench.runs.rundir import LOG, running_status
     from segbench.runtime import distributed
 
     resume = _resume(settings, hydra_cfg)
@@ -210,8 +209,8 @@ def _run(cfg, settings, hydra_cfg, run_dir) -> dict | None:
     if plan == "resume":  # the data must be what the run was split from; nothing written yet
         from segbench.data.pinning import recorded_splits
 
-        distributed.decide(lambda: recorded_splits(cfg, run_dir.read_split(),
-                                                   where=f"run {run_dir.path}", quiet=True) and None)
+        distributed.decide(lambda: recorded_splits(
+            cfg, run_dir.read_split(), where=f"run {run_dir.path}", quiet=True) and None)
         if main and run_dir.status().get("state") == "running":  # and this process holds the lock
             log.info("the previous attempt in %s was killed (status.json still said running)",
                      run_dir.path)
@@ -230,7 +229,6 @@ def _check_skipped_data(cfg, run_dir) -> None:
     """A finished run is skipped only when the data is the data it was split from (its recorded
     files): a sweep re-run on another copy of the data would otherwise keep the old results."""
     from segbench.data.pinning import recorded_splits
-    from segbench.runs.rundir import RERUN_HINT
     from segbench.runtime import distributed
 
     if (run_dir / "split.json").is_file():
@@ -280,7 +278,6 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
     """The engine's fit, with the run's final state recorded on every way out (rank 0 records;
     on other ranks `run_dir` writes nothing)."""
     from segbench.engine.trainer import Interrupted, fit
-    from segbench.runs.rundir import signals_held
 
     try:
         with _sigterm_interrupts():
@@ -314,7 +311,8 @@ def _train(cfg, settings, run_dir, resuming: bool) -> dict:
                     "  segbench train trainer.resume=%s", exit_.code, run_dir.path)
         raise
     except BaseException as err:
-        run_dir.record_final("failed", epoch=_last_epoch(run_dir), error=f"{type(err).__name__}: {err}")
+        run_dir.record_final("failed", epoch=_last_epoch(run_dir),
+                             error=f"{type(err).__name__}: {err}")
         raise
     if not result:  # ranks other than 0 of a run on several processes: rank 0 records it
         return result
@@ -332,8 +330,6 @@ def _last_epoch(run_dir) -> int:
 
 def _os_error_message(err: OSError, run_dir, cfg, started: bool) -> str | None:
     """One line for disk full, quota, permission and read-only errors: which file, what to do."""
-    from segbench.atomic import os_error_message
-
     name = str(err.filename or "")
     cache = str(Path(str(cfg.paths.cache)).expanduser().resolve()) if "paths" in cfg else None
     if cache and name and str(Path(name).resolve()).startswith(cache):

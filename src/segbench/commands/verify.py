@@ -10,6 +10,9 @@ from pathlib import Path
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
 
+# Hydra and segbench.data (torch, albumentations) load inside the functions that use them, so that
+# `segbench --help` and argument errors answer at once.
+
 CONFIG = "verify"
 HELP = "check a dataset on disk (pairs, files, sizes, mask values): verify dataset=<name>"
 

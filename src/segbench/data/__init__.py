@@ -11,9 +11,11 @@ is shared here.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import cast
 
 from omegaconf import DictConfig
 
@@ -54,11 +56,12 @@ def dataset_module(dataset: DictConfig | str) -> ModuleType:
     """The module of a dataset config (its `name`, or a user's module named by `_target_`)."""
     if isinstance(dataset, str):
         return DATASETS.get(dataset)
-    label, module, _ = DATASETS.resolve({"name": dataset.get("name"), "_target_": dataset.get("_target_")})
-    if not callable(getattr(module, "list_splits", None)):  # a dataset is a module with list_splits
+    label, entry, _ = DATASETS.resolve({"name": dataset.get("name"),
+                                        "_target_": dataset.get("_target_")})
+    if not callable(getattr(entry, "list_splits", None)):  # a dataset is a module with list_splits
         raise SegbenchError(f"dataset {label} is not a dataset module: it has no list_splits(cfg) "
                             "(see docs/extending.md)")
-    return module
+    return cast(ModuleType, entry)  # the registry's entries are callables or modules
 
 
 def default_read(sample: Sample, cfg: DictConfig):
@@ -88,8 +91,6 @@ def image_reader(cfg: DictConfig):
 def native_masks(cfg: DictConfig, samples: list[Sample]) -> list:
     """The samples' masks as on disk (binary uint8, each at its own size), for evaluation at the
     native resolution."""
-    from concurrent.futures import ThreadPoolExecutor
-
     read = getattr(dataset_module(cfg.dataset), "read", default_read)
     with ThreadPoolExecutor(max_workers=4) as pool:
         return list(pool.map(lambda s: read(s, cfg.dataset)[1], samples))

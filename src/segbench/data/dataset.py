@@ -7,6 +7,7 @@ transfers four times smaller than float32 and makes exported models take plain [
 from __future__ import annotations
 
 import itertools
+import signal
 
 import numpy as np
 import torch
@@ -77,8 +78,6 @@ def ignore_stop_signals(worker_id: int) -> None:
     that died of the signal would make the main process fail with "DataLoader worker killed"
     instead of stopping at the next step (and saying how to resume). The main process ends its
     workers itself when it stops."""
-    import signal
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from urllib.request import Request, urlopen
 
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from segbench import SegbenchError, __version__
 from segbench.data import dataset_module
@@ -81,8 +82,6 @@ def sha256_of(path: Path) -> str:
 
 def fetch(url: str, dest: Path, *, timeout: float = 10.0, progress: bool | None = None) -> Path:
     """Download url to dest through dest.part, resuming a .part left by an interrupted run."""
-    from tqdm.auto import tqdm
-
     _reachable(url, timeout)
     part = dest.with_name(dest.name + ".part")
     start = part.stat().st_size if part.is_file() else 0
@@ -243,7 +242,8 @@ def manual_steps(name: str, cfg: DictConfig, root: Path) -> str:
         archive = Path(urlsplit(source["url"]).path).name
         return "\n".join([
             f"Get {name} by hand:",
-            f"  1. download {source['url']}" + (f" (see {source['page']})" if source.get("page") else ""),
+            f"  1. download {source['url']}"
+            + (f" (see {source['page']})" if source.get("page") else ""),
             f"  2. save it as {root / archive}",
             f"  3. segbench download dataset={name} dataset.root={root}   (checks and unpacks it)",
             f"  4. segbench verify dataset={name} dataset.root={root}",
@@ -263,7 +263,7 @@ def already_there(cfg: DictConfig) -> int:
 def _kaggle_api():
     """The authenticated Kaggle API, or a DownloadError saying why there is none."""
     try:
-        from kaggle.api.kaggle_api_extended import KaggleApi
+        from kaggle.api.kaggle_api_extended import KaggleApi  # optional extra
     except ImportError:
         raise DownloadError("the Kaggle API is not installed (pip install kaggle)") from None
     except Exception as err:  # kaggle < 1.7 authenticates on import and raises OSError

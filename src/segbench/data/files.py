@@ -114,7 +114,8 @@ def read_ids(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as err:
         raise SegbenchError(f"cannot read the split file {path}: {err}") from None
     ids = [line.strip() for line in lines if line.strip()]
-    ids = [i[: -len(Path(i).suffix)] if Path(i).suffix.lower() in IMAGE_SUFFIXES else i for i in ids]
+    ids = [i[: -len(Path(i).suffix)] if Path(i).suffix.lower() in IMAGE_SUFFIXES else i
+           for i in ids]
     dupes = [i for i, n in Counter(ids).items() if n > 1]
     if dupes:
         raise SegbenchError(f"{path} lists ids more than once: {listing(dupes)}")

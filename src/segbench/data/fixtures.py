@@ -30,6 +30,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def _ct_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     """(int16 HU slice, uint8 {0, 255} lung mask): a chest phantom inside the scan circle."""
     shape = (size, size)
     s = float(size)
-    hu = np.full(shape, -1000.0, np.float32)                     # air around the patient
+    hu: np.ndarray = np.full(shape, -1000.0, np.float32)  # air around the patient
     body_a, body_b = s * rng.uniform(0.38, 0.44), s * rng.uniform(0.28, 0.33)
     cy = s * rng.uniform(0.5, 0.54)
     body = _ellipse(shape, s / 2, cy, body_a, body_b)
@@ -100,8 +101,9 @@ def _ct_slice(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarr
     hu = np.where(bone > 0, bone + 80.0 * _smooth(rng, shape, 16), hu)
     spot = (int(s / 2 + rng.uniform(-0.05, 0.05) * s), int(cy + rng.uniform(-0.05, 0.05) * s))
     cv2.circle(hu, spot, max(1, int(s * 0.004)), float(rng.uniform(1500, 3000)), -1)
-    hu = cv2.GaussianBlur(hu, (0, 0), max(0.6, s / 512))          # partial volume at the edges
-    hu += rng.normal(0, 8.0, shape)
+    hu = cv2.GaussianBlur(hu, (0, 0), max(0.6, s / 512))  # partial volume at the edges
+    # OpenCV's stubs type its result as an integer or float array; a blurred float image is float
+    hu += rng.normal(0, 8.0, shape)  # type: ignore[arg-type]
     circle = _ellipse(shape, s / 2, s / 2, s * 0.5, s * 0.5)
     if rng.random() < 0.5:                                        # padding outside the scan circle
         hu[~circle] = float(rng.integers(-2620, -1500))
@@ -123,8 +125,6 @@ def write_lung_ct(root: Path, n: int = 24, size: int = 512, seed: int = 0,
     root = Path(root)
     (root / "2d_images").mkdir(parents=True, exist_ok=True)
     (root / "2d_masks").mkdir(exist_ok=True)
-    import tifffile
-
     names = lung_ct_names(n, seed)
     rows = []
     for k, name in enumerate(names):
@@ -192,8 +192,6 @@ def write_lgg_mri(root: Path, patients: Mapping[str, int] | None = None, size: i
     """kaggle_3m under root: one folder per patient (name -> slice count, LGG_PATIENTS by
     default), slices <folder>_<N>.tif (size x size x 3 uint8) with <folder>_<N>_mask.tif
     (uint8 {0, 255}) for N = 1..count, tumour in lgg_tumour_slices(count), and data.csv."""
-    import tifffile
-
     patients = dict(LGG_PATIENTS if patients is None else patients)
     base = Path(root) / "kaggle_3m"
     base.mkdir(parents=True, exist_ok=True)
@@ -222,8 +220,9 @@ def write_lgg_mri(root: Path, patients: Mapping[str, int] | None = None, size: i
         writer.writerow(LGG_CSV_HEADER)
         rng = np.random.default_rng(seed)
         for patient in by_patient:
+            # 13 codes, age, race, ethnicity, death
             writer.writerow([patient, *rng.integers(1, 5, 13).tolist(), int(rng.integers(20, 80)),
-                             3, 2, int(rng.integers(0, 2))])  # 13 codes, age, race, ethnicity, death
+                             3, 2, int(rng.integers(0, 2))])
     return StandIn(Path(root), tuple(sorted(ids)), {i: (size, size) for i in ids},
                    frozenset(foreground), patients=by_patient)
 
@@ -267,8 +266,10 @@ def write_frames_for_masks(masks: Path, images: Path, seed: int = 0) -> None:
     images.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for path in sorted(Path(masks).glob("*.png")):
-        m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 0
-        image = np.full((*m.shape, 3), (60, 70, 160), np.uint8)  # BGR reddish tissue
+        gray = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        assert gray is not None, f"{path} was written by a fixture: OpenCV reads it"
+        m = gray > 0
+        image: np.ndarray = np.full((*m.shape, 3), (60, 70, 160), np.uint8)  # BGR reddish tissue
         image[m] = (190, 190, 190)
         image = cv2.GaussianBlur(image, (0, 0), 3)
         image = np.clip(image + rng.normal(0, 4, image.shape), 0, 255).astype(np.uint8)
@@ -298,5 +299,6 @@ def write_kvasir_instrument(root: Path, sizes: Sequence[tuple[int, int]] = KVASI
              "test": tuple(present[cut:] + absent[extra_train:])}
     for name, listed in lists.items():
         (root / f"{name}.txt").write_text("".join(f"{i}\n" for i in listed))
-    return StandIn(root, tuple(sorted(present)), dict(zip(present, map(tuple, sizes))),
+    return StandIn(root, tuple(sorted(present)),
+                   {i: (w, h) for i, (w, h) in zip(present, sizes)},
                    frozenset(present), split_files=lists)

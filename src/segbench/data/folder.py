@@ -91,7 +91,8 @@ def has_split_files(cfg: DictConfig) -> bool:
 
 def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:
     root = require_root(cfg.root, "folder", LAYOUT, GET)
-    image_dir, mask_dir = root / cfg.get("images_dir", "images"), root / cfg.get("masks_dir", "masks")
+    image_dir = root / cfg.get("images_dir", "images")
+    mask_dir = root / cfg.get("masks_dir", "masks")
     for folder in (image_dir, mask_dir):
         if not folder.is_dir():
             raise SegbenchError(f"dataset folder: {folder}/ is missing. Expected layout:\n{LAYOUT}")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
+from PIL import Image
 
 from segbench import SegbenchError
 
@@ -65,13 +67,9 @@ def header_size(path: Path) -> tuple[int, int] | None:
     cannot be read (the decoder then says what is wrong with the file)."""
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
             with tifffile.TiffFile(path) as tif:
                 shape = tif.pages[0].shape
             return (int(shape[1]), int(shape[0])) if len(shape) >= 2 else None
-        from PIL import Image
-
         with _PIL_LIMIT:  # the check is ours (with its size in the message): PIL's is set aside
             limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
             try:
@@ -88,16 +86,14 @@ def check_size(path: Path) -> None:
     limit = max_pixels()
     if size is not None and size[0] * size[1] > limit:
         w, h = size
-        raise TooLarge(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels), over the limit of "
-                       f"{limit} pixels; it is not decoded (it would need about "
+        raise TooLarge(f"{path} is {w}x{h} pixels ({w * h / 1e6:.0f} megapixels), over the "
+                       f"limit of {limit} pixels; it is not decoded (it would need about "
                        f"{w * h * 3 / 2**30:.1f} GiB). Shrink it, or raise the limit: "
                        f"{MAX_PIXELS}=<pixels>")
 
 
 def exif_orientation(path: Path) -> int:
     """The EXIF orientation of a JPEG (1: as stored), from its header."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             value = im.getexif().get(ORIENTATION, 1)
@@ -141,18 +137,18 @@ def read_array(path: Path, alpha: bool = False) -> np.ndarray:
     try:
         check_size(path)
         if path.suffix.lower() in TIFF_SUFFIXES:
-            import tifffile
-
             arr = tifffile.imread(path)
         else:
             data = path.read_bytes()
             if data[:2] == JPEG_START and not jpeg_complete(data):
                 raise corrupt(path, "the JPEG data ends before its end-of-image marker")
-            arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if arr is None:
+            decoded = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if decoded is None:
                 raise corrupt(path, "OpenCV cannot decode it" if data else "the file is empty")
+            arr = decoded
             if arr.ndim == 3:
-                arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+                to_rgb = cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB
+                arr = cv2.cvtColor(arr, to_rgb)
             if data[:2] == JPEG_START:
                 arr = orient(arr, exif_orientation(path))
     except FileNotFoundError:
@@ -213,7 +209,8 @@ def to_uint8_image(arr: np.ndarray, channels: int, path: Path) -> np.ndarray:
         return np.repeat(arr, 3, axis=2)
     if channels == 1 and arr.shape[2] == 3:
         return cv2.cvtColor(arr, cv2.COLOR_RGB2GRAY)[..., None]
-    raise SegbenchError(f"{path}: {arr.shape[2]} channels cannot become dataset.channels={channels}")
+    raise SegbenchError(f"{path}: {arr.shape[2]} channels cannot become "
+                        f"dataset.channels={channels}")
 
 
 def read_image(path: Path, channels: int = 3) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from segbench import SegbenchError
 from segbench.data.io import read_array
@@ -54,8 +55,6 @@ def _read_label_array(path: Path) -> np.ndarray:
     """Stored label values: a palette PNG's indices (not its colours), else the pixels."""
     path = Path(path)
     if path.suffix.lower() == ".png":
-        from PIL import Image
-
         try:
             with Image.open(path) as img:
                 if img.mode == "P":
@@ -98,9 +97,10 @@ def read_multiclass(path: Path, task: Task) -> tuple[np.ndarray, set[int]]:
     allowed = set(task.values) | ({task.ignore_index} if task.ignore_index is not None else set())
     undeclared = values - allowed
     if undeclared:
+        declared = ", ".join(f"{v}: {n}" for v, n in zip(task.values, task.names, strict=True))
         raise SegbenchError(
             f"{path}: mask value(s) {_values_text(undeclared)} are not declared classes "
-            f"(dataset.classes: {', '.join(f'{v}: {n}' for v, n in zip(task.values, task.names, strict=True))}"
+            f"(dataset.classes: {declared}"
             f"{'' if task.ignore_index is None else f'; ignore_index {task.ignore_index}'}); "
             "declare them or fix the mask")
     lut = np.full(max(max(values) + 1, 1), IGNORE, np.uint8)
@@ -114,7 +114,8 @@ def _binary_layer(arr: np.ndarray, task: Task, path: Path) -> tuple[np.ndarray, 
     """(foreground, ignored) of one class's mask."""
     if arr.ndim == 3:
         arr = arr.max(axis=2)
-    ignored = (arr == task.ignore_index) if task.ignore_index is not None else np.zeros(arr.shape, bool)
+    ignored = ((arr == task.ignore_index) if task.ignore_index is not None
+               else np.zeros(arr.shape, bool))
     values = set(np.unique(arr[~ignored]).tolist())
     check_binary(values, path)
     return (arr > 0) & ~ignored, ignored

@@ -53,7 +53,9 @@ def locate(root) -> Path:
 
 
 def _slice_number(sample: Sample) -> int:
-    return int(SLICE.match(sample.id)["n"])
+    match = SLICE.match(sample.id)
+    assert match is not None, f"{sample.id} was listed as a slice"
+    return int(match["n"])
 
 
 def list_splits(cfg: DictConfig) -> dict[str, list[Sample]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segbench import SegbenchError
+from segbench.data import dataset_module
 from segbench.data.files import listing
 from segbench.data.source import Sample
 
@@ -49,8 +50,6 @@ def recorded_splits(cfg: DictConfig, doc: dict, names=SPLIT_NAMES, where: str = 
     """The splits a run recorded (its split.json `doc`), as samples of the dataset on disk now;
     a SegbenchError where a recorded image is missing or its files changed (name or size).
     Warns about images added since (unless `quiet`) and where split.json has no file record."""
-    from segbench.data import dataset_module
-
     module = dataset_module(cfg.dataset)
     pools = module.list_splits(cfg.dataset)
     by_id = {s.id: s for pool in pools.values() for s in pool}
@@ -66,7 +65,7 @@ def recorded_splits(cfg: DictConfig, doc: dict, names=SPLIT_NAMES, where: str = 
     if files is None and not quiet:
         log.warning("%s's split.json records no file sizes (an older segbench wrote it): its "
                     "data cannot be checked for changes", where)
-    else:
+    elif files is not None:
         for samples in out.values():
             for s in samples:
                 now, then = _facts(s), files.get(s.id)

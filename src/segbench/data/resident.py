@@ -40,7 +40,8 @@ class ResidentBatches:
         self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
         self.device, self.augmentation = device, augmentation
         # Copies: the cache's arrays are read-only memory maps. NxCxHxW and Nx1xHxW uint8.
-        self.images = torch.from_numpy(np.array(dataset.images)).permute(0, 3, 1, 2).contiguous().to(device)
+        images = torch.from_numpy(np.array(dataset.images)).permute(0, 3, 1, 2)
+        self.images = images.contiguous().to(device)
         self.masks = torch.from_numpy(np.array(dataset.masks))[:, None].to(device)
 
     def __len__(self) -> int:
@@ -92,11 +93,13 @@ def resident_batches(dataset: SegmentationDataset, sampler: SeededShuffleSampler
     allowed = device_memory(device) * budget
     if need > allowed:
         message = (f"the training split takes {_size(need)}, more than "
-                   f"trainer.data_on_device_budget={budget} of {device}'s memory ({_size(allowed)})")
+                   f"trainer.data_on_device_budget={budget} of {device}'s memory "
+                   f"({_size(allowed)})")
         if setting is True:
             raise SegbenchError(f"trainer.data_on_device=true: {message}; raise the budget, use a "
                                 "lower resolution, or set trainer.data_on_device=auto")
-        log.info("data on device: %s; this run's training batches come from the data loader", message)
+        log.info("data on device: %s; this run's training batches come from the data loader",
+                 message)
         return None
     log.info("data on device: the training split (%.1f MiB) is on %s; batches and augmentation "
              "are drawn there", need / 2**20, device)

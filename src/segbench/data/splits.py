@@ -28,7 +28,8 @@ def _take(samples: list[Sample], groups: set[str]) -> list[Sample]:
     return [s for s in samples if (s.group if s.group is not None else s.id) in groups]
 
 
-def split_groups(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+def split_groups(samples: list[Sample], fraction: float,
+                 seed: int) -> tuple[list[Sample], list[Sample]]:
     """(rest, held_out): about `fraction` of the groups held out, chosen by `seed`."""
     groups = _groups(samples)
     n_out = int(round(fraction * len(groups)))
@@ -81,7 +82,7 @@ def fold_assignment(samples: list[Sample], folds: int, seed: int) -> list[list[s
         unit = "patients" if any(s.group is not None for s in samples) else "images"
         raise SegbenchError(f"dataset.folds={folds} but the training pool has {len(groups)} "
                             f"{unit}: use at most {len(groups)} folds")
-    size = {}
+    size: dict[str, int] = {}
     for s in samples:
         key = s.group if s.group is not None else s.id
         size[key] = size.get(key, 0) + 1
@@ -135,7 +136,8 @@ def make_splits(pools: dict[str, list[Sample]], *, val_fraction: float, train_fr
     splits = {"train": train, "val": val, "test": pools["test"]}
     for name, items in splits.items():
         if not items:
-            raise SegbenchError(f"the {name} split is empty: check the dataset and its split settings")
+            raise SegbenchError(f"the {name} split is empty: check the dataset and its split "
+                                "settings")
     _check_disjoint(splits)
     return splits
 
@@ -145,7 +147,8 @@ def _check_disjoint(splits: dict[str, list[Sample]]) -> None:
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             ids = {s.id for s in splits[a]} & {s.id for s in splits[b]}
-            groups = {s.group for s in splits[a] if s.group} & {s.group for s in splits[b] if s.group}
+            groups = ({s.group for s in splits[a] if s.group}
+                      & {s.group for s in splits[b] if s.group})
             if ids or groups:
                 shared = sorted(ids or groups)[:5]
                 raise SegbenchError(f"the {a} and {b} splits share images/patients: {shared}")

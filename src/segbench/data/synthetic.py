@@ -3,8 +3,9 @@
 Each frame is textured tissue (reddish, with folds, vessels, pale patches and vignetting) with one
 to three instrument shafts entering from the border: shaded cylinders with a specular stripe,
 sometimes with open jaws at the tip. `dataset.task=multiclass` labels shaft (1) and tip (2: the
-last fifth of the shaft and the jaws) apart: configs/experiment/quickstart_multiclass.yaml. Specular spots on the tissue, blur and sensor noise make
-pixel-level thresholds fail; the shapes make it learnable. `difficulty` pushes tool colours
+last fifth of the shaft and the jaws) apart: configs/experiment/quickstart_multiclass.yaml.
+Specular spots on the tissue, blur and sensor noise make pixel-level thresholds fail; the shapes
+make it learnable. `difficulty` pushes tool colours
 toward the tissue's, adds pale tissue patches and noise.
 """
 
@@ -36,7 +37,7 @@ def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray
 
 def _tissue(rng: np.random.Generator, size: int, difficulty: float) -> np.ndarray:
     base = np.array([0.78, 0.36, 0.30]) + rng.normal(0, 0.05, 3)  # reddish mucosa (RGB)
-    img = np.ones((size, size, 3), np.float32) * base
+    img: np.ndarray = np.ones((size, size, 3), np.float32) * base
     folds = _smooth_noise(rng, size, 12)
     img *= (1 + 0.25 * folds)[..., None]
     fine = _smooth_noise(rng, size, 3)
@@ -48,9 +49,9 @@ def _tissue(rng: np.random.Generator, size: int, difficulty: float) -> np.ndarra
     # Vessels: thin dark-red curves.
     for _ in range(rng.integers(2, 6)):
         pts = np.cumsum(rng.normal(0, size / 10, (8, 2)), axis=0) + rng.uniform(0, size, 2)
-        vessel = np.zeros((size, size), np.float32)
-        cv2.polylines(vessel, [pts.astype(np.int32)], False, 1.0, thickness=max(1, size // 96))
-        vessel = cv2.GaussianBlur(vessel, (0, 0), 0.8)[..., None]
+        line = np.zeros((size, size), np.float32)
+        cv2.polylines(line, [pts.astype(np.int32)], False, 1.0, thickness=max(1, size // 96))
+        vessel = cv2.GaussianBlur(line, (0, 0), 0.8)[..., None]
         img = img * (1 - 0.35 * vessel) + np.array([0.45, 0.08, 0.10]) * 0.35 * vessel
     return img
 
@@ -118,7 +119,7 @@ def _rotate(v: np.ndarray, angle: float) -> np.ndarray:
 
 def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.ndarray, np.ndarray]:
     """One frame: (uint8 HxWx3 RGB image, uint8 HxW labels: 0 tissue, 1 shaft, 2 tip)."""
-    img = _tissue(rng, size, difficulty)
+    img: np.ndarray = _tissue(rng, size, difficulty)
     mask = np.zeros((size, size), np.uint8)
     for _ in range(rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])):
         _instrument(rng, size, img, mask, difficulty)
@@ -134,7 +135,8 @@ def render(rng: np.random.Generator, size: int, difficulty: float) -> tuple[np.n
     yy, xx = np.mgrid[0:size, 0:size] / size - 0.5
     img *= (1 - rng.uniform(0.6, 1.0) * (xx**2 + yy**2))[..., None]
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.6 + difficulty))
-    img += rng.normal(0, 0.01 + 0.03 * difficulty, img.shape)
+    # OpenCV's stubs type its result as an integer or float array; a blurred float image is float
+    img += rng.normal(0, 0.01 + 0.03 * difficulty, img.shape)  # type: ignore[arg-type]
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), mask
 
 
@@ -148,8 +150,9 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         raise SegbenchError("dataset.num_train must be >= 2 and dataset.num_test >= 1")
     if image_size < 32:
         raise SegbenchError(f"dataset.image_size must be >= 32, got {image_size}")
-    params = dict(seed=seed, num_train=num_train, num_test=num_test, image_size=image_size,
-                  difficulty=difficulty, version=GENERATOR_VERSION)
+    params: dict[str, object] = dict(seed=seed, num_train=num_train, num_test=num_test,
+                                     image_size=image_size, difficulty=difficulty,
+                                     version=GENERATOR_VERSION)
     if labels:  # binary folders keep their names (and caches) from before the multiclass mode
         params["labels"] = "tissue,shaft,tip"
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
@@ -168,7 +171,8 @@ def generate(root: Path, *, seed: int, num_train: int, num_test: int, image_size
         img, mask = render(np.random.default_rng(ss), image_size, difficulty)
         name = f"{'train' if i < num_train else 'test'}_{i:05d}.png"
         cv2.imwrite(str(tmp / "images" / name), img[..., ::-1])
-        cv2.imwrite(str(tmp / "masks" / name), mask if labels else (mask > 0).astype(np.uint8) * 255)
+        stored = mask if labels else (mask > 0).astype(np.uint8) * 255
+        cv2.imwrite(str(tmp / "masks" / name), stored)
     (tmp / "params.json").write_text(json.dumps(params, indent=2))
     try:
         tmp.rename(folder)

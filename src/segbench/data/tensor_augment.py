@@ -65,7 +65,8 @@ class Draw:
         return torch.as_tensor(np.flatnonzero(selected), device=self.device)
 
     def noise(self, selected: np.ndarray, shape: tuple, uniform: bool = False) -> torch.Tensor:
-        """Standard normal (or uniform [-1, 1)) noise of `shape` per selected image, on the device."""
+        """Standard normal (or uniform [-1, 1)) noise of `shape` per selected image, on the
+        device."""
         out = []
         for i in np.flatnonzero(selected):
             gen = torch.Generator(device=self.device)
@@ -129,7 +130,8 @@ def _border(t) -> str:
     mode = int(getattr(t, "border_mode", 0))
     if mode not in PADDING:
         raise Unsupported(f"{type(t).__name__} border_mode {mode}")
-    if mode == 0 and (float(getattr(t, "fill", 0) or 0) != 0 or float(getattr(t, "fill_mask", 0) or 0) != 0):
+    if mode == 0 and (float(getattr(t, "fill", 0) or 0) != 0
+                      or float(getattr(t, "fill_mask", 0) or 0) != 0):
         raise Unsupported(f"{type(t).__name__} with a fill other than 0")
     if int(getattr(t, "mask_interpolation", 0)) != 0:
         raise Unsupported(f"{type(t).__name__} mask_interpolation other than nearest")
@@ -297,7 +299,8 @@ def elastic(t) -> Op:
         field = draw.noise(selected, (1 if t.same_dxdy else 2, h, w),
                            uniform=t.noise_distribution == "uniform")
         kernel = gaussian_kernels(np.full(n, t.sigma), np.full(n, radius), radius)
-        field = blur(field, torch.as_tensor(kernel, device=images.device, dtype=field.dtype)) * t.alpha
+        kernel_t = torch.as_tensor(kernel, device=images.device, dtype=field.dtype)
+        field = blur(field, kernel_t) * t.alpha
         dx, dy = field[:, 0], field[:, -1]
         return _warp(images, masks, _pixel_grid(dx, dy), draw, selected, interpolation, padding)
     return op

@@ -6,6 +6,8 @@ mask are transformed together, masks with nearest-neighbour interpolation so the
 
 from __future__ import annotations
 
+from typing import cast
+
 import albumentations as A
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +18,8 @@ def _build_one(spec: dict):
     spec = dict(spec)
     name = spec.pop("type", None)
     if name is None:
-        raise SegbenchError(f"augmentation entry {spec} has no `type` (an albumentations class name)")
+        raise SegbenchError(f"augmentation entry {spec} has no `type` "
+                            "(an albumentations class name)")
     if "transforms" in spec:  # OneOf / SomeOf / Sequential hold transforms of their own
         spec["transforms"] = [_build_one(t) for t in spec["transforms"]]
     cls = getattr(A, name, None)
@@ -54,7 +57,9 @@ def build_augmentation(cfg: DictConfig | dict | None,
     """
     if cfg is None:
         return None
-    spec = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    # A preset is a mapping (name, transforms).
+    spec = (cast(dict, OmegaConf.to_container(cfg, resolve=True)) if isinstance(cfg, DictConfig)
+            else dict(cfg))
     swapping = sorted(_types(spec.get("transforms")) & SQUARE_ONLY)
     if size is not None and size[0] != size[1] and swapping:
         raise SegbenchError(

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from omegaconf import DictConfig, OmegaConf
+from PIL import Image
 
 from segbench import SegbenchError
 from segbench.data import EXPECTED_MASK_VALUES, dataset_module, default_read
@@ -57,15 +59,11 @@ def quick_check(cfg: DictConfig, splits: dict[str, list[Sample]]) -> None:
 def describe(path: Path) -> str:
     """'<channels>ch <dtype>' of an image file from its header, without decoding the pixels."""
     if Path(path).suffix.lower() in (".tif", ".tiff"):
-        import tifffile
-
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
             shape, dtype = page.shape, page.dtype
         channels = shape[2] if len(shape) == 3 else 1
         return f"{channels}ch {dtype}"
-    from PIL import Image
-
     with Image.open(path) as im:
         bands = len(im.getbands())
         dtype = {"1": "bool", "I": "int32", "F": "float32"}.get(im.mode, "uint8")
@@ -78,7 +76,7 @@ def _inspect(read, sample: Sample) -> dict:
     """What verify needs to know about one image/mask pair, or the problem reading it."""
     try:
         kinds = (describe(sample.image), describe(sample.mask))
-    except Exception as err:  # every header reader has its own errors; the decode below names the file
+    except Exception as err:  # each header reader has its own errors; the decode names the file
         kinds = ("?", "?")
         log.debug("header of %s: %s", sample.image, err)
     try:
@@ -94,11 +92,11 @@ def _inspect(read, sample: Sample) -> dict:
 class _Collect(logging.Handler):
     """The warnings the dataset module logs while listing, for the report."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.messages: list[str] = []
 
-    def emit(self, record):
+    def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 
 
@@ -140,8 +138,30 @@ def _grouped(errors: list[str], shown: int = 10) -> str:
 def verify_dataset(cfg: DictConfig) -> dict:
     """The full check; returns the report (problems under "problems")."""
     d = cfg.dataset
-    module = dataset_module(d)
     report: dict = {"dataset": d.name, "root": str(d.get("root")), "problems": [], "warnings": []}
+    pools = _list_pools(d, report)
+    if pools is None:
+        return report
+    report["pools"] = {k: len(v) for k, v in pools.items()}
+    report["pools_origin"] = _pools_origin(d)
+    try:
+        splits = make_splits(pools, **split_settings(d))
+        report["splits"] = {k: len(v) for k, v in splits.items()}
+    except SegbenchError as err:
+        report["problems"].append(str(err))
+        splits = pools
+    good = _read_pairs(cfg, splits, report)
+    _describe_files(d, good, report)
+    _describe_masks(splits, good, report)
+    report["split_text"] = {k: f"{len(v)}{_groups_text(v)}" for k, v in splits.items()}
+    return report
+
+
+def _list_pools(d: DictConfig, report: dict) -> dict[str, list[Sample]] | None:
+    """The dataset's pools as its module lists them, with unpaired files reported (a problem, or
+    a warning with on_unpaired=skip) and the warnings it logs collected; None when it cannot
+    list them (the report says why)."""
+    module = dataset_module(d)
     problems, warnings = report["problems"], report["warnings"]
     collect = _Collect()
     data_log = logging.getLogger("segbench.data")
@@ -156,19 +176,17 @@ def verify_dataset(cfg: DictConfig) -> dict:
             pools = module.list_splits(OmegaConf.merge(d, {"on_unpaired": "skip"}))
     except SegbenchError as err:
         problems.append(str(err))
-        return report
+        return None
     finally:
         data_log.removeHandler(collect)
     warnings += [m for m in collect.messages if "on_unpaired=skip" not in m]
-    report["pools"] = {k: len(v) for k, v in pools.items()}
-    report["pools_origin"] = _pools_origin(d)
-    try:
-        splits = make_splits(pools, **split_settings(d))
-        report["splits"] = {k: len(v) for k, v in splits.items()}
-    except SegbenchError as err:
-        problems.append(str(err))
-        splits = pools
+    return pools
 
+
+def _read_pairs(cfg: DictConfig, splits: dict[str, list[Sample]],
+                report: dict) -> list[tuple[str, dict]]:
+    """Every pair decoded once (in threads): (split name, its facts) of the pairs that could be
+    read; the others are a problem in the report."""
     read = _reader(cfg)
     samples = [(name, s) for name, items in splits.items() for s in items]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
@@ -177,8 +195,14 @@ def verify_dataset(cfg: DictConfig) -> dict:
     good = [(name, f) for (name, _), f in zip(samples, facts, strict=True) if "error" not in f]
     if errors:
         report["unreadable"] = errors
-        problems.append(f"{len(errors)} image/mask pair(s) cannot be used: " + _grouped(errors))
+        report["problems"].append(f"{len(errors)} image/mask pair(s) cannot be used: "
+                                  + _grouped(errors))
     report["pairs"] = len(samples)
+    return good
+
+
+def _describe_files(d: DictConfig, good: list[tuple[str, dict]], report: dict) -> None:
+    """Image sizes, file kinds and mask value sets of the readable pairs, and the task."""
     report["image_sizes"] = dict(Counter(f["size"] for _, f in good).most_common())
     report["image_files"] = dict(Counter(f["image_kind"] for _, f in good).most_common())
     report["mask_files"] = dict(Counter(f["mask_kind"] for _, f in good).most_common())
@@ -189,15 +213,23 @@ def verify_dataset(cfg: DictConfig) -> dict:
         report["task"] = task.describe()
     odd = sorted({v for _, f in good for v in f["values"]} - EXPECTED_MASK_VALUES)
     if odd and task.kind == "binary":
-        warnings.append(f"masks hold values outside {{0, 1, 255}} ({odd[:20]}): they are "
-                        "binarized as value > 0; check that this is what the masks mean")
+        report["warnings"].append(
+            f"masks hold values outside {{0, 1, 255}} ({odd[:20]}): they are binarized as "
+            "value > 0; check that this is what the masks mean")
+
+
+def _describe_masks(splits: dict[str, list[Sample]], good: list[tuple[str, dict]],
+                    report: dict) -> None:
+    """The share of empty and of full masks per split, and the count of black images."""
+    warnings = report["warnings"]
     report["empty_masks"] = {
         name: round(float(np.mean([f["empty"] for n, f in good if n == name])), 4)
         for name in splits if any(n == name for n, _ in good)}
     if good:
         report["empty_masks"]["all"] = round(float(np.mean([f["empty"] for _, f in good])), 4)
-    report["full_masks"] = {name: round(float(np.mean([f["full"] for n, f in good if n == name])), 4)
-                            for name in report["empty_masks"] if name != "all"}
+    report["full_masks"] = {
+        name: round(float(np.mean([f["full"] for n, f in good if n == name])), 4)
+        for name in report["empty_masks"] if name != "all"}
     if good:
         report["full_masks"]["all"] = round(float(np.mean([f["full"] for _, f in good])), 4)
         warnings += _extremes(report["empty_masks"]["all"], report["full_masks"]["all"], len(good))
@@ -206,8 +238,6 @@ def verify_dataset(cfg: DictConfig) -> dict:
     if good and report["black_images"] > len(good) / 2:
         warnings.append(f"{report['black_images']} of {len(good)} images are black (mean below "
                         "1 of 255) after reading: check the files (and dataset.window for CT)")
-    report["split_text"] = {k: f"{len(v)}{_groups_text(v)}" for k, v in splits.items()}
-    return report
 
 
 # Masks all background or all foreground in this share of pairs or more mean a reading problem
@@ -236,8 +266,8 @@ def format_report(report: dict) -> str:
         values = task.get("mask_values")
         classes = (", ".join(f"{v}: {n}" for v, n in zip(values, task["classes"], strict=True))
                    if values else ", ".join(task["classes"]))
-        lines.append(f"  task         {task['task']} ({classes}"
-                     f"{'; ignore ' + str(task['ignore_index']) if 'ignore_index' in task else ''})")
+        ignore = f"; ignore {task['ignore_index']}" if "ignore_index" in task else ""
+        lines.append(f"  task         {task['task']} ({classes}{ignore})")
     if "pools" in report:
         lines.append(f"  pairs        {report.get('pairs', 0)} image/mask pairs, "
                      f"{len(report.get('unpaired', []))} unpaired file(s), "

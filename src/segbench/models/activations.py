@@ -20,8 +20,9 @@ HIDDEN_TYPES = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Mish, nn.E
                 nn.SELU, nn.PReLU, nn.RReLU, nn.Hardswish)
 # timm's and smp's own activation classes (timm.layers GELU/QuickGELU/..., smp's EfficientNet
 # Swish), matched by name so that neither library has to be imported here.
-HIDDEN_NAMES = frozenset({"GELU", "GELUTanh", "QuickGELU", "Swish", "SwishMe", "MemoryEfficientSwish",
-                          "HardSwish", "HardSwishMe", "Mish", "MishMe", "HardMish", "HardMishMe"})
+HIDDEN_NAMES = frozenset({"GELU", "GELUTanh", "QuickGELU", "Swish", "SwishMe",
+                          "MemoryEfficientSwish", "HardSwish", "HardSwishMe", "Mish", "MishMe",
+                          "HardMish", "HardMishMe"})
 
 
 def _leakyrelu(cfg, inplace):
@@ -53,7 +54,8 @@ def make_activation(cfg, inplace: bool = False) -> nn.Module:
     cfg = {"name": cfg} if isinstance(cfg, str) else cfg
     name = cfg["name"]
     if name not in _FACTORIES:
-        raise SegbenchError(f"unknown activation {name!r}; available: {', '.join(available_activations())}")
+        raise SegbenchError(f"unknown activation {name!r}; "
+                            f"available: {', '.join(available_activations())}")
     return _FACTORIES[name](cfg, inplace)
 
 
@@ -79,7 +81,8 @@ def swap_activations(net: nn.Module, cfg) -> int:
         for child_name, child in list(parent.named_children()):
             if is_hidden_activation(child):
                 new = make_activation(cfg, inplace=bool(getattr(child, "inplace", False)))
-                new._segbench_hidden = True
+                # torch types Module attributes as Tensor | Module; a plain flag is allowed too
+                new._segbench_hidden = True  # type: ignore[assignment]
                 setattr(parent, child_name, new)
                 count += 1
     return count

@@ -32,15 +32,18 @@ class Ensemble(nn.ModuleList):
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The mean of the members' probabilities (float32): sigmoid, or softmax for a
         multiclass task."""
-        total = None
+        total: torch.Tensor | None = None
         for member, dtype in zip(self, self.amp_dtypes, strict=True):
             cast = (contextlib.nullcontext() if dtype is None
                     else torch.autocast(images.device.type, dtype=dtype))
             with cast:
                 p = probabilities(member(images).float(), self.task)
             total = p if total is None else total + p
+        assert total is not None, "an ensemble has members"
         return total / len(self)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         probs = self.probabilities(images)
-        return probs.clamp_min(1e-12).log() if self.task.kind == "multiclass" else torch.logit(probs)
+        if self.task.kind == "multiclass":
+            return probs.clamp_min(1e-12).log()
+        return torch.logit(probs)

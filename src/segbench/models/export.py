@@ -19,12 +19,16 @@ import inspect
 import io
 import logging
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from segbench import SegbenchError
+from segbench import SegbenchError, __version__
+from segbench.metrics.stats import bootstrap_mean_ci
+from segbench.models.registry import SegmentationModel
 from segbench.task import task_of
 
 log = logging.getLogger(__name__)
@@ -38,7 +42,7 @@ class AnySize(torch.nn.Module):
     the input's size, so the tracer records arithmetic instead of the example's constants.
     Reflection padding needs each side longer than the pad (a divisor of 32: over 31 pixels)."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: SegmentationModel):
         super().__init__()
         self.model = model
 
@@ -55,11 +59,12 @@ class AnySize(torch.nn.Module):
         return m.net(x).narrow(2, top, h).narrow(3, left, w)
 
 
-def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+def export_onnx(model: SegmentationModel, example: torch.Tensor, path: Path, opset: int,
                 any_size: bool = True) -> None:
     # The TorchScript-based exporter: it needs no onnxscript and handles the padding.
     # (torch >= 2.5 has a `dynamo` switch and, from 2.9, defaults it to the other exporter.)
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    has_switch = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    legacy: dict[str, Any] = {"dynamo": False} if has_switch else {}
     axes = {0: "batch", 2: "height", 3: "width"} if any_size else {0: "batch"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shapes fixed at export
@@ -99,13 +104,14 @@ def export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Path
 def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray | None:
     """Logits from ONNX Runtime; None when it is not installed (the graph is then only checked)."""
     try:
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional extra
     except ImportError:
         try:
-            import onnx
+            import onnx  # optional extra
         except ImportError:
             raise SegbenchError("cannot check the exported model (so it is not kept): neither "
-                                "onnxruntime nor onnx is installed; pip install 'segbench[export]'") from None
+                                "onnxruntime nor onnx is installed; "
+                                "pip install 'segbench[export]'") from None
         onnx.checker.check_model(str(path), full_check=True)
         return None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -114,7 +120,8 @@ def run_onnx(path: Path, batch: np.ndarray) -> np.ndarray | None:
 
 def run_torchscript(path: Path, batch: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in favour of torch.export
+        # TorchScript is deprecated in favour of torch.export
+        warnings.simplefilter("ignore", FutureWarning)
         loaded = torch.jit.load(str(path), map_location="cpu")
     with torch.no_grad():
         return loaded(torch.from_numpy(batch)).numpy()
@@ -139,12 +146,12 @@ def _compare(model, fmt: str, path: Path, shape: tuple[int, ...], seed: int) -> 
     if got is None:
         return None
     if got.shape != expected.shape:
-        raise SegbenchError(f"the exported model returns shape {got.shape} for input {list(shape)}, "
-                            f"PyTorch {expected.shape}")
+        raise SegbenchError(f"the exported model returns shape {got.shape} for input "
+                            f"{list(shape)}, PyTorch {expected.shape}")
     return float(np.abs(got - expected).max())
 
 
-def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tuple[int, int, int],
+def export_model(model: SegmentationModel, fmt: str, path: Path, input_shape: tuple[int, int, int],
                  opset: int = 17, check_batch: int = 2, seed: int = 0, atol: float = 1e-4) -> dict:
     """Export `model` (on the CPU, eval mode), run the file on random batches and compare:
     at the export size with another batch size, and (ONNX) at two other sizes."""
@@ -164,7 +171,8 @@ def export_model(model: torch.nn.Module, fmt: str, path: Path, input_shape: tupl
             worst = max((d for d in diffs if d is not None), default=None)
             if worst is not None and not worst <= atol:
                 raise SegbenchError(f"it differs from PyTorch by {worst:.3g} there")
-            check.update(dynamic=["batch", "height", "width"], checked_sizes=[list(s) for s in sizes])
+            check.update(dynamic=["batch", "height", "width"],
+                         checked_sizes=[list(s) for s in sizes])
             if worst is not None:
                 check["max_abs_diff_other_sizes"] = worst
         except Exception as err:  # not valid at other sizes for this model: fix the size
@@ -191,12 +199,7 @@ def model_card(info: dict, config: dict, metrics: dict | None, split: dict,
     """What a user of the exported file needs to know, from the run's own records: input and
     preprocessing, threshold, the data it was trained and tested on (the split's fingerprint),
     test metrics with 95% intervals over the test images, and the versions."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    from segbench import __version__
-    from segbench.metrics.stats import bootstrap_mean_ci
-
-    tested = {}
+    tested: dict[str, Any] = {}
     for key in ("dice", "iou"):
         values = [float(r[key]) for r in per_case if r.get(key) not in (None, "", "nan")]
         if values:
@@ -207,7 +210,8 @@ def model_card(info: dict, config: dict, metrics: dict | None, split: dict,
     for key in ("dice_micro", "iou_micro", "hd95", "n_images"):
         if key in test:
             tested[key] = test[key]
-    res, data, model = config.get("resolution", {}), config.get("dataset", {}), config.get("model", {})
+    res, data = config.get("resolution", {}), config.get("dataset", {})
+    model = config.get("model", {})
     exported_with = {"segbench": __version__, "torch": torch.__version__}
     for package in ("onnx", "onnxruntime"):
         try:
@@ -257,7 +261,8 @@ def card_markdown(info: dict, card: dict) -> str:
         f"- **Model**: {', '.join(f'{k} {v}' for k, v in card['model'].items() if v is not None)}",
         f"- **Format**: {info['format']} ({', '.join(info.get('dynamic', ['batch']))} free); "
         f"checked with {info.get('checked_with')}",
-        f"- **Input**: `image`, float32 {shape}, values in [0, 1] ({card['preprocessing']['scale']})",
+        f"- **Input**: `image`, float32 {shape}, values in [0, 1] "
+        f"({card['preprocessing']['scale']})",
         f"- **Resize**: {card['preprocessing']['resize']}",
         f"- **Normalisation**: {card['preprocessing']['normalisation']}",
         f"- **Output**: `logits` {' x '.join(str(s) for s in info['output']['shape'])}; "
@@ -266,6 +271,7 @@ def card_markdown(info: dict, card: dict) -> str:
         f"(fingerprint {data['split_fingerprint']}, split_seed {data['split_seed']})",
         f"- **Test metrics** ({metrics.get('n_images', '?')} images): Dice {metric('dice')}, "
         f"IoU {metric('iou')}",
-        f"- **Versions**: exported with {', '.join(f'{k} {v}' for k, v in card['exported_with'].items())}; "
+        f"- **Versions**: exported with "
+        f"{', '.join(f'{k} {v}' for k, v in card['exported_with'].items())}; "
         f"trained with torch {(card['trained_with'] or {}).get('torch', '?')}",
         f"- **Run**: `{info['run_dir']}` ({info['checkpoint']}.pt, epoch {info['epoch']})", ""])

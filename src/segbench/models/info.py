@@ -19,9 +19,13 @@ import logging
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from hydra.experimental.callback import Callback
 from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,6 @@ def size_mb(model: nn.Module) -> float:
 
 def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int | None:
     """FLOPs of one forward pass of one (C, H, W) image; None when the counter cannot run it."""
-    from torch.func import functional_call
-    from torch.utils.flop_counter import FlopCounterMode
-
     was_training = model.training
     model.eval()
     try:
@@ -68,9 +69,11 @@ def count_flops(model: nn.Module, input_shape: tuple[int, int, int]) -> int | No
 def model_facts(model: nn.Module, input_shape: tuple[int, int, int] | None = None) -> dict:
     """The facts every run's metrics.json records (cheap: no real forward pass)."""
     total, trainable = count_params(model)
-    facts = {"params": total, "trainable_params": trainable, "size_mb": round(size_mb(model), 3)}
+    facts: dict[str, Any] = {"params": total, "trainable_params": trainable,
+                             "size_mb": round(size_mb(model), 3)}
     if input_shape is not None:
-        flops = count_flops(model, tuple(int(s) for s in input_shape))
+        channels, height, width = (int(s) for s in input_shape)
+        flops = count_flops(model, (channels, height, width))
         facts.update(flops=flops, gflops=None if flops is None else round(flops / 1e9, 3),
                      flops_input=list(input_shape))
     return facts
@@ -92,7 +95,8 @@ def inference_latency(model: nn.Module, input_shape: tuple[int, int, int], devic
     model.eval()
     x = torch.rand((1, *input_shape), device=device)
     times = []
-    cast = contextlib.nullcontext() if amp_dtype is None else torch.autocast(device.type, dtype=amp_dtype)
+    cast = (contextlib.nullcontext() if amp_dtype is None
+            else torch.autocast(device.type, dtype=amp_dtype))
     with cast:
         for i in range(warmup + max(1, repeats)):
             start = time.perf_counter()
@@ -105,8 +109,8 @@ def inference_latency(model: nn.Module, input_shape: tuple[int, int, int], devic
 
 
 @torch.no_grad()
-def measure(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int, device: torch.device,
-            warmup: int = 2, repeats: int = 10) -> dict:
+def measure(model: nn.Module, input_shape: tuple[int, int, int], batch_size: int,
+            device: torch.device, warmup: int = 2, repeats: int = 10) -> dict:
     """Median latency and peak memory of forward passes of a batch on `device` (eval mode)."""
     model = model.to(device).eval()
     x = torch.rand((batch_size, *input_shape), device=device)
@@ -130,7 +134,7 @@ def _peak_memory_mb(model: nn.Module, x: torch.Tensor, device: torch.device) -> 
         model(x)
         _sync(device)
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 2)
-    try:
+    try:  # a private tool of torch, absent from some releases (and builds without distributed)
         from torch.distributed._tools.mem_tracker import MemTracker
     except ImportError:
         return None
@@ -140,7 +144,7 @@ def _peak_memory_mb(model: nn.Module, x: torch.Tensor, device: torch.device) -> 
         with tracker:
             model(x)
         return round(tracker.get_tracker_snapshot("peak")[device]["Total"] / 2**20, 2)
-    except Exception as err:  # a torch release that changed this tool: report nothing rather than fail
+    except Exception as err:  # a torch release that changed this tool: report nothing, not fail
         log.warning("cannot measure peak memory on %s: %s", device, err)
         return None
 
@@ -181,7 +185,8 @@ def format_table(rows: list[dict]) -> str:
         cells.append([fmt.format(row[key]) if row.get(key) is not None else "-"
                       for key, _, fmt in COLUMNS])
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                       for i, (c, w) in enumerate(zip(r, widths)))
              for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -190,15 +195,10 @@ def format_table(rows: list[dict]) -> str:
 def collect_rows(sweep_dir: Path) -> list[dict]:
     """The info.json rows of a sweep's jobs, in job order."""
     found = [p for p in Path(sweep_dir).glob("*/info.json")]
-    found.sort(key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0,
+    found.sort(key=lambda p: (not p.parent.name.isdigit(),
+                              int(p.parent.name) if p.parent.name.isdigit() else 0,
                               p.parent.name))
     return [json.loads(p.read_text()) for p in found]
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra < 1.1
-    Callback = object
 
 
 class InfoTable(Callback):

@@ -41,9 +41,10 @@ class SPConv(nn.Module):
         super().__init__()
         self.split = int(in_channels * ratio)
         if not can_split(in_channels, out_channels, ratio, groups):
-            raise SegbenchError(f"SPConv cannot split {in_channels} -> {out_channels} channels with "
-                                f"ratio {ratio} into {groups} groups")
-        self.group_wise = nn.Conv2d(self.split, out_channels, 3, padding=1, groups=groups, bias=False)
+            raise SegbenchError(f"SPConv cannot split {in_channels} -> {out_channels} channels "
+                                f"with ratio {ratio} into {groups} groups")
+        self.group_wise = nn.Conv2d(self.split, out_channels, 3, padding=1, groups=groups,
+                                    bias=False)
         self.point_wise = nn.Conv2d(self.split, out_channels, 1, bias=False)
         self.cheap = nn.Conv2d(in_channels - self.split, out_channels, 1)
         self.norm_rep = nn.BatchNorm2d(out_channels)
@@ -71,12 +72,15 @@ def sp_conv(in_channels: int, out_channels: int) -> nn.Module:
 
 
 class SPDoubleConv(nn.Sequential):
-    """U-Net's DoubleConv with each 3x3 convolution replaced by SPConv (Zhang et al., IJCAI 2020)."""
+    """U-Net's DoubleConv with each 3x3 convolution replaced by SPConv (Zhang et al., IJCAI
+    2020)."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
-            sp_conv(in_channels, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
-            sp_conv(out_channels, out_channels), nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            sp_conv(in_channels, out_channels), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            sp_conv(out_channels, out_channels), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -98,7 +102,7 @@ class _Residual(nn.Module):
 class _Branches(nn.Module):
     """Parallel branches on one input, concatenated, fused by a 1x1 convolution and batch norm."""
 
-    def __init__(self, branches: list[nn.Module], branch_channels: int, out_channels: int):
+    def __init__(self, branches: Sequence[nn.Module], branch_channels: int, out_channels: int):
         super().__init__()
         self.branches = nn.ModuleList(branches)
         self.fuse = nn.Sequential(nn.Conv2d(branch_channels, out_channels, 1, bias=False),
@@ -118,7 +122,8 @@ class MFE(_Residual):
         width = max(1, out_channels // 4)
 
         def stack(n: int) -> nn.Sequential:
-            return nn.Sequential(*(conv_bn_act(in_channels if i == 0 else width, width) for i in range(n)))
+            return nn.Sequential(*(conv_bn_act(in_channels if i == 0 else width, width)
+                                   for i in range(n)))
 
         branches = [conv_bn_act(in_channels, width, kernel_size=1), stack(1), stack(2), stack(3)]
         super().__init__(in_channels, out_channels, _Branches(branches, 4 * width, out_channels))
@@ -135,7 +140,8 @@ class CIE(_Residual):
     def __init__(self, in_channels: int, out_channels: int):
         width = max(1, out_channels // 2)
         branches = [conv_bn_act(in_channels, width, dilation=r) for r in self.rates]
-        super().__init__(in_channels, out_channels, _Branches(branches, len(self.rates) * width, out_channels))
+        super().__init__(in_channels, out_channels,
+                         _Branches(branches, len(self.rates) * width, out_channels))
 
 
 class ConvModule(nn.Sequential):
@@ -155,8 +161,10 @@ class ResidualAttention(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         inner = max(1, channels // 2)
-        self.skip_proj = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
-        self.gate_proj = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
+        self.skip_proj = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False),
+                                       nn.BatchNorm2d(inner))
+        self.gate_proj = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False),
+                                       nn.BatchNorm2d(inner))
         self.act = nn.ReLU(inplace=True)
         # The sigmoid is a gate, not a hidden activation: an activation swap leaves it alone.
         self.attention = nn.Sequential(nn.Conv2d(inner, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid())
@@ -179,13 +187,17 @@ def _divisor(kwargs: dict) -> int:
 
 @register("mcnet", divisor=_divisor)
 def mcnet(preset: str | None = "v1", block: str | None = None, skip: str | None = None,
-          features: Sequence[int] = (64, 128, 256, 512), in_channels: int = 3, classes: int = 1) -> UNet:
+          features: Sequence[int] = (64, 128, 256, 512), in_channels: int = 3,
+          classes: int = 1) -> UNet:
     """An MC-Net version: `preset` picks block and skip; `block`/`skip` override either."""
     if preset is not None and str(preset) not in PRESETS:
         hint = (" (v2 is v1 trained with augmentation, an experiment rather than a model: use "
-                "mcnet_version=v2, i.e. model.preset=v1 augmentation=basic)") if str(preset) == "v2" else ""
-        raise SegbenchError(f"unknown mcnet preset {preset!r}{hint}; available: {', '.join(PRESETS)}")
-    default_block, default_skip = PRESETS[str(preset)] if preset is not None else ("doubleconv", "concat")
+                "mcnet_version=v2, i.e. model.preset=v1 augmentation=basic)"
+                if str(preset) == "v2" else "")
+        raise SegbenchError(f"unknown mcnet preset {preset!r}{hint}; "
+                            f"available: {', '.join(PRESETS)}")
+    default_block, default_skip = (PRESETS[str(preset)] if preset is not None
+                                   else ("doubleconv", "concat"))
     block, skip = block or default_block, skip or default_skip
     if block not in BLOCKS:
         raise SegbenchError(f"unknown mcnet block {block!r}; available: {', '.join(BLOCKS)}")

@@ -1,4 +1,5 @@
-"""Pretrained encoder weights: use the cached copy, or fail within seconds when it cannot be fetched.
+"""Pretrained encoder weights: use the cached copy, or fail within seconds when it cannot be
+fetched.
 
 smp and timm download weights from the Hugging Face Hub (or, for some timm models, a plain URL)
 the first time they are asked for, and then read them from the local cache. Without a network
@@ -10,10 +11,17 @@ the hub can be reached at all.
 from __future__ import annotations
 
 import os
+import urllib.request
 from pathlib import Path
+from typing import cast
 from urllib.parse import urlparse
 
+import torch
+
 from segbench import SegbenchError
+
+# smp and timm take seconds to import (measured: more than torch itself): they load in the
+# functions that need them, when a model with pretrained weights is built.
 
 PROBE_TIMEOUT_S = float(os.environ.get("SEGBENCH_HUB_PROBE_TIMEOUT", 4))
 
@@ -33,7 +41,9 @@ def _weight_sources(encoder: str, weights: str) -> list[tuple[str, str, str | No
                                 "use model.encoder_weights=null or another encoder")
         if cfg.hf_hub_id:
             return [("hf", cfg.hf_hub_id.split("@")[0], None)]
-        return [("url", cfg.url, None)]
+        # timm types url as str | (str, str); a downloaded one is a plain URL (timm's builder
+        # hands it to torch.hub as one)
+        return [("url", cast(str, cfg.url), None)]
     encoders = smp.encoders.encoders
     if encoder not in encoders:
         return []  # smp's own error names the problem when the model is built
@@ -46,10 +56,9 @@ def _weight_sources(encoder: str, weights: str) -> list[tuple[str, str, str | No
 
 def _cached(kind: str, where: str, revision: str | None) -> bool:
     if kind == "url":
-        import torch
-
-        return (Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(where).path).name).is_file()
-    from huggingface_hub import try_to_load_from_cache
+        name = Path(urlparse(where).path).name
+        return (Path(torch.hub.get_dir()) / "checkpoints" / name).is_file()
+    from huggingface_hub import try_to_load_from_cache  # optional extra
 
     for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
         found = try_to_load_from_cache(where, filename, revision=revision)
@@ -61,7 +70,7 @@ def _cached(kind: str, where: str, revision: str | None) -> bool:
 def _probe_url(kind: str, where: str, revision: str | None) -> str:
     if kind == "url":
         return where
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # optional extra
 
     return f"{constants.ENDPOINT}/api/models/{where}"
 
@@ -70,15 +79,14 @@ def _reachable(kind: str, url: str, timeout: float) -> tuple[bool, str]:
     """One HEAD request through the client (and so the proxy settings) the download would use."""
     try:
         if kind == "hf":
-            from huggingface_hub import get_session
+            from huggingface_hub import get_session  # optional extra
 
             status = get_session().head(url, timeout=timeout, follow_redirects=False).status_code
             if status >= 400:  # something answered, but not a hub that has these weights
                 return False, f"HTTP {status} from {url}"
         else:
-            import urllib.request
-
-            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+            request = urllib.request.Request(url, method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
         return True, ""
     except Exception as err:  # any failure to get an answer means: no download either
         if type(err).__name__ == "HTTPError":  # urllib: the server answered, with an error status
@@ -87,7 +95,7 @@ def _reachable(kind: str, url: str, timeout: float) -> tuple[bool, str]:
 
 
 def weights_error(encoder: str, weights: str, reason: str) -> SegbenchError:
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # optional extra
 
     return SegbenchError(
         f"pretrained {weights} weights for encoder {encoder} are not in the local cache and cannot "
@@ -104,7 +112,7 @@ def weights_error(encoder: str, weights: str, reason: str) -> SegbenchError:
 def ensure_encoder_weights(encoder: str, weights: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     """Return when the weights are cached or downloadable; raise a SegbenchError within about
     `timeout` seconds when they are neither."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # optional extra
 
     sources = _weight_sources(encoder, weights)
     missing = [s for s in sources if not _cached(*s)]
@@ -116,4 +124,5 @@ def ensure_encoder_weights(encoder: str, weights: str, timeout: float = PROBE_TI
         url = _probe_url(*source)
         ok, why = _reachable(source[0], url, timeout)
         if not ok:
-            raise weights_error(encoder, weights, f"no usable answer from {urlparse(url).netloc}: {why}")
+            raise weights_error(encoder, weights,
+                                f"no usable answer from {urlparse(url).netloc}: {why}")

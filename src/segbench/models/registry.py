@@ -5,6 +5,7 @@ normalisation, padding to a size the network takes) and the activation swap."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from segbench import SegbenchError
+from segbench.models.activations import swap_activations
 from segbench.registry import Registry, check_options
 from segbench.task import BINARY, task_of
 
@@ -48,6 +50,9 @@ class SegmentationModel(nn.Module):
     multiple of `divisor` (reflection) and crops the logits back, so the network inside never
     sees a size it cannot take.
     """
+
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
 
     def __init__(self, net: nn.Module, mean, std, divisor: int | None = None, task=BINARY):
         super().__init__()
@@ -106,12 +111,13 @@ def output_channels(cfg: DictConfig) -> int:
             "classes declare them: dataset.task=multiclass dataset.classes='{0: background, 1: a, "
             "2: b}' and leave model.classes=auto")
     raise SegbenchError(f"model.classes={given}, but dataset.task={task.kind} declares "
-                        f"{task.channels} classes ({', '.join(task.names)}); leave model.classes=auto")
+                        f"{task.channels} classes ({', '.join(task.names)}); "
+                        "leave model.classes=auto")
 
 
 def model_kwargs(cfg: DictConfig) -> dict:
     """The model factory's keyword arguments (the config's keys that are not segbench's own)."""
-    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs = cast(dict, OmegaConf.to_container(cfg.model, resolve=True))  # a mapping of options
     for key in ("name", "_target_", "pad_to_multiple", "size_divisor"):
         kwargs.pop(key, None)
     if "classes" in kwargs:
@@ -125,8 +131,6 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
     pretrained=False skips loading pretrained encoder weights: for a model whose weights come from
     a checkpoint next (eval, export), which then needs neither the network nor the weights cache.
     """
-    from segbench.models.activations import swap_activations
-
     name = cfg.model.name
     kwargs = model_kwargs(cfg)
     if not pretrained and kwargs.get("encoder_weights") is not None:
@@ -147,8 +151,8 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
             raise
         raise SegbenchError(f"model {label}: {err}") from None
     if not isinstance(net, nn.Module):  # what a model factory builds is a network, nothing else
-        raise SegbenchError(f"model {label if target else name} built a {type(net).__name__}, not a "
-                            "torch nn.Module; a model factory must return a network")
+        raise SegbenchError(f"model {label if target else name} built a {type(net).__name__}, "
+                            "not a torch nn.Module; a model factory must return a network")
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
     mean, std = normalisation(int(kwargs.get("in_channels", 3)))

@@ -2,9 +2,9 @@
 model by name (`model=smp model.arch=Linknet`).
 
 Options are the same for all: `encoder` (any smp or `tu-<timm name>` encoder), `encoder_weights`
-(null or imagenet), `encoder_depth`, `decoder_channels` (a list of one width per stage for U-Net-like
-decoders, one width for the others), `in_channels`, `classes`; anything else in the model config
-goes to the smp class as it is (e.g. `+model.decoder_attention_type=scse`).
+(null or imagenet), `encoder_depth`, `decoder_channels` (a list of one width per stage for
+U-Net-like decoders, one width for the others), `in_channels`, `classes`; anything else in the
+model config goes to the smp class as it is (e.g. `+model.decoder_attention_type=scse`).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import inspect
 
 import torch
 from torch import nn
+from torch.func import functional_call
 
 from segbench import SegbenchError
 from segbench.models.pretrained import ensure_encoder_weights, weights_error
@@ -39,7 +40,7 @@ def smp_divisor(kwargs: dict, arch: str | None = None) -> int:
 
 
 def _smp_class(arch: str):
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # seconds to import: only when a model is built
 
     cls = getattr(smp, str(arch), None)
     if not (inspect.isclass(cls) and hasattr(cls, "check_input_shape")):
@@ -58,12 +59,15 @@ def _decoder_width(arch: str, cls, decoder_channels, depth: int) -> dict:
         if isinstance(default, (list, tuple)) and len(default) != depth:
             return {"decoder_channels": list(default)[-depth:]}
         return {}
-    if "decoder_channels" in params and isinstance(params["decoder_channels"].default, (list, tuple)):
-        widths = list(decoder_channels) if isinstance(decoder_channels, (list, tuple)) else [decoder_channels]
+    per_stage = "decoder_channels" in params and isinstance(params["decoder_channels"].default,
+                                                          (list, tuple))
+    if per_stage:
+        widths = (list(decoder_channels) if isinstance(decoder_channels, (list, tuple))
+                  else [decoder_channels])
         if len(widths) != depth:
             raise SegbenchError(
-                f"model.decoder_channels has {len(widths)} entries but model.encoder_depth={depth}: "
-                f"{arch} needs one width per decoder stage, e.g. "
+                f"model.decoder_channels has {len(widths)} entries but "
+                f"model.encoder_depth={depth}: {arch} needs one width per decoder stage, e.g. "
                 f"model.decoder_channels={[16 * 2**i for i in reversed(range(depth))]}"
             )
         return {"decoder_channels": widths}
@@ -71,8 +75,9 @@ def _decoder_width(arch: str, cls, decoder_channels, depth: int) -> dict:
     if name is None:
         raise SegbenchError(f"{arch} has no decoder width to set; use model.decoder_channels=null")
     if isinstance(decoder_channels, (list, tuple)):
-        raise SegbenchError(f"{arch}'s decoder has one width: set model.decoder_channels to a number "
-                            f"(e.g. {params[name].default}), not the list {list(decoder_channels)}")
+        raise SegbenchError(f"{arch}'s decoder has one width: set model.decoder_channels to a "
+                            f"number (e.g. {params[name].default}), not the list "
+                            f"{list(decoder_channels)}")
     return {name: int(decoder_channels)}
 
 
@@ -82,7 +87,8 @@ def _create_smp(arch: str, encoder: str = "resnet34", encoder_weights: str | Non
     cls = _smp_class(arch)
     depth = int(encoder_depth)
     if not 1 <= depth <= 5:
-        raise SegbenchError(f"model.encoder_depth={depth}: smp encoders have 1 to 5 stages (3-5 usual)")
+        raise SegbenchError(f"model.encoder_depth={depth}: smp encoders have 1 to 5 stages "
+                            "(3-5 usual)")
     kwargs = dict(encoder_name=encoder, encoder_weights=encoder_weights, encoder_depth=depth,
                   in_channels=int(in_channels), classes=int(classes),
                   **_decoder_width(arch, cls, decoder_channels, depth), **extra)
@@ -101,7 +107,8 @@ def _create_smp(arch: str, encoder: str = "resnet34", encoder_weights: str | Non
         net = cls(**kwargs)
     except KeyError as err:  # smp's way of saying: no such encoder, or no such weights for it
         raise SegbenchError(f"{arch}: {err.args[0] if err.args else err}. Set model.encoder to an "
-                            "smp encoder (resnet34, efficientnet-b0, ...) or tu-<timm model name>") from None
+                            "smp encoder (resnet34, efficientnet-b0, ...) or "
+                            "tu-<timm model name>") from None
     except (ValueError, TypeError, AssertionError) as err:
         raise SegbenchError(f"{arch} cannot be built with {kwargs}: {err}") from None
     except (OSError, RuntimeError) as err:  # a download that failed half-way, a hub error
@@ -117,8 +124,6 @@ def _drop_unused_stages(encoder: nn.Module, in_channels: int, divisor: int) -> N
     """smp builds the whole backbone whatever encoder_depth says (its pretrained weights need every
     layer) and then never runs the deeper stages. Dropped here, they no longer count as
     parameters nor sit in the optimizer and checkpoints; nothing else changes."""
-    from torch.func import functional_call
-
     def run() -> None:
         meta = {n: torch.empty_like(t, device="meta")
                 for n, t in [*encoder.named_parameters(), *encoder.named_buffers()]}
@@ -137,7 +142,8 @@ def _drop_unused_stages(encoder: nn.Module, in_channels: int, divisor: int) -> N
         for hook in hooks:
             hook.remove()
     unused = {name: child for name, child in encoder.named_children()
-              if not any(m in called for m in child.modules()) and any(True for _ in child.parameters())}
+              if not any(m in called for m in child.modules())
+              and any(True for _ in child.parameters())}
     for name in unused:
         delattr(encoder, name)
     try:
@@ -156,7 +162,8 @@ def _register(name: str, arch: str, doc: str):
 
 
 _register("unet", "Unet", "U-Net (Ronneberger et al., MICCAI 2015) with an smp encoder.")
-_register("unetpp", "UnetPlusPlus", "U-Net++ (Zhou et al., DLMIA 2018): nested dense skip pathways.")
+_register("unetpp", "UnetPlusPlus",
+          "U-Net++ (Zhou et al., DLMIA 2018): nested dense skip pathways.")
 _register("fpn", "FPN", "Feature Pyramid Network (Lin et al., CVPR 2017) as a segmentation decoder "
           "(Kirillov et al.'s panoptic FPN head).")
 _register("deeplabv3plus", "DeepLabV3Plus", "DeepLabV3+ (Chen et al., ECCV 2018): atrous spatial "

@@ -19,10 +19,12 @@ from segbench import SegbenchError
 from segbench.models.registry import register
 
 Block = Callable[[int, int], nn.Module]  # (in_channels, out_channels) -> module
-Skip = Callable[[int], nn.Module]        # channels -> module(skip, decoder) -> the skip to concatenate
+# channels -> module(skip, decoder) -> the skip to concatenate
+Skip = Callable[[int], nn.Module]
 
 
-def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1) -> nn.Sequential:
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3,
+                dilation: int = 1) -> nn.Sequential:
     """Convolution (no bias: the batch norm after it has one), batch norm, ReLU."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=dilation * (kernel_size // 2),
@@ -36,7 +38,8 @@ class DoubleConv(nn.Sequential):
     """U-Net's block (Ronneberger et al. 2015): two 3x3 convolution, batch norm, ReLU layers."""
 
     def __init__(self, in_channels: int, out_channels: int):
-        super().__init__(conv_bn_act(in_channels, out_channels), conv_bn_act(out_channels, out_channels))
+        super().__init__(conv_bn_act(in_channels, out_channels),
+                         conv_bn_act(out_channels, out_channels))
 
 
 class PlainSkip(nn.Module):
@@ -61,7 +64,8 @@ class UNet(nn.Module):
         super().__init__()
         features = [int(f) for f in features]
         if not features or min(features) < 1:
-            raise SegbenchError(f"U-Net features must be a non-empty list of positive widths, got {features}")
+            raise SegbenchError("U-Net features must be a non-empty list of positive widths, "
+                                f"got {features}")
         self.down = nn.ModuleList()
         channels = int(in_channels)
         for width in features:
@@ -96,9 +100,11 @@ def _unet_divisor(kwargs: dict) -> int:
 
 
 @register("classic_unet", divisor=_unet_divisor)
-def classic_unet(in_channels: int = 3, classes: int = 1, base_width: int = 32, depth: int = 4) -> UNet:
+def classic_unet(in_channels: int = 3, classes: int = 1, base_width: int = 32,
+                 depth: int = 4) -> UNet:
     """The classic U-Net: widths base_width * 2**level for `depth` levels (32 and 4 as in the LGG
     study's code, 7.76M parameters for 3 input channels)."""
     if int(base_width) < 1 or int(depth) < 1:
-        raise SegbenchError(f"classic_unet needs base_width >= 1 and depth >= 1, got {base_width} and {depth}")
+        raise SegbenchError("classic_unet needs base_width >= 1 and depth >= 1, "
+                            f"got {base_width} and {depth}")
     return UNet(in_channels, classes, [int(base_width) * 2**i for i in range(int(depth))])
