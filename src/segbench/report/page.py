@@ -1,7 +1,8 @@
 """index.html: the report as one page that opens offline in any browser.
 
 Inline CSS and JavaScript only (no network, no CDN); the figures are PNG files beside it
-(report/*.png, gallery/ and runs/: each configuration's learning curves). Every table sorts by any column on a click on its header.
+(report/*.png, gallery/ and runs/: each configuration's learning curves). Every table sorts by
+any column on a click on its header.
 Opened as index.html#selftest the page checks itself (images loaded, a header click re-sorts)
 and writes the outcome as JSON into <pre id="selftest">, which a headless browser's --dump-dom
 reads (tests/test_page.py); script and image errors are recorded into #page-errors always.
@@ -26,11 +27,13 @@ from segbench.report.tables import Table
 PAGE = "index.html"
 
 STYLE = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;\
+color:#1b1b1b;background:#fafafa}
 main{max-width:1200px;margin:0 auto;padding:0 24px 48px}
 nav{position:sticky;top:0;background:#12355b;padding:8px 24px;z-index:2}
 nav a{color:#fff;margin-right:18px;text-decoration:none;font-size:14px}
-h1{font-size:24px;margin:22px 0 6px}h2{margin-top:34px;border-bottom:2px solid #d5dde6;padding-bottom:4px}
+h1{font-size:24px;margin:22px 0 6px}\
+h2{margin-top:34px;border-bottom:2px solid #d5dde6;padding-bottom:4px}
 h3{margin:22px 0 6px}
 table{border-collapse:collapse;margin:8px 0;background:#fff;font-size:13px}
 th,td{border:1px solid #d5dde6;padding:4px 8px;text-align:left;vertical-align:top}
@@ -52,7 +55,8 @@ code{background:#eef2f6;padding:0 3px;border-radius:3px;font-size:12px}
 RECORDER = """
 window.pageErrors=[];
 var consoleError=console.error;
-console.error=function(){window.pageErrors.push(Array.prototype.join.call(arguments,' '));consoleError.apply(console,arguments);};
+console.error=function(){window.pageErrors.push(Array.prototype.join.call(arguments,' '));\
+consoleError.apply(console,arguments);};
 window.addEventListener('error',function(e){
   var t=e.target,msg=(t&&t!==window&&t.src)?('failed to load '+t.src):(e.message||'error');
   window.pageErrors.push(msg);
@@ -68,7 +72,8 @@ function cellValue(td){
   return m?parseFloat(m[0]):null;
 }
 function sortTable(th){
-  var table=th.closest('table'),tbody=table.tBodies[0],col=Array.prototype.indexOf.call(th.parentNode.children,th);
+  var table=th.closest('table'),tbody=table.tBodies[0],\
+col=Array.prototype.indexOf.call(th.parentNode.children,th);
   var dir=th.getAttribute('aria-sort')==='ascending'?'descending':'ascending';
   Array.prototype.forEach.call(th.parentNode.children,function(h){h.removeAttribute('aria-sort');});
   th.setAttribute('aria-sort',dir);
@@ -91,7 +96,8 @@ function openTarget(){  // a link to a case row opens the table it sits in
 }
 window.addEventListener('hashchange',openTarget);openTarget();
 function selftest(){
-  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null,loadMs:Math.round(performance.now())};
+  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null,\
+loadMs:Math.round(performance.now())};
   document.querySelectorAll('img').forEach(function(img){
     out.images++;if(!img.complete||img.naturalWidth===0)out.broken.push(img.getAttribute('src'));
   });
@@ -99,9 +105,11 @@ function selftest(){
   if(table){
     var ths=table.tHead.rows[0].cells,col=ths.length-1;
     for(var i=0;i<ths.length;i++){if(ths[i].textContent.trim()==='dice'){col=i;break;}}
-    var values=function(){return Array.prototype.map.call(table.tBodies[0].rows,function(r){return cellValue(r.cells[col]);});};
+    var values=function(){return Array.prototype.map.call(table.tBodies[0].rows,\
+function(r){return cellValue(r.cells[col]);});};
     var before=values();ths[col].click();var asc=values();ths[col].click();var desc=values();
-    var sorted=function(v,s){for(var k=1;k<v.length;k++){if(v[k]!==null&&v[k-1]!==null&&s*(v[k]-v[k-1])<0)return false;}return true;};
+    var sorted=function(v,s){for(var k=1;k<v.length;k++){\
+if(v[k]!==null&&v[k-1]!==null&&s*(v[k]-v[k-1])<0)return false;}return true;};
     out.sort={column:ths[col].textContent.trim(),before:before,ascending:asc,descending:desc,
               ok:sorted(asc,1)&&sorted(desc,-1)&&ths[col].getAttribute('aria-sort')==='descending'};
   }
@@ -167,7 +175,8 @@ def curves_of(configs, out_dir: Path) -> list[tuple[str, str, str]]:
 
 def case_table(k: int, s: Section) -> str:
     hd95 = any(r["hd95"] is not None for r in s.rows)
-    head = "<th>case</th><th>dice</th><th>iou</th>" + ("<th>hd95</th>" if hd95 else "") + "<th>pictured</th>"
+    head = ("<th>case</th><th>dice</th><th>iou</th>" + ("<th>hd95</th>" if hd95 else "")
+            + "<th>pictured</th>")
     rows = []
     for r in s.rows:
         anchor = f"case-{k}-{_slug(r['case'])}"
@@ -177,7 +186,8 @@ def case_table(k: int, s: Section) -> str:
                     f'<td class="num">{r["dice"]:.4f}</td><td class="num">{r["iou"]:.4f}</td>{hd}'
                     f"<td>{role}</td></tr>")
     return (f"<details><summary>every test case of {html.escape(s.label)} ({len(s.rows)}, run "
-            f"<code>{html.escape(s.run)}</code>)</summary><table class=\"sortable\"><thead><tr>{head}"
+            f"<code>{html.escape(s.run)}</code>)</summary>"
+            f"<table class=\"sortable\"><thead><tr>{head}"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
 
 
@@ -190,8 +200,8 @@ def gallery_html(sections: list[Section], grid: str | None) -> str:
                           "run kept): image with its ground-truth contour, then each "
                           "configuration's true positives, false positives and false negatives."))
     for k, s in enumerate(sections):
-        links = ", ".join(f'<a href="#case-{k}-{_slug(cid)}">{html.escape(cid)}</a> ({html.escape(role)})'
-                          for cid, role in s.pictured.items())
+        links = ", ".join(f'<a href="#case-{k}-{_slug(cid)}">{html.escape(cid)}</a> '
+                          f"({html.escape(role)})" for cid, role in s.pictured.items())
         parts.append(f'<h3 id="gallery-{k}">{html.escape(s.label)}</h3>')
         if s.gallery:
             parts.append(_img(s.gallery, f"cases of {s.label}",
