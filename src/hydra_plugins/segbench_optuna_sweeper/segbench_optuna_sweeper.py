@@ -196,8 +196,9 @@ class SegbenchOptunaSweeper(Sweeper):
             trials = pending[:batch]
             pending = pending[batch:]
             trials += [study.ask() for _ in range(batch - len(trials))]
-            failures += self._run_trials(study, trials, (space, fixed), sweep_dir, job_idx)
-            job_idx += len(trials)
+            launched, failed = self._run_trials(study, trials, space, fixed, sweep_dir, job_idx)
+            job_idx += launched
+            failures += failed
             to_go -= batch
             if failures / job_idx > self.max_failure_rate:
                 raise RuntimeError(f"{failures} of {job_idx} trials failed (max_failure_rate="
@@ -219,15 +220,13 @@ class SegbenchOptunaSweeper(Sweeper):
             "space": {k: repr(v) for k, v in space.items()},
             "fixed": [f"{k}={v}" for k, v in fixed.items()]})
 
-    def _run_trials(self, study: Study, trials: list[Trial],
-                    space_and_fixed: tuple[dict[str, BaseDistribution], dict[str, str]],
-                    sweep_dir: Path, job_idx: int) -> int:
+    def _run_trials(self, study: Study, trials: list[Trial], space: dict[str, BaseDistribution],
+                    fixed: dict[str, str], sweep_dir: Path, job_idx: int) -> tuple[int, int]:
         """One batch of trials, launched as jobs at once and told to the study; returns how many
-        failed."""
+        jobs the launcher ran and how many of them failed."""
         from optuna.trial import TrialState  # optional extra
 
         assert self.launcher is not None  # Hydra calls setup() first
-        space, fixed = space_and_fixed
         jobs = []
         for trial in trials:
             values = {name: suggest(trial, name, dist) for name, dist in space.items()}
@@ -249,7 +248,7 @@ class SegbenchOptunaSweeper(Sweeper):
                 study.tell(trial, value)
                 log.info("trial %d: %s %.4f (best so far %.4f, trial %d)", trial.number,
                          self.objective, value, study.best_value, study.best_trial.number)
-        return failures
+        return len(returns), failures
 
     def _finish(self, study: Study, sweep_dir: Path) -> None:
         from segbench.runs import search
