@@ -104,10 +104,10 @@ class SegbenchOptunaSweeper(Sweeper):
     def __init__(self, objective: str, direction: str, n_trials: int, n_jobs: int, sampler: Any,
                  storage: str | None = None, study_name: str | None = None,
                  max_failure_rate: float = 1.0, params: Any = None) -> None:
-        from segbench.runs import search
+        from segbench.runs.search import check_objective, require_optuna
 
-        search.require_optuna()
-        self.objective = search.check_objective(objective)
+        require_optuna()
+        self.objective = check_objective(objective)
         if direction not in ("maximize", "minimize"):
             raise ValueError(f"hydra.sweeper.direction={direction}; use maximize or minimize")
         if int(n_trials) < 1 or int(n_jobs) < 1:
@@ -151,28 +151,28 @@ class SegbenchOptunaSweeper(Sweeper):
         return space, fixed
 
     def _value(self, ret: JobReturn) -> float | None:
-        from segbench.runs import search
+        from segbench.runs.search import objective_value
 
         try:
             record = ret.return_value
         except Exception as err:  # the job raised: its run directory says why
             log.warning("trial failed: %s", err)
             return None
-        return search.objective_value(record, self.objective)
+        return objective_value(record, self.objective)
 
     def sweep(self, arguments: list[str]) -> None:
         import optuna  # optional extra
         from optuna.trial import Trial, TrialState
 
         from segbench.progress import SWEEP
-        from segbench.runs import search
+        from segbench.runs.search import STUDY_FILE
 
         assert self.config is not None and self.launcher is not None  # Hydra calls setup() first
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         space, fixed = self._space(arguments)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        storage = self.storage or f"sqlite:///{(sweep_dir / search.STUDY_FILE).as_posix()}"
+        storage = self.storage or f"sqlite:///{(sweep_dir / STUDY_FILE).as_posix()}"
         study = optuna.create_study(study_name=self.study_name, storage=storage,
                                     direction=self.direction, load_if_exists=True)
         recorded = study.get_trials(deepcopy=False)
@@ -208,11 +208,11 @@ class SegbenchOptunaSweeper(Sweeper):
     def _write_record(self, sweep_dir: Path, study: Study, storage: str,
                       space: dict[str, BaseDistribution], fixed: dict[str, str]) -> None:
         """search.json: the study, its objective and the space it searches."""
-        from segbench.runs import search
+        from segbench.runs.search import write_record
 
         seeded = (isinstance(self.sampler, functools.partial)
                   and self.sampler.keywords.get("seed") is not None)
-        search.write_record(sweep_dir, {
+        write_record(sweep_dir, {
             "study_name": self.study_name, "storage": storage, "objective": self.objective,
             "direction": self.direction, "n_trials": self.n_trials,
             "sampler": type(study.sampler).__name__ + (
@@ -251,10 +251,10 @@ class SegbenchOptunaSweeper(Sweeper):
         return len(returns), failures
 
     def _finish(self, study: Study, sweep_dir: Path) -> None:
-        from segbench.runs import search
+        from segbench.runs.search import best, rerun_command, trials
 
-        rows = search.trials(study)
-        top = search.best(rows, self.direction)
+        rows = trials(study)
+        top = best(rows, self.direction)
         if top is None:
             log.warning("search: no trial completed; see the failed run directories in %s",
                         sweep_dir)
@@ -265,7 +265,7 @@ class SegbenchOptunaSweeper(Sweeper):
         log.info("search: best trial %d, %s %.4f: %s", top["number"], self.objective, top["value"],
                  " ".join(f"{k}={v}" for k, v in top["params"].items()))
         log.info("re-run the best configuration with three seeds:\n  %s",
-                 search.rerun_command(top["overrides"]))
+                 rerun_command(top["overrides"]))
 
 
 def _relative(path: Path, root: Path) -> str:
