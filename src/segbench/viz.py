@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from segbench.atomic import write_atomic
@@ -35,9 +36,8 @@ def _rgb(hex_colour: str) -> np.ndarray:
 
 def colour_key(fig: Figure) -> None:
     """The overlay colours as a legend below the panels (the figure needs layout="constrained")."""
-    from matplotlib.patches import Patch
-
-    handles = [Patch(facecolor=c, edgecolor="black", lw=0.5, label=name) for name, c in OVERLAY.items()]
+    handles = [Patch(facecolor=c, edgecolor="black", lw=0.5, label=name)
+               for name, c in OVERLAY.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
 
 
@@ -52,8 +52,8 @@ def plot_curves(history: list[dict], path: Path, best_epoch: int | None = None,
         for split, style in (("train", "-"), ("val", "-")):
             key = f"{split}_{metric}"
             if history and key in history[0]:
-                ax.plot(epochs, [float(row[key]) for row in history], style, marker=".", label=split,
-                        color=PALETTE[0] if split == "train" else PALETTE[1])
+                ax.plot(epochs, [float(row[key]) for row in history], style, marker=".",
+                        label=split, color=PALETTE[0] if split == "train" else PALETTE[1])
         if best_epoch:
             ax.axvline(best_epoch, color="grey", ls=":", lw=1, label=f"best (epoch {best_epoch})")
         ax.set_title({"loss": "loss", "dice": "Dice", "iou": "IoU"}[metric])
@@ -115,7 +115,8 @@ def panel_rows(rows: list[list[tuple]], titles: list[str], extra_height: float =
     return fig
 
 
-def plot_predictions(images, masks, probs, titles, path: Path, threshold: float = 0.5) -> Figure | None:
+def plot_predictions(images, masks, probs, titles, path: Path,
+                     threshold: float = 0.5) -> Figure | None:
     """One row per image: image | ground truth | prediction | overlay (with a colour key)."""
     if len(images) == 0:
         return None
@@ -178,7 +179,8 @@ def colour_labels(labels: np.ndarray, task, image: np.ndarray | None = None) -> 
     class: overlapping classes mix), over `image` where given; ignored pixels stay as they are."""
     palette = class_palette(task).astype(np.float32) / 255
     base = (np.zeros((*labels.shape, 3), np.float32) if image is None else
-            (np.repeat(image, 3, 2) if image.shape[2] == 1 else image[..., :3]).astype(np.float32) / 255)
+            (np.repeat(image, 3, 2) if image.shape[2] == 1 else image[..., :3])
+            .astype(np.float32) / 255)
     out = base.copy()
     for k in task.foreground:  # multilabel classes overlap: their colours mix
         where = task.class_mask(labels, k)
@@ -189,8 +191,6 @@ def colour_labels(labels: np.ndarray, task, image: np.ndarray | None = None) -> 
 def plot_class_predictions(images, truths, preds, titles, path: Path, task) -> Figure | None:
     """One row per image: image | ground truth | prediction | prediction over the image, each
     class in its colour, with a legend of the class names."""
-    from matplotlib.patches import Patch
-
     if len(images) == 0:
         return None
     rows = [[(image[..., 0] if image.shape[2] == 1 else image, "image", 255),
@@ -200,7 +200,8 @@ def plot_class_predictions(images, truths, preds, titles, path: Path, task) -> F
             for image, truth, pred in zip(images, truths, preds, strict=True)]
     fig = panel_rows(rows, titles, extra_height=0.6)
     palette = class_palette(task)
-    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k]) for k in task.foreground],
+    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k])
+                        for k in task.foreground],
                loc="outside lower center", ncol=min(6, len(task.foreground)), fontsize=9,
                frameon=False)
     save_figure(fig, path, dpi=100)

@@ -30,6 +30,9 @@ from hydra_plugins.hydra_joblib_launcher._core import execute_job, process_jobli
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from joblib import Parallel, delayed
 
+# torch and segbench load where they are used, not at module level: Hydra imports every plugin
+# module on start-up, of any Hydra application in the environment.
+
 log = logging.getLogger(__name__)
 
 DEVICE_ENV = "SEGBENCH_DEVICE"
@@ -84,12 +87,13 @@ class PackedLauncher(JoblibLauncher):
         if not isinstance(jobs_per_gpu, int) or jobs_per_gpu < 1:
             from segbench import SegbenchError
 
-            raise SegbenchError(f"hydra.launcher.jobs_per_gpu={jobs_per_gpu!r}: give an integer >= 1 "
-                                "(the runs trained at once on each GPU)")
+            raise SegbenchError(f"hydra.launcher.jobs_per_gpu={jobs_per_gpu!r}: give an integer "
+                                ">= 1 (the runs trained at once on each GPU)")
         super().__init__(**joblib)
         self.jobs_per_gpu = jobs_per_gpu
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -108,6 +112,7 @@ class PackedLauncher(JoblibLauncher):
         singleton_state = Singleton.get_state()
         runs = Parallel(**joblib_cfg)(
             delayed(pinned_job)(slots, gpus, self.jobs_per_gpu, initial_job_idx + idx, overrides,
-                                self.hydra_context, self.config, self.task_function, singleton_state)
+                                self.hydra_context, self.config, self.task_function,
+                                singleton_state)
             for idx, overrides in enumerate(job_overrides))
         return list(runs)

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
 
 from segbench import SegbenchError
 from segbench.viz import CONTOURS, save_figure
@@ -40,7 +43,8 @@ def _traced(net: torch.nn.Module, image: torch.Tensor, model) -> list[tuple[str,
     """(module name, output shape) of every 4-D output, in the order the modules finished."""
     seen, hooks = [], []
     for name, module in net.named_modules():
-        if name and not isinstance(module, torch.nn.Identity):  # an Identity repeats its input's layer
+        # An Identity repeats its input's layer.
+        if name and not isinstance(module, torch.nn.Identity):
             hooks.append(module.register_forward_hook(
                 lambda m, i, o, name=name: seen.append((name, tuple(o.shape)))
                 if torch.is_tensor(o) and o.dim() == 4 else None))
@@ -74,12 +78,15 @@ def _scaled(a: torch.Tensor, size) -> np.ndarray:
     return (a / top if top > 0 else a).cpu().numpy()
 
 
-def explain(model, image: torch.Tensor, threshold: float, layers: dict[str, str] | None = None) -> Maps:
+def explain(model, image: torch.Tensor, threshold: float,
+            layers: dict[str, str] | None = None) -> Maps:
     """Grad-CAM and mean activation of one (1, C, H, W) image at the two layers."""
     layers = layers or find_layers(model, image)
     net = getattr(model, "net", model)
     modules = dict(net.named_modules())
-    acts, grads, hooks = {}, {}, []
+    acts: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+    hooks = []
     for role, name in layers.items():
         def keep(m, i, o, role=role):
             acts[role] = o
@@ -111,15 +118,11 @@ def explain(model, image: torch.Tensor, threshold: float, layers: dict[str, str]
 def draw(rows, path: Path, title: str) -> None:
     """rows: (case id, uint8 image HxWxC, truth mask, Maps). Columns: image with the ground-truth
     and predicted contours, Grad-CAM and mean activation at each layer over the image."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
-
     roles = list(rows[0][3].layers)
     cols = 1 + 2 * len(roles)
     fig = Figure(figsize=(2.3 * cols + 0.8, 2.4 * len(rows) + 1.4), layout="constrained")
     axes = fig.subplots(len(rows), cols, squeeze=False)
-    mappable = None
+    mappable: AxesImage | None = None
     for r, (case_id, image, truth, maps) in enumerate(rows):
         grey = image.mean(-1) if image.shape[-1] > 1 else image[..., 0]
         panels = [("image, contours", None)]
@@ -132,7 +135,8 @@ def draw(rows, path: Path, title: str) -> None:
                 for mask, colour in ((truth > 0, CONTOURS["ground truth"]),
                                      (maps.prob >= maps.threshold, CONTOURS["prediction"])):
                     if mask.any() and not mask.all():
-                        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.2)
+                        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour],
+                                   linewidths=1.2)
             else:
                 ax.imshow(grey, cmap="gray", vmin=0, vmax=255)
                 mappable = ax.imshow(heat, cmap="inferno", vmin=0, vmax=1, alpha=0.6)
@@ -140,11 +144,13 @@ def draw(rows, path: Path, title: str) -> None:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title("\n".join(textwrap.wrap(name, 30)), fontsize=8)
-        axes[r, 0].set_ylabel(case_id + ("\n(nothing predicted:\nscore = whole image)" if maps.empty else ""),
-                              fontsize=8)
+        empty = "\n(nothing predicted:\nscore = whole image)" if maps.empty else ""
+        axes[r, 0].set_ylabel(case_id + empty, fontsize=8)
     fig.suptitle(title, fontsize=10)
+    assert mappable is not None  # every row has a heat map per layer
     fig.colorbar(mappable, ax=axes[:, 1:].ravel().tolist(), shrink=0.8,
                  label="relative weight (0: none, 1: the image's most)")
-    fig.legend(handles=[Line2D([], [], color=c, lw=2, label=f"{n} contour") for n, c in CONTOURS.items()],
+    fig.legend(handles=[Line2D([], [], color=c, lw=2, label=f"{n} contour")
+                        for n, c in CONTOURS.items()],
                loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     save_figure(fig, path, dpi=100)

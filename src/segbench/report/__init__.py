@@ -11,6 +11,10 @@ report.csv, tables/ (each table as CSV and LaTeX), metrics.png, curves.png, pred
 - tables.py: a table written as Markdown, CSV and LaTeX (booktabs).
 - figures.py: metrics.png (line with band along a numeric axis, bars otherwise), curves.png,
   predictions.png.
+- gallery.py: the case galleries from the runs' cases.npz.
+- page.py: index.html, the report as one page.
+- study.py: what build_report() found (runs, baseline, tables, comparisons, figures, notes),
+  which report.md and index.html both show.
 - build.py: build_report() and report.md.
 """
 

@@ -6,8 +6,8 @@ Level of the statistics:
   images (per_case.csv). A configuration's table is (runs x cases): its seeds and folds by the
   test cases all of them were scored on.
 - Several runs on both sides: the two-level bootstrap over runs and cases
-  (segbench.metrics.stats.hierarchical_comparison). One run on either side: the paired Wilcoxon test and
-  bootstrap over cases, whose verdict says that seed-to-seed variance is not captured.
+  (segbench.metrics.stats.hierarchical_comparison). One run on either side: the paired Wilcoxon
+  test and bootstrap over cases, whose verdict says that seed-to-seed variance is not captured.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from segbench.metrics.stats import (
     holm_verdicts,
     paired_comparison,
 )
-from segbench.report.runs import ABSENT, Configuration
+from segbench.report.runs import ABSENT, Configuration, make_label
 from segbench.runs.rundir import PER_CASE, PER_VOLUME
 
 LOWER_IS_BETTER = ("hd95", "assd")
@@ -109,9 +109,10 @@ def class_columns(runs) -> list[Column]:
 
 def shown_columns(configs: list[Configuration]) -> list[Column]:
     runs = [r for c in configs for r in c.finished]
-    columns = [col for col in COLUMNS
-               if not col.optional or any(not math.isnan(metric_value(r.metrics, col)) for r in runs)]
-    first_cost = next((i for i, c in enumerate(columns) if c.cost or c.name == "epochs"), len(columns))
+    columns = [col for col in COLUMNS if not col.optional
+               or any(not math.isnan(metric_value(r.metrics, col)) for r in runs)]
+    first_cost = next((i for i, c in enumerate(columns) if c.cost or c.name == "epochs"),
+                      len(columns))
     return columns[:first_cost] + class_columns(runs) + columns[first_cost:]
 
 
@@ -240,7 +241,7 @@ class Interval:
 def intervals(configs, metrics, *, alpha, n_resamples, seed, tables: CaseTables) -> dict:
     """{metric: {label: Interval}}: each finished configuration's mean per-case metric with its
     interval over runs and cases (cases only with one run)."""
-    out = {}
+    out: dict[str, dict[str, Interval]] = {}
     for metric in metrics:
         out[metric] = {}
         for c in configs:
@@ -269,7 +270,7 @@ def fold_summary(config: Configuration) -> list[dict]:
     rows = []
     for fold in sorted(by_fold, key=lambda f: int(f) if f.isdigit() else 0):
         runs = by_fold[fold]
-        row = {"fold": fold, "seeds": sorted(r.seed for r in runs)}
+        row: dict[str, object] = {"fold": fold, "seeds": sorted(r.seed for r in runs)}
         for name, path in CV_COLUMNS:
             row[name] = _mean([_num(select(r.metrics, path)) for r in runs])
         for col in (column_named("dice"), column_named("iou"), column_named("volume_dice")):
@@ -334,11 +335,9 @@ def numeric_axis(configs: list[Configuration], label_keys: list[str]) -> Axis | 
         return None
     _, key = max(candidates, key=lambda t: (t[0], -keys.index(t[1])))
     rest = [k for k in keys if k != key]
-    from segbench.report.runs import make_label
-
     values = {c.label: float(c.settings[key]) for c in done}
     series = {c.label: make_label(c.settings, rest) if rest else "" for c in done}
-    xs = sorted(set(values.values()))
-    log = xs[0] > 0 and xs[-1] / xs[0] >= 20
+    points = sorted(set(values.values()))
+    log = points[0] > 0 and points[-1] / points[0] >= 20
     title = AXIS_TITLES.get(key, key.rsplit(".", 1)[-1])
     return Axis(key, title, values, series, log)

@@ -4,17 +4,34 @@ tables/ (CSV and LaTeX of every table), the figures, and index.html with its cas
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 from segbench import SegbenchError
 from segbench.atomic import write_atomic
 from segbench.report import analysis, figures, gallery, page
-from segbench.report.analysis import CaseTables, column_named, column_stats, mean_std
-from segbench.report.runs import ABSENT, Grouping, group_runs, load_run, pick_baseline
+from segbench.report.analysis import Axis, CaseTables, Column, column_named, column_stats, mean_std
+from segbench.report.gallery import Section
+from segbench.report.runs import (
+    ABSENT,
+    Configuration,
+    Grouping,
+    Run,
+    find_run_dirs,
+    group_runs,
+    label_parts,
+    load_run,
+    pick_baseline,
+)
+from segbench.report.study import Study
 from segbench.report.tables import Table, best_value, fmt, fmt_p, num
+from segbench.runs.sweeps import RECORD
 
 log = logging.getLogger(__name__)
 
@@ -22,43 +39,88 @@ log = logging.getLogger(__name__)
 def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
                  metrics: tuple[str, ...] = ("dice", "iou"), alpha: float = 0.05,
                  n_resamples: int = 10_000, seed: int = 0, max_predictions: int = 6) -> dict:
+    """The report of every run below `root`, written to `out_dir`; returns what it holds (runs,
+    configurations, baseline, comparisons, warnings, tables, figures, galleries)."""
     root, out_dir = Path(root), Path(out_dir)
-    if not root.is_dir():
-        raise SegbenchError(f"{root} is not a folder; pass a sweep directory or a parent of run directories")
-    from segbench.report.runs import find_run_dirs
-
-    run_paths = find_run_dirs(root, exclude=out_dir)
-    if not run_paths:
-        raise SegbenchError(f"no segbench run directories below {root} (a run directory holds "
-                            "config.yaml and train.log); pass a sweep or training output folder")
-    if not metrics:
-        raise SegbenchError("report.metrics is empty; name per-case metrics to compare, e.g. [dice, iou]")
-    metrics = tuple(metrics)
-    runs = [load_run(p) for p in run_paths]
+    runs = _read_runs(root, out_dir, metrics)
     g = group_runs(runs)
     if not g.configs:
         raise SegbenchError(f"none of the {len(runs)} run directories below {root} has a readable "
                             "config.yaml; nothing to compare")
     base = pick_baseline(g.configs, baseline)
-    # Several classes: each foreground class's Dice is compared too, with the same statistics.
-    metrics += tuple(c.name for c in analysis.class_columns([r for c in g.configs for r in c.finished])
-                     if c.name not in metrics)
-    notes: list[str] = list(g.notes)
-    monitors = {c.label: monitor_of(c) for c in g.configs if c.finished and not c.is_ensemble}
-    if len(set(monitors.values())) > 1:
-        notes.append("the configurations chose best.pt on different validation metrics ("
-                     + "; ".join(f"{k}: {v}" for k, v in monitors.items()) + "): their test "
-                     "figures come from checkpoints selected on different quantities; set "
-                     "trainer.monitor alike to compare like with like")
-    tables = CaseTables(analysis.case_level(g.configs))
+    metrics = _compared_metrics(g, tuple(metrics))
+    notes = [*g.notes, *_monitor_notes(g)]
+    cases = CaseTables(analysis.case_level(g.configs))
     comparisons = analysis.compare(g.configs, base, list(metrics), alpha=alpha,
-                                   n_resamples=n_resamples, seed=seed, tables=tables, notes=notes)
+                                   n_resamples=n_resamples, seed=seed, tables=cases, notes=notes)
     cis = analysis.intervals(g.configs, list(metrics), alpha=alpha, n_resamples=n_resamples,
-                             seed=seed, tables=tables)
+                             seed=seed, tables=cases)
     columns = analysis.shown_columns(g.configs)
     axis = analysis.numeric_axis(g.configs, g.label_keys)
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures_made = _draw_figures(g, base, metrics, cis, axis, out_dir, max_predictions)
+    if "predictions.png" not in figures_made:
+        notes.append("no run holds predictions.npz: no prediction grid")
+    notes += cases.notes
+    notes = list(dict.fromkeys(notes))  # each metric compared meets the same mismatch
+
+    made = [configurations_table(g, base), results_table(g, base, columns), *cv_tables(g)]
+    external = external_table(g, metrics)
+    if external is not None:
+        made.append(external)
+    made += [comparison_table(metric, results, cases.level, alpha, n_resamples, seed)
+             for metric, results in comparisons.items()]
+    study = Study(root, runs, g, base, baseline, made, comparisons, metrics, figures_made, notes)
+    sections = _write(study, out_dir, columns, max_predictions)
+    for n in notes:
+        log.warning("%s", n)
+    return {"runs": len(runs), "configurations": len(g.configs), "baseline": base.label,
+            "finished": sum(len(c.finished) for c in g.configs), "comparisons": comparisons,
+            "warnings": notes, "level": cases.level, "axis": axis.key if axis else None,
+            "labels": [c.label for c in g.configs], "tables": [t.name for t in made],
+            "figures": list(figures_made), "page": "index.html",
+            "galleries": [s.gallery for s in sections]}
+
+
+def _read_runs(root: Path, out_dir: Path, metrics: tuple[str, ...]) -> list[Run]:
+    """Every run directory below `root` (out_dir left out), read; a one-line SegbenchError when
+    there is nothing to report on."""
+    if not root.is_dir():
+        raise SegbenchError(f"{root} is not a folder; pass a sweep directory or a parent of run "
+                            "directories")
+    run_paths = find_run_dirs(root, exclude=out_dir)
+    if not run_paths:
+        raise SegbenchError(f"no segbench run directories below {root} (a run directory holds "
+                            "config.yaml and train.log); pass a sweep or training output folder")
+    if not metrics:
+        raise SegbenchError("report.metrics is empty; name per-case metrics to compare, e.g. "
+                            "[dice, iou]")
+    return [load_run(p) for p in run_paths]
+
+
+def _compared_metrics(g: Grouping, metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics asked for and, with several classes, each foreground class's Dice (compared
+    with the same statistics)."""
+    finished = [r for c in g.configs for r in c.finished]
+    return metrics + tuple(c.name for c in analysis.class_columns(finished)
+                           if c.name not in metrics)
+
+
+def _monitor_notes(g: Grouping) -> list[str]:
+    """A note when the configurations chose best.pt on different validation metrics."""
+    monitors = {c.label: monitor_of(c) for c in g.configs if c.finished and not c.is_ensemble}
+    if len(set(monitors.values())) <= 1:
+        return []
+    return ["the configurations chose best.pt on different validation metrics ("
+            + "; ".join(f"{k}: {v}" for k, v in monitors.items()) + "): their test "
+            "figures come from checkpoints selected on different quantities; set "
+            "trainer.monitor alike to compare like with like"]
+
+
+def _draw_figures(g: Grouping, base: Configuration, metrics: tuple[str, ...], cis: dict,
+                  axis: Axis | None, out_dir: Path, max_predictions: int) -> dict[str, str]:
+    """metrics.png, curves.png and predictions.png (those there is data for): file -> caption."""
     parts = [k or "model" for k, _ in _parts(g)] if g.label_keys else []
     axis_title = parts[0] if len(parts) == 1 else "configuration"
     figures_made = {"metrics.png": figures.plot_metrics(
@@ -68,40 +130,24 @@ def build_report(root: Path, out_dir: Path, *, baseline: str | None = None,
         figures_made["curves.png"] = "learning curves of every configuration"
     if figures.plot_prediction_grid(g.configs, out_dir / "predictions.png", max_predictions):
         figures_made["predictions.png"] = "the same test images across configurations"
-    else:
-        notes.append("no run holds predictions.npz: no prediction grid")
-    notes += tables.notes
-    notes[:] = list(dict.fromkeys(notes))  # each metric compared meets the same mismatch
+    return figures_made
 
-    made = [configurations_table(g, base), results_table(g, base, columns)]
-    made += cv_tables(g)
-    external = external_table(g, metrics)
-    if external is not None:
-        made.append(external)
-    made += [comparison_table(metric, results, tables.level, alpha, n_resamples, seed)
-             for metric, results in comparisons.items()]
-    for t in made:
+
+def _write(study: Study, out_dir: Path, columns: list[Column], max_predictions: int
+           ) -> list[Section]:
+    """tables/, report.csv, report.md, the case galleries and index.html; returns the galleries'
+    sections."""
+    for t in study.tables:
         t.write(out_dir / "tables")
-    write_report_csv(out_dir / "report.csv", g, base, columns, comparisons)
-    text = markdown(root, runs, g, base, baseline, made, comparisons, metrics, figures_made,
-                    notes, axis)
-    write_atomic(out_dir / "report.md", text)
-    sections, grid = gallery.draw(g.configs, out_dir, max_predictions)
-    page.study_page(out_dir, root, runs, g, base, baseline, made, comparisons, figures_made,
-                    sections, grid, notes)
-    for n in notes:
-        log.warning("%s", n)
-    return {"runs": len(runs), "configurations": len(g.configs), "baseline": base.label,
-            "finished": sum(len(c.finished) for c in g.configs), "comparisons": comparisons,
-            "warnings": notes, "level": tables.level, "axis": axis.key if axis else None,
-            "labels": [c.label for c in g.configs], "tables": [t.name for t in made],
-            "figures": list(figures_made), "page": "index.html",
-            "galleries": [s.gallery for s in sections]}
+    write_report_csv(out_dir / "report.csv", study.grouping, study.base, columns,
+                     study.comparisons)
+    write_atomic(out_dir / "report.md", markdown(study))
+    sections, grid = gallery.draw(study.grouping.configs, out_dir, max_predictions)
+    page.study_page(out_dir, study, sections, grid)
+    return sections
 
 
-def _parts(g: Grouping):
-    from segbench.report.runs import label_parts
-
+def _parts(g: Grouping) -> list[tuple[str, str]]:
     return label_parts(g.configs[0].settings, g.label_keys)
 
 
@@ -139,14 +185,13 @@ def configurations_table(g: Grouping, base) -> Table:
              monitor_of(c), *(c.settings.get(k, g.shared.get(k, ABSENT)) for k in keys)]
             for c in g.configs]
     note = ("Every resolved config.yaml key that differs between configurations"
-            + (", and the swept groups' keys a preset set (see the note below)" if g.preset_keys else "")
+            + (", and the swept groups' keys a preset set (see the note below)"
+               if g.preset_keys else "")
             + "; runs that differ only in seed or fold are one configuration.")
     return Table("configurations", "Configurations: what each one ran", header, rows, note)
 
 
 def results_table(g: Grouping, base, columns) -> Table:
-    from segbench.report.runs import label_parts
-
     done = [c for c in g.configs if c.finished]
     names = [k for k, _ in label_parts(done[0].settings, g.label_keys)] if g.label_keys else []
     names = [n or "model" for n in names] or ["configuration"]
@@ -190,7 +235,8 @@ def results_table(g: Grouping, base, columns) -> Table:
                "class's figure; dice_<class> is that class's per-image mean (docs/metrics.md)."
                if any(col.name.startswith("dice_") and col.name != "dice_micro" for col in columns)
                else ""))
-    csv_header = ["configuration", "n", *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
+    csv_header = ["configuration", "n",
+                  *(f"{col.name}_{s}" for col in columns for s in ("mean", "std"))]
     t = Table("results", "Test results", header, rows, note, bold, csv_header, csv_rows)
     return t
 
@@ -207,9 +253,11 @@ def external_table(g: Grouping, metrics) -> Table | None:
     for c in g.configs:
         if not c.finished:
             continue
-        row, raw = [c.label], [c.label]
+        row: list[str] = [c.label]
+        raw: list[object] = [c.label]
         for m in metrics:
-            internal = [float(r.metrics["test"].get(m, math.nan)) for r in c.finished]
+            # A finished run has its test metrics (report.runs.load_run).
+            internal = [float(cast(dict, r.metrics)["test"].get(m, math.nan)) for r in c.finished]
             for values in (internal, *([float(r.external[s].get(m, math.nan)) for r in c.finished
                                         if s in r.external] for s in sets)):
                 mean, std, n = mean_std(values)
@@ -263,16 +311,14 @@ def cv_tables(g: Grouping) -> list[Table]:
     has_volume = any(r[-1] != "-" for r in fold_rows)
     fold_header = ["configuration", "fold", "seeds", "val dice", "test dice", "test iou",
                    *(["test volume dice"] if has_volume else [])]
-    per_fold = Table("folds", "Test metrics per fold", fold_header,
-                     [r if has_volume else r[:-1] for r in fold_rows],
-                     "Each fold's model (mean over its seeds) on the shared test split; val dice: "
-                     "its validation fold.")
-    return [summary, per_fold]
+    folds = Table("folds", "Test metrics per fold", fold_header,
+                  [r if has_volume else r[:-1] for r in fold_rows],
+                  "Each fold's model (mean over its seeds) on the shared test split; val dice: "
+                  "its validation fold.")
+    return [summary, folds]
 
 
 def _cv_unit(configs) -> str:
-    import json
-
     for c in configs:
         for r in c.finished:
             try:
@@ -324,8 +370,6 @@ def write_report_csv(path, g: Grouping, base, columns, comparisons) -> None:
     for m in comparisons:
         header += [f"{m}_diff", f"{m}_ci_low", f"{m}_ci_high", f"{m}_p", f"{m}_p_holm",
                    f"{m}_pairs", f"{m}_method", f"{m}_verdict"]
-    import io
-
     text = io.StringIO()
     w = csv.writer(text, lineterminator="\n")
     w.writerow(header)
@@ -349,8 +393,6 @@ def write_report_csv(path, g: Grouping, base, columns, comparisons) -> None:
 def axis_tables(g: Grouping, base, primary, comparisons) -> str:
     """One table per axis when every configuration differs from the baseline in one setting;
     a grid of means when two axes are fully crossed."""
-    from segbench.report.runs import label_parts
-
     done = [c for c in g.configs if c.finished]
     parts = {c.label: dict(label_parts(c.settings, g.label_keys)) for c in done}
     axes = list(parts[base.label]) if base.label in parts else []
@@ -384,9 +426,11 @@ def axis_tables(g: Grouping, base, primary, comparisons) -> str:
         vb = list(dict.fromkeys(parts[c.label][b] for c in done))
         cell = {(parts[c.label][a], parts[c.label][b]): column_stats(c, column)[0] for c in done}
         if len(cell) == len(va) * len(vb):
-            t = Table("grid", "grid", [f"{a} \\ {b}", *vb], [[x, *(fmt(cell[(x, y)]) for y in vb)] for x in va],
+            t = Table("grid", "grid", [f"{a} \\ {b}", *vb],
+                      [[x, *(fmt(cell[(x, y)]) for y in vb)] for x in va],
                       f"Test {primary}, mean over each configuration's runs.")
-            out.append(f"Test {primary} (mean over runs), {a} down, {b} across:\n\n" + t.markdown() + "\n")
+            out.append(f"Test {primary} (mean over runs), {a} down, {b} across:\n\n"
+                       + t.markdown() + "\n")
     return "\n".join(out)
 
 
@@ -402,10 +446,6 @@ def report_title(root: Path) -> str:
 
 def _command_line(root: Path) -> list[str]:
     """The sweep's command, from the sweep.json that `segbench train -m` writes."""
-    import json
-
-    from segbench.runs.sweeps import RECORD
-
     try:
         record = json.loads((Path(root) / RECORD).read_text())
         return [f"Sweep started {record['started']}: `{record['command']}`", ""]
@@ -414,7 +454,7 @@ def _command_line(root: Path) -> list[str]:
 
 
 def _shared_lines(shared: dict[str, str]) -> list[str]:
-    by_group = defaultdict(list)
+    by_group: defaultdict[str, list[str]] = defaultdict(list)
     for k, v in shared.items():
         group, _, rest = k.partition(".")
         by_group[group if rest else "(top level)"].append(f"`{rest or k}={v}`")
@@ -422,53 +462,56 @@ def _shared_lines(shared: dict[str, str]) -> list[str]:
             *(f"| {grp} | {', '.join(items)} |" for grp, items in by_group.items())]
 
 
-def markdown(root, runs, g: Grouping, base, baseline_spec, made: list[Table], comparisons,
-             metrics, figures_made, notes, axis) -> str:
-    states = defaultdict(int)
-    for r in runs:
-        states[r.state] += 1
-    by_name = {t.name: t for t in made}
-    lines = [f"# segbench report: {report_title(root)}", "", *_command_line(root),
-             f"{len(runs)} runs in {len(g.configs)} configurations under `{root}`: "
-             + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".", ""]
+def markdown(study: Study) -> str:
+    """report.md."""
+    g, by_name = study.grouping, study.by_name
+    lines = [f"# segbench report: {report_title(study.root)}", "", *_command_line(study.root),
+             f"{len(study.runs)} runs in {len(g.configs)} configurations under `{study.root}`: "
+             + study.states() + ".", ""]
     lines += ["## What ran", "",
               "Read from each run's resolved `config.yaml` (not from its command line).", ""]
     lines += [by_name["configurations"].markdown(), ""]
-    preset = [n for n in notes if n.startswith("`")]
+    preset = [n for n in study.notes if n.startswith("`")]
     if preset:
-        lines += ["**Preset values.** " + preset[0], *(f"\n**Preset values.** {n}" for n in preset[1:]), ""]
+        lines += ["**Preset values.** " + preset[0],
+                  *(f"\n**Preset values.** {n}" for n in preset[1:]), ""]
     if g.shared:
         lines += [f"### Shared settings ({len(g.shared)} keys every configuration has)", "",
                   *_shared_lines(g.shared), ""]
-    lines += ["## Results", "", by_name["results"].markdown(), ""]
-    if "external" in by_name:
-        lines += ["## External validation", "", by_name["external"].markdown(), ""]
-    if "cv" in by_name:
-        lines += ["## Cross-validation", "", by_name["cv"].markdown(), "", by_name["folds"].markdown(), ""]
-    lines += ["## Comparison with the baseline", "",
-              f"Baseline: **{base.label}**"
-              + (" (chosen with `report.baseline`)." if baseline_spec else
-                 " (the first configuration; choose another with `report.baseline=<setting=value>`)."),
-              ""]
-    for metric in comparisons:
-        t = by_name[f"comparison_{metric}"]
-        lines += [f"### {metric}", "", t.markdown() if t.rows else "Only the baseline has finished runs.", ""]
-    axis_text = axis_tables(g, base, metrics[0], comparisons)
-    if axis_text:
-        lines += ["## Per axis", "", axis_text, ""]
+    lines += _results_lines(by_name)
+    lines += _comparison_lines(study)
     lines += ["## Figures", ""]
-    for name, caption in figures_made.items():
+    for name, caption in study.figures.items():
         lines += [f"![{caption}]({name})", "", f"*{name}: {caption}.*", ""]
     lines += ["Every table is also in `tables/` as CSV and LaTeX (booktabs).", ""]
-    problems = [r for r in runs if r.state != "finished"]
-    if problems:
-        rows = [[f"`{r.path.relative_to(root) if root in r.path.parents else r.path}`", r.state,
-                 str(r.epochs), (r.error or "").replace("\n", " ")[:300]] for r in problems]
-        t = Table("incomplete", "Incomplete and failed runs", ["run", "state", "epochs done", "error"], rows)
-        lines += ["## Incomplete and failed runs", "",
-                  "Not in the tables above. Re-run the sweep command to resume interrupted runs.", "",
-                  t.markdown(), ""]
-    other = [n for n in notes if not n.startswith("`")]
+    incomplete = study.incomplete()
+    if incomplete is not None:  # its note as a sentence before it
+        lines += ["## Incomplete and failed runs", "", incomplete.note, "",
+                  replace(incomplete, note="").markdown(), ""]
+    other = [n for n in study.notes if not n.startswith("`")]
     if other:
         lines += ["## Notes", "", *(f"- {n}" for n in other), ""]
     return "\n".join(lines)
+
+
+def _results_lines(by_name: dict[str, Table]) -> list[str]:
+    lines = ["## Results", "", by_name["results"].markdown(), ""]
+    if "external" in by_name:
+        lines += ["## External validation", "", by_name["external"].markdown(), ""]
+    if "cv" in by_name:
+        lines += ["## Cross-validation", "", by_name["cv"].markdown(), "",
+                  by_name["folds"].markdown(), ""]
+    return lines
+
+
+def _comparison_lines(study: Study) -> list[str]:
+    """Each metric's comparison with the baseline, then the per-axis tables."""
+    lines = ["## Comparison with the baseline", "", study.baseline_line(), ""]
+    for metric in study.comparisons:
+        t = study.by_name[f"comparison_{metric}"]
+        lines += [f"### {metric}", "",
+                  t.markdown() if t.rows else "Only the baseline has finished runs.", ""]
+    axis_text = axis_tables(study.grouping, study.base, study.metrics[0], study.comparisons)
+    if axis_text:
+        lines += ["## Per axis", "", axis_text, ""]
+    return lines

@@ -13,6 +13,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from segbench.report.analysis import Axis, read_rows
 from segbench.runs.rundir import HISTORY, PREDICTION_SAMPLES
@@ -48,8 +50,6 @@ def _level(cis, metric) -> str:
 
 
 def _plot_bars(configs, baseline, metrics, cis, path: Path, axis_title: str) -> str:
-    from matplotlib.figure import Figure
-
     shown = [c for c in configs if c.finished]
     fig = Figure(figsize=(4.8 * len(metrics) + 1.5, 0.5 * len(shown) + 1.7))
     axes = fig.subplots(1, len(metrics), squeeze=False, sharey=True)
@@ -83,8 +83,6 @@ def _plot_bars(configs, baseline, metrics, cis, path: Path, axis_title: str) -> 
 
 
 def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
-    from matplotlib.figure import Figure
-
     done = [c for c in configs if c.finished]
     series = list(dict.fromkeys(axis.series[c.label] for c in done))
     legend = len(series) > 1
@@ -126,9 +124,6 @@ def _plot_lines(configs, metrics, cis, path: Path, axis: Axis) -> str:
 
 def plot_curves(configs, path: Path, legend_title: str | None = None,
                 title: str | None = None) -> bool:
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     histories = {c.short: [read_rows(r.path / HISTORY) for r in c.runs] for c in configs}
     keys = [k for k in CURVE_KEYS if any(h and k in h[0] for hs in histories.values() for h in hs)]
     if not keys:
@@ -176,8 +171,6 @@ def _load_samples(config):
 def plot_prediction_grid(configs, path: Path, max_rows: int) -> bool:
     """The same test images across configurations: image, ground truth, then each
     configuration's prediction over the image (colours: segbench.viz.OVERLAY, with a key)."""
-    from matplotlib.figure import Figure
-
     samples = [(c, s) for c in configs if c.finished and (s := _load_samples(c)) is not None]
     if not samples:
         return False

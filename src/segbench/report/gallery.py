@@ -1,6 +1,6 @@
-"""Case galleries from the runs' cases.npz (segbench.inference.cases): per configuration its worst, median
-and best test cases by Dice and HD95; the same cases across configurations, those they disagree
-on most; and for volumetric data a strip of slices of the worst volume.
+"""Case galleries from the runs' cases.npz (segbench.inference.cases): per configuration its worst,
+median and best test cases by Dice and HD95; the same cases across configurations, those they
+disagree on most; and for volumetric data a strip of slices of the worst volume.
 
 Each case is drawn at the size it was scored at (the image size on disk where the run evaluated
 at native resolution; the image, kept at the model's resolution, is resized to it). Panels:
@@ -14,11 +14,18 @@ import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
+import cv2
 import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from segbench.inference.cases import Cases, load_cases, pick, tta_changed
 from segbench.report.figures import wrap
+from segbench.report.runs import Configuration, Run
 from segbench.runs.rundir import CASES
 from segbench.task import task_of
 from segbench.viz import CONTOURS, OVERLAY, class_palette, colour_labels, overlay, save_figure
@@ -41,7 +48,7 @@ class Section:
     pictured: dict[str, str] = field(default_factory=dict)  # case id -> its role in the gallery
 
 
-def first_cases(config) -> tuple[object, Cases] | None:
+def first_cases(config: Configuration) -> tuple[Run, Cases] | None:
     """The first finished run's cases.npz; a cut or unreadable one is skipped with a warning
     (the report stands without that gallery)."""
     for r in sorted(config.finished, key=lambda r: (r.fold or "", r.seed)):
@@ -58,8 +65,6 @@ def first_cases(config) -> tuple[object, Cases] | None:
 
 def image_at(image: np.ndarray, shape) -> np.ndarray:
     """The image at a mask's size (the model saw it at its resolution)."""
-    import cv2
-
     h, w = int(shape[0]), int(shape[1])
     if image.shape[:2] == (h, w):
         return image
@@ -79,21 +84,18 @@ def _contour(ax, mask: np.ndarray, colour: str) -> None:
         ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=1.3)
 
 
-def _key(fig, contours=tuple(CONTOURS)) -> None:
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    handles = [Line2D([], [], color=CONTOURS[n], lw=2, label=f"{n} contour") for n in contours]
+def _key(fig: Figure, contours=tuple(CONTOURS)) -> None:
+    handles: list[Artist] = [Line2D([], [], color=CONTOURS[n], lw=2, label=f"{n} contour")
+                             for n in contours]
     handles += [Patch(facecolor=c, edgecolor="black", lw=0.5, label=n) for n, c in OVERLAY.items()]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 5), fontsize=8,
                frameon=False)
 
 
-def _class_key(fig, task) -> None:
-    from matplotlib.patches import Patch
-
+def _class_key(fig: Figure, task) -> None:
     palette = class_palette(task)
-    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k]) for k in task.foreground],
+    fig.legend(handles=[Patch(color=palette[k] / 255, label=task.names[k])
+                        for k in task.foreground],
                loc="outside lower center", ncol=min(6, len(task.foreground)), fontsize=8,
                frameon=False)
 
@@ -108,8 +110,6 @@ def metrics_text(cases: Cases, i: int) -> str:
 
 def case_gallery(label: str, cases: Cases, path: Path) -> dict[str, str]:
     """Worst, median and best cases of one configuration; returns case id -> role(s)."""
-    from matplotlib.figure import Figure
-
     chosen = pick(cases.dice, cases.hd95, 0)
     roles: dict[int, list[str]] = {}
     for role in ROLES:
@@ -128,8 +128,13 @@ def case_gallery(label: str, cases: Cases, path: Path) -> dict[str, str]:
             _contour(axes[row, 1], pred, CONTOURS["prediction"])
             axes[row, 2].imshow(overlay(image, truth, pred), interpolation="nearest")
         else:  # several classes: truth and prediction, each class in its colour
-            axes[row, 1].imshow(colour_labels(cases.truth_labels[i], task, image), interpolation="nearest")
-            axes[row, 2].imshow(colour_labels(cases.pred_labels[i], task, image), interpolation="nearest")
+            # cases.npz keeps the shown cases' label maps with the task (save_cases).
+            truth_labels = cast(dict[int, np.ndarray], cases.truth_labels)
+            pred_labels = cast(dict[int, np.ndarray], cases.pred_labels)
+            axes[row, 1].imshow(colour_labels(truth_labels[i], task, image),
+                                interpolation="nearest")
+            axes[row, 2].imshow(colour_labels(pred_labels[i], task, image),
+                                interpolation="nearest")
         axes[row, 0].set_ylabel(f"{', '.join(names)}\n{cases.ids[i]}", fontsize=8)
         axes[row, 1].set_xlabel(metrics_text(cases, i), fontsize=8)
         axes[row, 2].set_xlabel(f"{pred.shape[1]}x{pred.shape[0]} px", fontsize=8)
@@ -150,8 +155,6 @@ def case_gallery(label: str, cases: Cases, path: Path) -> dict[str, str]:
 
 def volume_strip(label: str, cases: Cases, path: Path) -> str | None:
     """Slices of the run's worst volume (lowest pooled Dice), each a TP/FP/FN map."""
-    from matplotlib.figure import Figure
-
     if not cases.strip:
         return None
     n = len(cases.strip)
@@ -175,11 +178,10 @@ def volume_strip(label: str, cases: Cases, path: Path) -> str | None:
 
 def tta_gallery(label: str, cases: Cases, path: Path) -> bool:
     """With eval.tta: the cases whose Dice TTA changed most, without and with it."""
-    from matplotlib.figure import Figure
-
     if cases.plain is None:
         return False
-    changed = [i for i in tta_changed(cases.dice, cases.plain_dice) if i in cases.images]
+    plain_dice = cast(np.ndarray, cases.plain_dice)  # saved with the plain masks (save_cases)
+    changed = [i for i in tta_changed(cases.dice, plain_dice) if i in cases.images]
     if not changed:
         return False
     fig = Figure(figsize=(7.2, 2.35 * len(changed) + 1.0), layout="constrained")
@@ -190,13 +192,15 @@ def tta_gallery(label: str, cases: Cases, path: Path) -> bool:
         _show(axes[row, 0], image)
         _contour(axes[row, 0], truth, CONTOURS["ground truth"])
         axes[row, 0].set_ylabel(cases.ids[i], fontsize=8)
-        for ax, mask, dice in ((axes[row, 1], plain, cases.plain_dice[i]), (axes[row, 2], pred, cases.dice[i])):
+        for ax, mask, dice in ((axes[row, 1], plain, plain_dice[i]),
+                               (axes[row, 2], pred, cases.dice[i])):
             ax.imshow(overlay(image, truth, mask), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_xlabel(f"Dice {dice:.3f}", fontsize=8)
         if row == 0:
-            for ax, title in zip(axes[0], ("image, ground truth", "without TTA", "with flip TTA"), strict=True):
+            titles = ("image, ground truth", "without TTA", "with flip TTA")
+            for ax, title in zip(axes[0], titles, strict=True):
                 ax.set_title(title, fontsize=9)
     fig.suptitle(wrap(f"{label}: the test cases flip TTA changed most", 60), fontsize=10)
     _key(fig, contours=("ground truth",))
@@ -208,20 +212,19 @@ def disagreement(configs_cases, path: Path, rows: int) -> list[str]:
     """The test cases the configurations disagree on most (largest spread of Dice), among those
     whose image some run kept: image with its ground-truth contour, then each configuration's
     TP/FP/FN map. Returns the case ids drawn."""
-    from matplotlib.figure import Figure
-
     if len(configs_cases) < 2:
         return []
     index = [cases.index() for _, cases in configs_cases]
     common = [c for c in index[0] if all(c in ix for ix in index)]
-    source = {}
+    source: dict[str, tuple[Cases, int]] = {}
     for _, cases in configs_cases:
         for i in cases.images:
             source.setdefault(cases.ids[i], (cases, i))
     candidates = [c for c in common if c in source]
     if not candidates:
         return []
-    spread = {c: float(np.nanstd([cases.dice[ix[c]] for (_, cases), ix in zip(configs_cases, index)]))
+    spread = {c: float(np.nanstd([cases.dice[ix[c]]
+                                  for (_, cases), ix in zip(configs_cases, index)]))
               for c in candidates}
     shown = sorted(candidates, key=lambda c: -spread[c])[:rows]
     cols = 1 + len(configs_cases)
@@ -266,7 +269,8 @@ def draw(configs, out_dir: Path, rows: int) -> tuple[list[Section], str | None]:
             continue
         folder.mkdir(parents=True, exist_ok=True)
         run, cases = found
-        where = run.path.relative_to(out_dir.parent) if out_dir.parent in run.path.parents else run.path
+        where = (run.path.relative_to(out_dir.parent) if out_dir.parent in run.path.parents
+                 else run.path)
         s = Section(c.label, str(where))
         s.pictured = case_gallery(c.short, cases, folder / f"cases_{k}.png")
         s.gallery = f"gallery/cases_{k}.png"

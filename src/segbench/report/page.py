@@ -1,7 +1,8 @@
 """index.html: the report as one page that opens offline in any browser.
 
 Inline CSS and JavaScript only (no network, no CDN); the figures are PNG files beside it
-(report/*.png, gallery/ and runs/: each configuration's learning curves). Every table sorts by any column on a click on its header.
+(report/*.png, gallery/ and runs/: each configuration's learning curves). Every table sorts by
+any column on a click on its header.
 Opened as index.html#selftest the page checks itself (images loaded, a header click re-sorts)
 and writes the outcome as JSON into <pre id="selftest">, which a headless browser's --dump-dom
 reads (tests/test_page.py); script and image errors are recorded into #page-errors always.
@@ -12,22 +13,27 @@ from __future__ import annotations
 import html
 import re
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from segbench.atomic import write_atomic
 from segbench.inspection import augmentations
 from segbench.report import figures
 from segbench.report.gallery import Section
+from segbench.report.runs import Configuration
+from segbench.report.study import Study
 from segbench.report.tables import Table
 
 PAGE = "index.html"
 
 STYLE = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;\
+color:#1b1b1b;background:#fafafa}
 main{max-width:1200px;margin:0 auto;padding:0 24px 48px}
 nav{position:sticky;top:0;background:#12355b;padding:8px 24px;z-index:2}
 nav a{color:#fff;margin-right:18px;text-decoration:none;font-size:14px}
-h1{font-size:24px;margin:22px 0 6px}h2{margin-top:34px;border-bottom:2px solid #d5dde6;padding-bottom:4px}
+h1{font-size:24px;margin:22px 0 6px}\
+h2{margin-top:34px;border-bottom:2px solid #d5dde6;padding-bottom:4px}
 h3{margin:22px 0 6px}
 table{border-collapse:collapse;margin:8px 0;background:#fff;font-size:13px}
 th,td{border:1px solid #d5dde6;padding:4px 8px;text-align:left;vertical-align:top}
@@ -49,7 +55,8 @@ code{background:#eef2f6;padding:0 3px;border-radius:3px;font-size:12px}
 RECORDER = """
 window.pageErrors=[];
 var consoleError=console.error;
-console.error=function(){window.pageErrors.push(Array.prototype.join.call(arguments,' '));consoleError.apply(console,arguments);};
+console.error=function(){window.pageErrors.push(Array.prototype.join.call(arguments,' '));\
+consoleError.apply(console,arguments);};
 window.addEventListener('error',function(e){
   var t=e.target,msg=(t&&t!==window&&t.src)?('failed to load '+t.src):(e.message||'error');
   window.pageErrors.push(msg);
@@ -65,7 +72,8 @@ function cellValue(td){
   return m?parseFloat(m[0]):null;
 }
 function sortTable(th){
-  var table=th.closest('table'),tbody=table.tBodies[0],col=Array.prototype.indexOf.call(th.parentNode.children,th);
+  var table=th.closest('table'),tbody=table.tBodies[0],\
+col=Array.prototype.indexOf.call(th.parentNode.children,th);
   var dir=th.getAttribute('aria-sort')==='ascending'?'descending':'ascending';
   Array.prototype.forEach.call(th.parentNode.children,function(h){h.removeAttribute('aria-sort');});
   th.setAttribute('aria-sort',dir);
@@ -88,7 +96,8 @@ function openTarget(){  // a link to a case row opens the table it sits in
 }
 window.addEventListener('hashchange',openTarget);openTarget();
 function selftest(){
-  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null,loadMs:Math.round(performance.now())};
+  var out={errors:window.pageErrors.slice(),images:0,broken:[],sort:null,\
+loadMs:Math.round(performance.now())};
   document.querySelectorAll('img').forEach(function(img){
     out.images++;if(!img.complete||img.naturalWidth===0)out.broken.push(img.getAttribute('src'));
   });
@@ -96,9 +105,11 @@ function selftest(){
   if(table){
     var ths=table.tHead.rows[0].cells,col=ths.length-1;
     for(var i=0;i<ths.length;i++){if(ths[i].textContent.trim()==='dice'){col=i;break;}}
-    var values=function(){return Array.prototype.map.call(table.tBodies[0].rows,function(r){return cellValue(r.cells[col]);});};
+    var values=function(){return Array.prototype.map.call(table.tBodies[0].rows,\
+function(r){return cellValue(r.cells[col]);});};
     var before=values();ths[col].click();var asc=values();ths[col].click();var desc=values();
-    var sorted=function(v,s){for(var k=1;k<v.length;k++){if(v[k]!==null&&v[k-1]!==null&&s*(v[k]-v[k-1])<0)return false;}return true;};
+    var sorted=function(v,s){for(var k=1;k<v.length;k++){\
+if(v[k]!==null&&v[k-1]!==null&&s*(v[k]-v[k-1])<0)return false;}return true;};
     out.sort={column:ths[col].textContent.trim(),before:before,ascending:asc,descending:desc,
               ok:sorted(asc,1)&&sorted(desc,-1)&&ths[col].getAttribute('aria-sort')==='descending'};
   }
@@ -164,7 +175,8 @@ def curves_of(configs, out_dir: Path) -> list[tuple[str, str, str]]:
 
 def case_table(k: int, s: Section) -> str:
     hd95 = any(r["hd95"] is not None for r in s.rows)
-    head = "<th>case</th><th>dice</th><th>iou</th>" + ("<th>hd95</th>" if hd95 else "") + "<th>pictured</th>"
+    head = ("<th>case</th><th>dice</th><th>iou</th>" + ("<th>hd95</th>" if hd95 else "")
+            + "<th>pictured</th>")
     rows = []
     for r in s.rows:
         anchor = f"case-{k}-{_slug(r['case'])}"
@@ -174,7 +186,8 @@ def case_table(k: int, s: Section) -> str:
                     f'<td class="num">{r["dice"]:.4f}</td><td class="num">{r["iou"]:.4f}</td>{hd}'
                     f"<td>{role}</td></tr>")
     return (f"<details><summary>every test case of {html.escape(s.label)} ({len(s.rows)}, run "
-            f"<code>{html.escape(s.run)}</code>)</summary><table class=\"sortable\"><thead><tr>{head}"
+            f"<code>{html.escape(s.run)}</code>)</summary>"
+            f"<table class=\"sortable\"><thead><tr>{head}"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></details>")
 
 
@@ -187,8 +200,8 @@ def gallery_html(sections: list[Section], grid: str | None) -> str:
                           "run kept): image with its ground-truth contour, then each "
                           "configuration's true positives, false positives and false negatives."))
     for k, s in enumerate(sections):
-        links = ", ".join(f'<a href="#case-{k}-{_slug(cid)}">{html.escape(cid)}</a> ({html.escape(role)})'
-                          for cid, role in s.pictured.items())
+        links = ", ".join(f'<a href="#case-{k}-{_slug(cid)}">{html.escape(cid)}</a> '
+                          f"({html.escape(role)})" for cid, role in s.pictured.items())
         parts.append(f'<h3 id="gallery-{k}">{html.escape(s.label)}</h3>')
         if s.gallery:
             parts.append(_img(s.gallery, f"cases of {s.label}",
@@ -205,65 +218,49 @@ def gallery_html(sections: list[Section], grid: str | None) -> str:
     return "\n".join(parts)
 
 
-def write_page(out_dir: Path, *, title: str, summary: str, configs, tables: dict[str, Table],
-               shared: list[tuple[str, str]], comparisons: list[tuple[str, Table]],
-               baseline_line: str, figures_made: dict[str, str], sections: list[Section],
-               grid: str | None, notes: list[str], incomplete: Table | None,
-               extra: list[tuple[str, str, str]] = ()) -> Path:
-    """Write out_dir/index.html; `extra`: (section id, heading, HTML) added before the notes."""
+@dataclass
+class Content:
+    """What index.html shows, section by section."""
+    title: str
+    summary: str                            # the sentence under the title
+    configs: list[Configuration]            # each one's learning curves
+    tables: dict[str, Table]                # by name: configurations, results, cv, folds
+    shared: list[tuple[str, str]]           # (group, its settings every configuration shares)
+    comparisons: list[tuple[str, Table]]    # (metric, its comparison with the baseline)
+    baseline_line: str
+    figures: dict[str, str]                 # file name -> caption
+    sections: list[Section]                 # the case galleries
+    grid: str | None                        # the disagreement grid's file name
+    notes: list[str]
+    incomplete: Table | None                # runs that did not finish
+    extra: list[tuple[str, str, str]] = field(default_factory=list)  # (id, heading, HTML)
+
+
+def write_page(out_dir: Path, content: Content) -> Path:
+    """Write out_dir/index.html; `content.extra` sections come before the notes."""
+    c = content
     nav = [("what-ran", "What ran"), ("results", "Results"), ("comparisons", "Comparisons"),
            ("figures", "Figures"), ("curves", "Learning curves"), ("gallery", "Cases"),
-           *((sid, heading) for sid, heading, _ in extra), ("notes", "Notes")]
-    body = [f"<h1>{inline(title)}</h1>", f"<p>{inline(summary)}</p>",
+           *((sid, heading) for sid, heading, _ in c.extra), ("notes", "Notes")]
+    body = [f"<h1>{inline(c.title)}</h1>", f"<p>{inline(c.summary)}</p>",
             '<ul id="page-errors"></ul>',
-            '<section id="what-ran"><h2>What ran</h2>'
-            "<p class=note>Read from each run's resolved <code>config.yaml</code>.</p>",
-            table_html(tables["configurations"])]
-    if shared:
-        body.append(f"<details><summary>{len(shared)} settings every configuration shares</summary>"
-                    "<table class=\"sortable\"><thead><tr><th>group</th><th>settings</th></tr></thead><tbody>"
-                    + "".join(f"<tr><td>{inline(g)}</td><td>{inline(v)}</td></tr>" for g, v in shared)
-                    + "</tbody></table></details>")
-    body.append("</section>")
-    body.append('<section id="results"><h2>Results</h2>' + table_html(tables["results"]))
-    for name in ("cv", "folds"):
-        if name in tables:
-            body.append(f"<h3>{inline(tables[name].title)}</h3>" + table_html(tables[name]))
-    body.append("</section>")
-    body.append(f'<section id="comparisons"><h2>Comparison with the baseline</h2><p>{inline(baseline_line)}</p>')
-    for metric, t in comparisons:
-        body.append(f"<h3>{inline(metric)}</h3>")
-        if t.rows:
-            body.append(f'<p class="note"><b>Method.</b> {inline(t.note)}</p>' + table_html(t, caption=False))
-        else:
-            body.append("<p>Only the baseline has finished runs.</p>")
-    body.append("</section>")
-    body.append('<section id="figures"><h2>Figures</h2>'
-                + "".join(_img(name, caption, f"{name}: {caption}.") for name, caption in figures_made.items())
-                + "</section>")
-    curves = curves_of(configs, out_dir)
-    body.append('<section id="curves"><h2>Learning curves per configuration</h2>'
-                + "".join(_img(src, f"learning curves of {label}", f"{label}: mean over its {runs} "
-                               "(band: min to max)") for label, src, runs in curves)
-                + ("" if curves else "<p>No run holds history.csv.</p>") + "</section>")
-    body.append('<section id="gallery"><h2>Cases</h2>'
-                + (gallery_html(sections, grid) if sections else
-                   "<p>No run holds cases.npz (runs evaluated before segbench kept every case's "
-                   "prediction): no case gallery. <code>segbench eval run_dir=...</code> writes it.</p>")
-                + "</section>")
-    for sid, heading, content in extra:
-        body.append(f'<section id="{sid}"><h2>{inline(heading)}</h2>{content}</section>')
-    body.append('<section id="notes"><h2>Notes</h2>')
-    if incomplete is not None:
-        body.append("<h3>Incomplete and failed runs</h3>" + table_html(incomplete))
-    body.append("<ul>" + "".join(f"<li>{inline(n)}</li>" for n in notes) + "</ul>" if notes else
-                "<p>None.</p>")
-    body.append('<p class="note">The same report as Markdown: <a href="report.md">report.md</a>; '
-                'every table as CSV and LaTeX in <code>tables/</code>.</p></section>')
-    body.append('<pre id="selftest" hidden></pre>')
+            *_what_ran(c.tables["configurations"], c.shared),
+            *_results(c.tables),
+            *_comparisons(c.baseline_line, c.comparisons),
+            '<section id="figures"><h2>Figures</h2>'
+            + "".join(_img(name, caption, f"{name}: {caption}.")
+                      for name, caption in c.figures.items())
+            + "</section>",
+            _curves(c.configs, out_dir),
+            _cases(c.sections, c.grid),
+            *(f'<section id="{sid}"><h2>{inline(heading)}</h2>{html_}</section>'
+              for sid, heading, html_ in c.extra),
+            *_notes(c.notes, c.incomplete),
+            '<pre id="selftest" hidden></pre>']
     page = ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style><script>{RECORDER}</script></head>"
+            f"<title>{html.escape(c.title)}</title><style>{STYLE}</style>"
+            f"<script>{RECORDER}</script></head>"
             "<body><nav>" + "".join(f'<a href="#{i}">{n}</a>' for i, n in nav) + "</nav><main>"
             + "\n".join(body) + f"</main><script>{SCRIPT}</script></body></html>\n")
     path = out_dir / PAGE
@@ -271,40 +268,95 @@ def write_page(out_dir: Path, *, title: str, summary: str, configs, tables: dict
     return path
 
 
-def study_page(out_dir: Path, root: Path, runs, g, base, baseline_spec, made: list[Table],
-               comparisons, figures_made, sections, grid, notes, extra=()) -> Path:
-    """index.html of a report from what build_report computed (the same facts as report.md)."""
-    states = defaultdict(int)
-    for r in runs:
-        states[r.state] += 1
-    by_name = {t.name: t for t in made}
-    by_group = defaultdict(list)
+def _what_ran(configurations: Table, shared: list[tuple[str, str]]) -> list[str]:
+    out = ['<section id="what-ran"><h2>What ran</h2>'
+           "<p class=note>Read from each run's resolved <code>config.yaml</code>.</p>",
+           table_html(configurations)]
+    if shared:
+        out.append(f"<details><summary>{len(shared)} settings every configuration shares"
+                   "</summary><table class=\"sortable\"><thead><tr><th>group</th>"
+                   "<th>settings</th></tr></thead><tbody>"
+                   + "".join(f"<tr><td>{inline(g)}</td><td>{inline(v)}</td></tr>"
+                             for g, v in shared)
+                   + "</tbody></table></details>")
+    return [*out, "</section>"]
+
+
+def _results(tables: dict[str, Table]) -> list[str]:
+    out = ['<section id="results"><h2>Results</h2>' + table_html(tables["results"])]
+    for name in ("cv", "folds"):
+        if name in tables:
+            out.append(f"<h3>{inline(tables[name].title)}</h3>" + table_html(tables[name]))
+    return [*out, "</section>"]
+
+
+def _comparisons(baseline_line: str, comparisons: list[tuple[str, Table]]) -> list[str]:
+    out = ['<section id="comparisons"><h2>Comparison with the baseline</h2>'
+           f"<p>{inline(baseline_line)}</p>"]
+    for metric, t in comparisons:
+        out.append(f"<h3>{inline(metric)}</h3>")
+        if t.rows:
+            out.append(f'<p class="note"><b>Method.</b> {inline(t.note)}</p>'
+                       + table_html(t, caption=False))
+        else:
+            out.append("<p>Only the baseline has finished runs.</p>")
+    return [*out, "</section>"]
+
+
+def _curves(configs: list[Configuration], out_dir: Path) -> str:
+    curves = curves_of(configs, out_dir)
+    return ('<section id="curves"><h2>Learning curves per configuration</h2>'
+            + "".join(_img(src, f"learning curves of {label}",
+                           f"{label}: mean over its {runs} (band: min to max)")
+                      for label, src, runs in curves)
+            + ("" if curves else "<p>No run holds history.csv.</p>") + "</section>")
+
+
+def _cases(sections: list[Section], grid: str | None) -> str:
+    return ('<section id="gallery"><h2>Cases</h2>'
+            + (gallery_html(sections, grid) if sections else
+               "<p>No run holds cases.npz (runs evaluated before segbench kept every case's "
+               "prediction): no case gallery. <code>segbench eval run_dir=...</code> writes "
+               "it.</p>")
+            + "</section>")
+
+
+def _notes(notes: list[str], incomplete: Table | None) -> list[str]:
+    out = ['<section id="notes"><h2>Notes</h2>']
+    if incomplete is not None:
+        out.append("<h3>Incomplete and failed runs</h3>" + table_html(incomplete))
+    out.append("<ul>" + "".join(f"<li>{inline(n)}</li>" for n in notes) + "</ul>" if notes else
+               "<p>None.</p>")
+    out.append('<p class="note">The same report as Markdown: <a href="report.md">report.md</a>; '
+               'every table as CSV and LaTeX in <code>tables/</code>.</p></section>')
+    return out
+
+
+def study_page(out_dir: Path, study: Study, sections: list[Section], grid: str | None,
+               extra: tuple[tuple[str, str, str], ...] = ()) -> Path:
+    """index.html of a report from what build_report computed (the same facts as report.md),
+    with the augmentation presets drawn when the configurations differ in them."""
+    g, by_name = study.grouping, study.by_name
+    by_group: defaultdict[str, list[str]] = defaultdict(list)
     for k, v in g.shared.items():
         group, _, rest = k.partition(".")
         by_group[group if rest else "(top level)"].append(f"`{rest or k}={v}`")
-    problems = [r for r in runs if r.state != "finished"]
-    incomplete = None
-    if problems:
-        incomplete = Table("incomplete", "Incomplete and failed runs", ["run", "state", "epochs done", "error"],
-                           [[f"`{r.path.relative_to(root) if root in r.path.parents else r.path}`", r.state,
-                             str(r.epochs), (r.error or "").replace("\n", " ")[:300]] for r in problems],
-                           "Not in the tables above. Re-run the sweep command to resume interrupted runs.")
+    incomplete = study.incomplete()
+    sections_extra = list(extra)
     previews, preview_notes = augmentations.study_previews(g.configs, out_dir / "augmentation")
     if previews:
-        extra = [*extra, ("augmentation", "Augmentation presets", "".join(
+        sections_extra.append(("augmentation", "Augmentation presets", "".join(
             _img(f"augmentation/{file}", f"augmentation {name}",
                  f"augmentation={name}: training images and masks under each transform (p forced "
                  "to 1) and under the whole preset as trained, seeded (`segbench preview "
-                 f"augmentation={name}` draws it alone).") for name, file in previews))]
-    notes = [*notes, *preview_notes]
-    baseline_line = (f"Baseline: **{base.label}**" + (" (chosen with `report.baseline`)." if baseline_spec
-                     else " (the first configuration; choose another with `report.baseline=<setting=value>`)."))
-    return write_page(
-        out_dir, title=f"segbench report: {root.resolve().name}",
-        summary=f"{len(runs)} runs in {len(g.configs)} configurations under `{root}`: "
-                + ", ".join(f"{n} {s}" for s, n in sorted(states.items())) + ".",
+                 f"augmentation={name}` draws it alone).") for name, file in previews)))
+    return write_page(out_dir, Content(
+        title=f"segbench report: {study.root.resolve().name}",
+        summary=f"{len(study.runs)} runs in {len(g.configs)} configurations under "
+                f"`{study.root}`: {study.states()}.",
         configs=g.configs, tables=by_name,
         shared=[(grp, ", ".join(items)) for grp, items in by_group.items()],
-        comparisons=[(m, by_name[f"comparison_{m}"]) for m in comparisons],
-        baseline_line=baseline_line, figures_made=figures_made, sections=sections, grid=grid,
-        notes=list(dict.fromkeys(notes)), incomplete=incomplete, extra=extra)
+        comparisons=[(m, by_name[f"comparison_{m}"]) for m in study.comparisons],
+        baseline_line=study.baseline_line(), figures=study.figures, sections=sections,
+        grid=grid, notes=list(dict.fromkeys([*study.notes, *preview_notes])),
+        incomplete=incomplete, extra=sections_extra))

@@ -49,7 +49,8 @@ class Run:
     path: Path
     settings: dict[str, str]        # the resolved config (bookkeeping left out); {} if unknown
     order: tuple
-    state: str                      # finished | failed | interrupted | running | killed | not started | broken
+    # finished | failed | interrupted | running | killed | not started | broken
+    state: str
     metrics: dict | None = None
     epochs: int = 0
     error: str | None = None
@@ -78,7 +79,9 @@ class Run:
                             if k not in REPLICATE_KEYS and v != "null"))
 
     def replicate(self) -> str:
-        return f"fold {self.fold}, seed {self.seed}" if self.fold is not None else f"seed {self.seed}"
+        if self.fold is not None:
+            return f"fold {self.fold}, seed {self.seed}"
+        return f"seed {self.seed}"
 
 
 @dataclass
@@ -265,7 +268,8 @@ def label_parts(settings: dict[str, str], keys: list[str]) -> list[tuple[str, st
             done |= {x for x in keys if _group(x) == "ensemble"}
             continue
         if k in ("resolution.height", "resolution.width"):
-            h, w = settings.get("resolution.height", ABSENT), settings.get("resolution.width", ABSENT)
+            h = settings.get("resolution.height", ABSENT)
+            w = settings.get("resolution.width", ABSENT)
             parts.append(("resolution", h if h == w else f"{h}x{w}"))
             done |= {"resolution.height", "resolution.width"}
             continue
@@ -367,13 +371,14 @@ def preset_notes(configs: list[Configuration], varying: list[str]) -> tuple[list
                     entry["by"].add(f"experiment={preset}" if preset else "another config file")
     notes = []
     for key, e in found.items():
-        actual = sorted(set(e["actual"].values()))
-        where = (f"is {actual[0]} in every configuration" if len(actual) == 1 and
+        ran = sorted(set(e["actual"].values()))
+        where = (f"is {ran[0]} in every configuration" if len(ran) == 1 and
                  len(e["actual"]) == len(configs) else
                  "is " + ", ".join(f"{v} for {lbl}" for lbl, v in e["actual"].items()))
         options = ", ".join(f"{o} {v}" for o, v in sorted(e["options"].items()))
         notes.append(f"`{key}` {where}, set by {' and '.join(sorted(e['by']))}; the option files "
-                     f"say {options}. The swept options ran with the preset's value, not their own.")
+                     f"say {options}. The swept options ran with the preset's value, not their "
+                     "own.")
     return notes, list(found)
 
 

@@ -5,6 +5,7 @@ values are bold in all three (CSV: a `best` column lists them)."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -46,7 +47,8 @@ class Table:
     csv_rows: list[list] | None = None
 
     def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.header) + " |", "|" + "|".join("---" for _ in self.header) + "|"]
+        lines = ["| " + " | ".join(self.header) + " |",
+                 "|" + "|".join("---" for _ in self.header) + "|"]
         for i, row in enumerate(self.rows):
             cells = [f"**{c}**" if (i, j) in self.bold else str(c) for j, c in enumerate(row)]
             lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
@@ -74,8 +76,6 @@ class Table:
         write_atomic(folder / f"{self.name}.tex", self.latex())
         header = self.csv_header or self.header
         rows = self.csv_rows if self.csv_rows is not None else self.rows
-        import io
-
         text = io.StringIO()
         w = csv.writer(text, lineterminator="\n")
         best = self.csv_rows is not None and self.bold

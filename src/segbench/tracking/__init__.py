@@ -23,7 +23,14 @@ import logging
 
 from segbench import SegbenchError
 from segbench.runs.rundir import RunDir
-from segbench.tracking.base import NAMES, PACKAGES, Tracker, first_line, require, run_info
+from segbench.tracking.base import (
+    NAMES,
+    PACKAGES,
+    TrackerFactory,
+    first_line,
+    require,
+    run_info,
+)
 from segbench.tracking.csv_index import CsvIndex
 from segbench.tracking.mlflow import MLflow
 from segbench.tracking.tensorboard import TensorBoard
@@ -31,7 +38,8 @@ from segbench.tracking.wandb import WandB
 
 log = logging.getLogger(__name__)
 
-TRACKERS: dict[str, type[Tracker]] = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB, "csv": CsvIndex}
+TRACKERS: dict[str, TrackerFactory] = {"tensorboard": TensorBoard, "mlflow": MLflow,
+                                       "wandb": WandB, "csv": CsvIndex}
 
 
 class Trackers:

@@ -3,11 +3,17 @@ libraries they need, the run's identity (`RunInfo`) and the flat parameters and 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, cast
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from segbench import SegbenchError
 from segbench.runs.rundir import (
@@ -25,8 +31,8 @@ log = logging.getLogger(__name__)
 
 NAMES = ("tensorboard", "mlflow", "wandb", "csv")
 # What each tracker needs installed, and the extra that installs it.
-PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "segbench[mlflow]"),
-            "wandb": ("wandb", "segbench[wandb]")}
+PACKAGES = {"tensorboard": ("tensorboard", "tensorboard"),
+            "mlflow": ("mlflow", "segbench[mlflow]"), "wandb": ("wandb", "segbench[wandb]")}
 ARTIFACTS = (METRICS, CURVES, PREDICTIONS, CONFUSION, HISTORY, CONFIG, PER_CASE)
 FIGURES = {"curves": CURVES, "predictions": PREDICTIONS, "confusion_matrix": CONFUSION}
 # Numbers of a run's test summary that trackers show (the rest stay in metrics.json).
@@ -34,11 +40,8 @@ SUMMARY_KEYS = ("dice", "iou", "dice_micro", "iou_micro", "precision", "recall",
                 "accuracy", "hd95", "assd", "auroc", "average_precision")
 
 
-
 def require(tracker: str):
     """The tracker's library, or a one-line SegbenchError naming what to install."""
-    import importlib
-
     module, extra = PACKAGES[tracker]
     # MLflow would otherwise add a handler of its own; its lines go through segbench's log.
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
@@ -51,7 +54,8 @@ def require(tracker: str):
 
 
 def flat_params(config, prefix: str = "") -> dict[str, object]:
-    """A nested config as `a.b.c -> value`, list items by index (`augmentation.transforms.0.type`)."""
+    """A nested config as `a.b.c -> value`, list items by index
+    (`augmentation.transforms.0.type`)."""
     out: dict[str, object] = {}
     items = config.items() if isinstance(config, dict) else enumerate(config)
     for key, value in items:
@@ -66,7 +70,8 @@ def flat_params(config, prefix: str = "") -> dict[str, object]:
 def numbers(d: dict, prefix: str = "", keys=None) -> dict[str, float]:
     """The finite-or-NaN numeric entries of `d` (bools and text left out), keys prefixed."""
     return {f"{prefix}{k}": float(v) for k, v in d.items()
-            if (keys is None or k in keys) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if (keys is None or k in keys) and isinstance(v, (int, float))
+            and not isinstance(v, bool)}
 
 
 def outputs_root(run_path: Path) -> Path:
@@ -100,27 +105,23 @@ class RunInfo:
 def run_info(cfg, run: RunDir, start_epoch: int) -> RunInfo:
     """Names from Hydra's runtime when a command runs (a sweep: its directory and the job's
     directory below it), from the run directory otherwise."""
-    from omegaconf import OmegaConf
-
-    config = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    # A run's config is a mapping.
+    config = (cast(dict, OmegaConf.to_container(cfg, resolve=True)) if not isinstance(cfg, dict)
+              else cfg)
     path = run.path.resolve()
     root = outputs_root(path)
-    experiment = str(path.parent.relative_to(root)) if path.parent.is_relative_to(root) else path.parent.name
+    experiment = (str(path.parent.relative_to(root)) if path.parent.is_relative_to(root)
+                  else path.parent.name)
     name, overrides = path.name, []
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        if HydraConfig.initialized():
-            hc = HydraConfig.get()
-            overrides = [str(o) for o in hc.overrides.task]
-            if hc.mode == RunMode.MULTIRUN:
-                sweep = Path(hc.sweep.dir).resolve()
-                if path.is_relative_to(sweep):
-                    name = str(path.relative_to(sweep))
-                    experiment = str(sweep.relative_to(root)) if sweep.is_relative_to(root) else sweep.name
-    except ImportError:  # pragma: no cover - hydra is a core dependency
-        pass
+    if HydraConfig.initialized():
+        hc = HydraConfig.get()
+        overrides = [str(o) for o in hc.overrides.task]
+        if hc.mode == RunMode.MULTIRUN:
+            sweep = Path(hc.sweep.dir).resolve()
+            if path.is_relative_to(sweep):
+                name = str(path.relative_to(sweep))
+                experiment = (str(sweep.relative_to(root)) if sweep.is_relative_to(root)
+                              else sweep.name)
     history = [{k: _number(v) for k, v in row.items()} for row in run.read_history()]
     history = [row for row in history if int(row["epoch"]) < start_epoch]
     return RunInfo(run, experiment.replace(os.sep, "/") or "default", name.replace(os.sep, "/"),
@@ -161,3 +162,7 @@ class Tracker(Protocol):
     def flush(self) -> None: ...
 
     def close(self, status: str = "finished") -> None: ...
+
+
+# How a tracker is built: Tracker(opts, info, record) (see Tracker).
+TrackerFactory = Callable[[Any, RunInfo, dict], Tracker]

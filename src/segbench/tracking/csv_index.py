@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import time
@@ -14,6 +15,7 @@ from segbench.tracking.base import (
 )
 
 log = logging.getLogger(__name__)
+
 
 class CsvIndex:
     """One row per finished run in <outputs>/runs.csv (no dependency, opens in any spreadsheet):
@@ -28,18 +30,18 @@ class CsvIndex:
     def __init__(self, opts, info: RunInfo, record: dict):
         self.info = info
         self.path = Path(opts.get("path") or outputs_root(info.run.path) / "runs.csv")
-        self.record = {}
+        self.record: dict = {}
 
     def log_epoch(self, row: dict) -> None:
         pass
 
     def log_test(self, result: dict, epoch: int) -> None:
-        import io
-
         test = result["test"]
-        row = {"finished_at": time.strftime("%Y-%m-%d %H:%M:%S"), "experiment": self.info.experiment,
+        row = {"finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "experiment": self.info.experiment,
                "name": self.info.name, "run_dir": self.info.tags["segbench.run_dir"],
-               "overrides": " ".join(self.info.overrides), "best_epoch": result.get("best_epoch", epoch),
+               "overrides": " ".join(self.info.overrides),
+               "best_epoch": result.get("best_epoch", epoch),
                "epochs_run": result.get("epochs_run"),
                "best_val_iou": result.get("val_best", {}).get("iou"),
                **{f"test_{k}": test.get(k) for k in ("dice", "iou", "dice_micro", "iou_micro",

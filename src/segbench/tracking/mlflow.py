@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Container
 from pathlib import Path
 
 from segbench import SegbenchError
@@ -21,6 +22,7 @@ from segbench.tracking.base import (
 
 log = logging.getLogger(__name__)
 
+
 class MLflow:
     """An MLflow run: params, per-epoch metrics (step = epoch), test metrics, artifacts, tags.
 
@@ -32,13 +34,13 @@ class MLflow:
 
     def __init__(self, opts, info: RunInfo, record: dict):
         require("mlflow")
-        from mlflow.tracking import MlflowClient
+        from mlflow.tracking import MlflowClient  # optional extra
 
         self.info = info
         local = not opts.get("tracking_uri")
         root = outputs_root(info.run.path)
-        uri = opts.get("tracking_uri") or record.get("tracking_uri") or \
-            f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+        local_uri = f"sqlite:///{(root / 'mlflow.db').as_posix()}"
+        uri = opts.get("tracking_uri") or record.get("tracking_uri") or local_uri
         if local:
             root.mkdir(parents=True, exist_ok=True)
         elif uri.startswith(("http://", "https://")):
@@ -53,8 +55,8 @@ class MLflow:
                 done = int(record.get("last_epoch", 0))
             else:
                 experiment = opts.get("experiment") or info.experiment
-                exp_id = self._experiment(experiment, root / "mlartifacts" if local and
-                                          uri == f"sqlite:///{(root / 'mlflow.db').as_posix()}" else None)
+                exp_id = self._experiment(
+                    experiment, root / "mlartifacts" if local and uri == local_uri else None)
                 run = self.client.create_run(exp_id, run_name=info.name, tags=info.tags)
                 self.run_id = run.info.run_id
                 done = 0
@@ -62,9 +64,9 @@ class MLflow:
         except SegbenchError:
             raise
         except Exception as err:
-            raise SegbenchError(f"logger=mlflow: cannot use the MLflow store {uri} ({first_line(err)}); "
-                                "check logger.mlflow.tracking_uri, or leave it null for the local store "
-                                "in the outputs folder") from None
+            raise SegbenchError(f"logger=mlflow: cannot use the MLflow store {uri} "
+                                f"({first_line(err)}); check logger.mlflow.tracking_uri, or leave "
+                                "it null for the local store in the outputs folder") from None
         self.record = {"run_id": self.run_id, "tracking_uri": uri, "last_epoch": done}
         for row in info.history:  # epochs a first attempt finished but never reached the tracker
             if int(row["epoch"]) > done:
@@ -76,7 +78,8 @@ class MLflow:
         try:
             self.client.get_run(run_id)
         except Exception:  # deleted, or another store: start a new run
-            log.warning("mlflow: run %s recorded in trackers.json is gone; starting a new run", run_id)
+            log.warning("mlflow: run %s recorded in trackers.json is gone; starting a new run",
+                        run_id)
             return False
         self.client.update_run(run_id, status="RUNNING")
         self._log_params(existing=set(self.client.get_run(run_id).data.params))
@@ -95,8 +98,8 @@ class MLflow:
                 raise
             return found.experiment_id
 
-    def _log_params(self, existing: set[str] = frozenset()) -> None:
-        from mlflow.entities import Param
+    def _log_params(self, existing: Container[str] = frozenset()) -> None:
+        from mlflow.entities import Param  # optional extra
 
         # A resumed run may have changed a resumable setting (trainer.max_epochs): MLflow keeps
         # the first value of a parameter, so only new keys are added.
@@ -106,10 +109,11 @@ class MLflow:
             self.client.log_batch(self.run_id, params=params[start:start + 100])
 
     def _metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional extra
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        self.client.log_batch(self.run_id,
+                              metrics=[Metric(k, v, now, step) for k, v in values.items()])
 
     def log_epoch(self, row: dict) -> None:
         self._metrics(numbers({k: v for k, v in row.items() if k != "epoch"}), int(row["epoch"]))
@@ -134,5 +138,6 @@ class MLflow:
 
 
 def _param_value(value) -> str:
-    text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    text = ("null" if value is None else str(value).lower() if isinstance(value, bool)
+            else str(value))
     return text if len(text) <= 500 else text[:497] + "..."  # old servers allow 500 characters

@@ -6,6 +6,9 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from segbench.runs.rundir import (
     TENSORBOARD,
 )
@@ -19,6 +22,7 @@ from segbench.tracking.base import (
 
 log = logging.getLogger(__name__)
 
+
 class TensorBoard:
     """Event files in <run_dir>/tb: per-epoch scalars, hyperparameters (the flat config with
     the best validation and test scores) and the test figures."""
@@ -27,7 +31,7 @@ class TensorBoard:
 
     def __init__(self, opts, info: RunInfo, record: dict):
         require("tensorboard")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # optional extra (tensorboard)
 
         self.info = info
         # The events are a view of last.pt's history, rebuilt whole when a run (re)starts: an
@@ -38,7 +42,7 @@ class TensorBoard:
         for old in folder.glob("events.out.tfevents.*"):
             old.unlink()
         self.writer = SummaryWriter(str(folder))
-        self.record = {}
+        self.record: dict = {}
         for row in info.history:
             self.log_epoch(row)
 
@@ -49,7 +53,7 @@ class TensorBoard:
         self.writer.flush()
 
     def log_test(self, result: dict, epoch: int) -> None:
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # optional extra (tensorboard)
 
         test = result["test"]
         for key in ("dice", "iou", "dice_micro", "iou_micro"):
@@ -82,9 +86,6 @@ class TensorBoard:
         self.writer.close()
 
 
-def _read_png(path: Path):
-    import numpy as np
-    from PIL import Image
-
+def _read_png(path: Path) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import netrc
 import os
 import uuid
+from urllib.parse import urlparse
 
 from segbench import SegbenchError
 from segbench.tracking.base import (
@@ -19,13 +21,11 @@ from segbench.tracking.base import (
 
 log = logging.getLogger(__name__)
 
+
 def wandb_api_key() -> str | None:
     """W&B's API key from WANDB_API_KEY or the netrc file `wandb login` writes (NETRC honoured)."""
     if os.environ.get("WANDB_API_KEY"):
         return os.environ["WANDB_API_KEY"]
-    import netrc
-    from urllib.parse import urlparse
-
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
     path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
@@ -62,13 +62,15 @@ class WandB:
             self.run = wandb.init(**kwargs, mode=mode, settings=self._settings(wandb, opts))
         except Exception as err:
             if mode != "online":
-                raise SegbenchError(f"logger=wandb: cannot start an offline run ({first_line(err)})") from None
+                raise SegbenchError("logger=wandb: cannot start an offline run "
+                                    f"({first_line(err)})") from None
             log.warning("wandb: cannot reach W&B (%s); logging offline to %s/wandb, upload later "
                         "with `wandb sync`", first_line(err), info.run.path)
             mode = "offline"
             os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
             self.run = wandb.init(**kwargs, mode=mode, settings=self._settings(wandb, opts))
-        self.run.config.update({"segbench.run_dir": info.tags["segbench.run_dir"]}, allow_val_change=True)
+        self.run.config.update({"segbench.run_dir": info.tags["segbench.run_dir"]},
+                               allow_val_change=True)
         self.run.define_metric("epoch")
         self.run.define_metric("*", step_metric="epoch")
         self.record = {"run_id": run_id, "mode": mode, "project": kwargs["project"],
@@ -86,17 +88,19 @@ class WandB:
                               init_timeout=float(opts.get("init_timeout", 30)))
 
     def log_epoch(self, row: dict) -> None:
-        self.run.log({"epoch": int(row["epoch"]), **numbers({k: v for k, v in row.items() if k != "epoch"})})
+        values = numbers({k: v for k, v in row.items() if k != "epoch"})
+        self.run.log({"epoch": int(row["epoch"]), **values})
         self.record["last_epoch"] = int(row["epoch"])
 
     def log_test(self, result: dict, epoch: int) -> None:
-        self.run.summary.update({**numbers(result["test"], "test_", SUMMARY_KEYS),
-                                 **numbers(result.get("val_best", {}), "best_val_", ("dice", "iou", "loss")),
-                                 "best_epoch": result.get("best_epoch", epoch)})
+        self.run.summary.update({
+            **numbers(result["test"], "test_", SUMMARY_KEYS),
+            **numbers(result.get("val_best", {}), "best_val_", ("dice", "iou", "loss")),
+            "best_epoch": result.get("best_epoch", epoch)})
         self.epoch = epoch
 
     def log_artifacts(self) -> None:
-        import wandb
+        import wandb  # optional extra
 
         epoch = getattr(self, "epoch", 0)
         images = {tag: wandb.Image(str(self.info.run / name)) for tag, name in FIGURES.items()
