@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         task = task_of(spec)
         model = model_for(spec, s)
         data = SegmentationDataset(images, masks, [str(i) for i in range(n)])
-        loop = timed(lambda m=model, d=data: evaluate(Subject(m, device), eval_loader(d, 8, device)),
+        loop = timed(lambda m=model, d=data: evaluate(Subject(m, device),
+                                                      eval_loader(d, 8, device)),
                      args.repeats)
         logits = torch.randn(n, task.channels, s, s)
         target = torch.from_numpy(masks)[:, None]

@@ -1,4 +1,4 @@
-"""Training on several processes (engine/distributed.py), in one process: the samplers, the
+"""Training on several processes (runtime/distributed.py), in one process: the samplers, the
 gathering of evaluation rows, the command line of torchrun's ranks, the read-only run directory
 of ranks other than 0, the checks of trainer.devices and sync_batchnorm, gradient accumulation,
 and the AMP bookkeeping on CPU (bf16 autocast, an enabled GradScaler).

@@ -101,7 +101,8 @@ def test_per_class_dice_equals_monai_on_the_predicted_label_maps(three_class_run
     model, _, cfg = load_trained(rd, "best", "cpu")
     splits = select_splits(cfg, rd.read_split()["splits"], ["test"])
     data = build_datasets(cfg, splits, Path(cfg.paths.cache), augment=False)["test"]
-    result = evaluate(Subject(model, torch.device("cpu")), eval_loader(data, 4, torch.device("cpu")),
+    cpu = torch.device("cpu")
+    result = evaluate(Subject(model, cpu), eval_loader(data, 4, cpu),
                       collect=Collect(keep_predictions=True))
     pred = torch.from_numpy(np.stack(result.predictions)).long()
     truth = torch.from_numpy(np.asarray(data.masks)).long()

@@ -29,7 +29,8 @@ def test_probabilities_are_resized_to_each_native_mask():
     masks[0][:, :10] = 1  # exactly the left half at 16x20
     masks[1][:, :6] = 1   # a quarter of a 24x24 mask
     data = NativeMaskDataset(images, masks, ["a", "b"])
-    result = evaluate(Subject(Constant(), torch.device("cpu")), eval_loader(data, 1, torch.device("cpu")),
+    cpu = torch.device("cpu")
+    result = evaluate(Subject(Constant(), cpu), eval_loader(data, 1, cpu),
                       collect=Collect(keep=(0, 1), keep_predictions=True))
     assert result.counts.tolist() == [[160, 0, 0, 160], [144, 144, 0, 288]]
     assert [p.shape for p in result.predictions] == [(16, 20), (24, 24)]

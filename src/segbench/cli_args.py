@@ -184,7 +184,7 @@ def worker_argv(argv: list[str]) -> list[str]:
     """The command line of one of several processes torchrun started for one run. Ranks other
     than 0 get the working directory as Hydra's output directory (where Hydra, told to keep no
     .hydra folder, creates nothing): the run directory is rank 0's, which they receive from it
-    (engine/distributed.py), so no rank makes a timestamped directory of its own."""
+    (runtime/distributed.py), so no rank makes a timestamped directory of its own."""
     rank, world = launched_rank()
     if world <= 1 or asks_for_help(argv):
         return argv

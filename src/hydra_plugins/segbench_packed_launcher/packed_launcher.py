@@ -5,7 +5,7 @@ One small run (a 14M-parameter U-Net at 64-256 px) leaves most of a large GPU id
 once fill it. `jobs_per_gpu` = K gives K x (visible GPUs) joblib workers (K on a machine without
 a GPU). Each job takes a free slot (an OS file lock, so a crashed job frees its slot), GPUs
 filled round-robin, and trains there: segbench's `trainer.device=auto` reads the slot's device
-from SEGBENCH_DEVICE (engine/device.py); a job given its own trainer.device keeps it.
+from SEGBENCH_DEVICE (runtime/device.py); a job given its own trainer.device keeps it.
 
 Nothing of a job's configuration changes, so its results are those of the same job launched
 alone, and a killed packed sweep resumes like any other: running the same command again skips

@@ -12,7 +12,7 @@ last.pt (`last_checkpoint()`, the one place its payload is built) holds everythi
 (weights, optimizer, schedule, scaler, early stopping and the `TrainState`), so a run resumed
 from last.pt finishes with the same history as one never interrupted.
 
-On several processes (DDP, engine/distributed.py) the same loop runs in each; the hooks here are
+On several processes (DDP, runtime/distributed.py) the same loop runs in each; the hooks here are
 few: the model is trained through its DDP wrapper, the ranks agree on stopping and on the running
 loss, evaluation is sharded and gathered, and only rank 0 writes (`distributed.writer`: the other
 ranks get a view of the run directory that reads and writes nothing).
