@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -98,26 +99,40 @@ def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")
 
 
+@dataclass(frozen=True)
+class SearchSettings:
+    """The keys of configs/hydra/sweeper/segbench_optuna.yaml, one field each (an unknown key is
+    a TypeError, as for any Hydra `_target_`)."""
+
+    objective: str
+    direction: str
+    n_trials: int
+    n_jobs: int
+    sampler: Any                    # a partial (the presets' `_partial_: true`) or a sampler
+    storage: str | None = None
+    study_name: str | None = None
+    max_failure_rate: float = 1.0
+    params: Any = None
+
+
 class SegbenchOptunaSweeper(Sweeper):
-    # Hydra passes the keys of configs/hydra/sweeper/segbench_optuna.yaml as keyword arguments:
-    # one parameter per key.
-    def __init__(self, objective: str, direction: str, n_trials: int, n_jobs: int, sampler: Any,
-                 storage: str | None = None, study_name: str | None = None,
-                 max_failure_rate: float = 1.0, params: Any = None) -> None:
+    def __init__(self, **settings: Any) -> None:
+        # Hydra passes the YAML's keys as keyword arguments; SearchSettings names them.
         from segbench.runs.search import check_objective, require_optuna
 
+        s = SearchSettings(**settings)
         require_optuna()
-        self.objective = check_objective(objective)
-        if direction not in ("maximize", "minimize"):
-            raise ValueError(f"hydra.sweeper.direction={direction}; use maximize or minimize")
-        if int(n_trials) < 1 or int(n_jobs) < 1:
+        self.objective = check_objective(s.objective)
+        if s.direction not in ("maximize", "minimize"):
+            raise ValueError(f"hydra.sweeper.direction={s.direction}; use maximize or minimize")
+        if int(s.n_trials) < 1 or int(s.n_jobs) < 1:
             raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
-        self.direction = cast(Literal["maximize", "minimize"], direction)
-        self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
-        self.storage, self.study_name = storage, study_name or "segbench"
-        self.max_failure_rate = float(max_failure_rate)
-        self.sampler = sampler  # a partial (the presets' `_partial_: true`) or a sampler
-        self.params = dict(params or {})
+        self.direction = cast(Literal["maximize", "minimize"], s.direction)
+        self.n_trials, self.n_jobs = int(s.n_trials), int(s.n_jobs)
+        self.storage, self.study_name = s.storage, s.study_name or "segbench"
+        self.max_failure_rate = float(s.max_failure_rate)
+        self.sampler = s.sampler
+        self.params = dict(s.params or {})
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.config = config
