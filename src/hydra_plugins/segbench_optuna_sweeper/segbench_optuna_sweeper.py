@@ -32,7 +32,6 @@ from __future__ import annotations
 import functools
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -99,26 +98,10 @@ def suggest(trial: Trial, name: str, dist: BaseDistribution) -> Any:
     raise TypeError(f"unsupported distribution {dist!r}")
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """The keys of configs/hydra/sweeper/segbench_optuna.yaml, one field each (an unknown key is
-    a TypeError, as for any Hydra `_target_`)."""
-
-    objective: str
-    direction: str
-    n_trials: int
-    n_jobs: int
-    sampler: Any                    # a partial (the presets' `_partial_: true`) or a sampler
-    storage: str | None = None
-    study_name: str | None = None
-    max_failure_rate: float = 1.0
-    params: Any = None
-
-
 class SegbenchOptunaSweeper(Sweeper):
     def __init__(self, **settings: Any) -> None:
         # Hydra passes the YAML's keys as keyword arguments; SearchSettings names them.
-        from segbench.runs.search import check_objective, require_optuna
+        from segbench.runs.search import SearchSettings, check_objective, require_optuna
 
         s = SearchSettings(**settings)
         require_optuna()

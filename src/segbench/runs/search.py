@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import math
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from segbench import SegbenchError
 from segbench.runs.rundir import write_json
@@ -29,6 +31,22 @@ EXTRA = 'pip install "segbench[optuna]"'
 # Never an objective: the test split is looked at once, after every choice is made.
 FORBIDDEN_OBJECTIVES = ("test",)
 
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """The keys of configs/hydra/sweeper/segbench_optuna.yaml, one field each: the sweeper's
+    settings (an unknown key is a TypeError, as for any Hydra `_target_`)."""
+
+    objective: str
+    direction: str
+    n_trials: int
+    n_jobs: int
+    sampler: Any                    # a partial (the presets' `_partial_: true`) or a sampler
+    storage: str | None = None
+    study_name: str | None = None
+    max_failure_rate: float = 1.0
+    params: Any = None
 
 def check_objective(path: str) -> str:
     head = str(path).split(".", 1)[0]
