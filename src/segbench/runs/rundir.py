@@ -36,6 +36,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -524,7 +525,7 @@ def running_status() -> dict:
 
 
 @contextlib.contextmanager
-def signals_held():
+def signals_held() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive while the block runs are delivered after it (a handler
     that only notes them: a signal mask would not do, as the OS may hand a process-wide signal
     to any thread, e.g. one of torch's)."""
@@ -541,5 +542,5 @@ def signals_held():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for sig in dict.fromkeys(received):
-            signal.raise_signal(sig)  # now, to the handlers the process had
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)  # now, to the handlers the process had

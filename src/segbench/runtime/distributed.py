@@ -37,6 +37,7 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import cast
 
@@ -192,7 +193,7 @@ def rank_zero_first():
 
 
 @contextlib.contextmanager
-def _tell_outcome():
+def _tell_outcome() -> Iterator[list]:
     """On rank 0: run the block, then send its outcome (its value, or its error) to the others."""
     box: list = []
     try:
