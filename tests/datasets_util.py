@@ -10,12 +10,17 @@ import numpy as np
 from hydra import compose, initialize_config_dir
 
 from segbench import config_dir
+from segbench.commands.auto_options import resolve_auto_options
 
 
 def compose_cfg(*overrides: str, config: str = "train"):
-    """The composed config, as the CLI would build it (numeric group choices quoted)."""
+    """The composed config, as the CLI would build it (numeric group choices quoted; train's
+    `auto` options resolved to the dataset's, as the train command does)."""
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose(config, list(overrides))
+        cfg = compose(config, list(overrides))
+    if config == "train":
+        resolve_auto_options(cfg)
+    return cfg
 
 
 def folder_dataset(dest: Path, n: int = 8, size: int = 40, mask_values=(0, 255),

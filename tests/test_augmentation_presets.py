@@ -15,7 +15,8 @@ from segbench.data.dataset import SegmentationDataset
 from segbench.data.io import read_mask
 from segbench.data.transforms import build_augmentation
 
-PRESETS = sorted(p.stem for p in (config_dir() / "augmentation").glob("*.yaml"))
+# auto.yaml is no preset: it stands for the dataset's own (segbench.commands.auto_options).
+PRESETS = sorted(p.stem for p in (config_dir() / "augmentation").glob("*.yaml") if p.stem != "auto")
 SIZE = 96
 
 

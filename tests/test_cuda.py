@@ -23,11 +23,14 @@ def _compose(*overrides):
 
     from segbench import config_dir
     from segbench.cli_args import quote_numeric_choices
+    from segbench.commands.auto_options import resolve_auto_options
     from segbench.runs.sweeps import register_resolvers
 
     register_resolvers()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("train", overrides=quote_numeric_choices(list(overrides)))
+        cfg = compose("train", overrides=quote_numeric_choices(list(overrides)))
+    resolve_auto_options(cfg)  # as the train command does
+    return cfg
 
 
 def test_bf16_autocast_trains_on_the_gpu(tmp_path):

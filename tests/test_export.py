@@ -133,3 +133,22 @@ def test_export_fails_clearly(run_copy, tmp_path):
     proc = run_cli("export", f"run_dir={tmp_path}", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and "not a segbench run directory" in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_per_image_normalisation_is_part_of_the_exported_graph(tmp_path, fmt):
+    """dataset.normalisation=per_image travels inside the file: the exported model standardises
+    each image itself, so a brighter copy of an image gives the same logits there too."""
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    cfg = OmegaConf.merge(model_cfg(SMALL_MODELS["unet"], height=70, width=90),
+                          {"dataset": {"normalisation": "per_image"}})
+    model = build_model(cfg).eval()
+    path = tmp_path / ("model.onnx" if fmt == "onnx" else "model.torchscript.pt")
+    check = export_model(model, fmt, path, (3, 70, 90))
+    assert check["max_abs_diff"] <= 1e-4
+    batch = torch.rand(2, 3, 70, 90) * 0.4
+    run = run_onnx if fmt == "onnx" else run_torchscript
+    np.testing.assert_allclose(run(path, (batch * 2 + 0.1).numpy()), run(path, batch.numpy()),
+                               atol=1e-3, rtol=0)

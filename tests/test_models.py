@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from model_cases import SMALL_MODELS, model_cfg, single_thread  # noqa: F401  (fixture)
 from segbench import SegbenchError
 from segbench.models import build_model, create_model, list_models
-from segbench.models.registry import model_kwargs, size_divisor
+from segbench.models.registry import model_kwargs, size_divisor, standardise
 from segbench.models.smp_models import smp_divisor
 
 
@@ -174,3 +175,39 @@ def test_config_kwargs_reach_the_model():
                                  "classes": 1}
     model = build_model(cfg)
     assert model.net.down[0][0].in_channels == 1 and model.divisor == 8
+
+
+def test_per_image_normalisation_makes_the_model_blind_to_intensity_scale():
+    """dataset.normalisation=per_image: an MRI slice scanned twice as bright (and offset) gives
+    the same logits; with the fixed mean/std it does not."""
+    torch.manual_seed(0)
+    cfg = model_cfg(SMALL_MODELS["unet"])
+    per_image = build_model(OmegaConf.merge(cfg, {"dataset": {"normalisation": "per_image"}}))
+    fixed = build_model(cfg)
+    fixed.net.load_state_dict(per_image.net.state_dict())  # the same network weights
+    per_image.eval(), fixed.eval()
+    x = torch.rand(2, 3, 64, 64) * 0.4
+    brighter = x * 2 + 0.1
+    with torch.no_grad():
+        torch.testing.assert_close(per_image(brighter), per_image(x), atol=1e-4, rtol=0)
+        assert (fixed(brighter) - fixed(x)).abs().max() > 1e-2
+    assert per_image.per_image and not fixed.per_image
+    assert per_image.mean.abs().max() == 0 and (per_image.std == 1).all()
+
+
+def test_standardise_floors_the_deviation_of_a_flat_image():
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    flat[0, 0, 0, 0] = 0.3001  # almost flat: not blown up into large values
+    z = standardise(flat)
+    assert z.abs().max() < 0.01 + 1e-6
+    assert standardise(torch.zeros(1, 1, 4, 4)).abs().max() == 0
+    noisy = torch.rand(2, 3, 16, 16)
+    z = standardise(noisy)
+    torch.testing.assert_close(z.mean((2, 3)), torch.zeros(2, 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.pow(2).mean((2, 3)), torch.ones(2, 3), atol=1e-4, rtol=0)
+
+
+def test_an_unknown_normalisation_is_one_line_naming_the_options():
+    cfg = OmegaConf.merge(model_cfg(SMALL_MODELS["unet"]), {"dataset": {"normalisation": "z"}})
+    with pytest.raises(SegbenchError, match="dataset.normalisation=z: use fixed .* or per_image"):
+        build_model(cfg)

@@ -16,7 +16,9 @@ from segbench import SegbenchError
 from segbench.optim import build_optimizer, build_scheduler, list_schedulers
 
 OPTIMIZERS = sorted(p.stem for p in (ROOT / "configs" / "optimizer").glob("*.yaml"))
-SCHEDULE_FILES = sorted(p.stem for p in (ROOT / "configs" / "scheduler").glob("*.yaml"))
+# auto.yaml is no schedule: it stands for the dataset's own (segbench.commands.auto_options).
+SCHEDULE_FILES = sorted(p.stem for p in (ROOT / "configs" / "scheduler").glob("*.yaml")
+                        if p.stem != "auto")
 EPOCHS, STEPS = 4, 5
 
 

@@ -63,6 +63,12 @@ def test_a_preset_without_transforms_is_one_line(tmp_path):
     assert "Traceback" not in out
 
 
+def test_preview_of_auto_shows_the_preset_training_would_use(tmp_path):
+    proc = run_cli("preview", "augmentation=auto", "+dataset.augmentation=hflip", *DATA,
+                   "images=2", "hydra.run.dir=prev", cwd=tmp_path)
+    assert "2 images x 3 rows" in proc.stderr + proc.stdout  # original, HorizontalFlip, whole
+
+
 def test_the_page_of_an_augmentation_study_previews_each_preset(tmp_path):
     root = tmp_path / "study"
     for i, aug in enumerate(("basic", "strong")):

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
 from segbench import SegbenchError, config_dir
+from segbench.commands.auto_options import resolve_auto_options
 from segbench.metrics.stats import hierarchical_comparison
 from segbench.report import build_report
 from segbench.runs.rundir import ENSEMBLE
@@ -29,6 +30,7 @@ def _composed(overrides: tuple[str, ...]) -> tuple[dict, dict]:
     """(resolved config as a run writes it, Hydra's group choices) for these overrides."""
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", list(overrides), return_hydra_config=True)
+    resolve_auto_options(cfg, cfg.hydra)  # as the train command does: the option that ran
     choices = {k: v for k, v in OmegaConf.to_container(cfg.hydra.runtime.choices).items()
                if v is not None}
     del cfg.hydra

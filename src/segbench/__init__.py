@@ -25,6 +25,14 @@ class SegbenchError(Exception):
     """
 
 
+# A config composed outside `segbench train` still holds `augmentation: auto` / `scheduler: auto`
+# (train.yaml's defaults), which the train command resolves to the dataset's option.
+AUTO_UNRESOLVED = ("{group}=auto stands for the dataset's own option and is resolved when "
+                   "segbench train starts; a config composed another way needs "
+                   "segbench.commands.auto_options.resolve_auto_options(cfg) first, or an "
+                   "explicit {group}=<option>")
+
+
 def config_dir() -> Path:
     """The Hydra config tree: inside the package in a wheel, at the repository root in a
     checkout."""

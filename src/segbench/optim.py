@@ -15,7 +15,7 @@ from typing import Literal, cast
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from segbench import SegbenchError
+from segbench import AUTO_UNRESOLVED, SegbenchError
 from segbench.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -113,6 +113,8 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, *, max_epochs: int,
     the run monitors (a history column; the plateau schedule reads it) and its config's options;
     its defaults live in configs/scheduler/<name>.yaml only."""
     spec = _spec(cfg)
+    if spec.get("name") == "auto":
+        raise SegbenchError(AUTO_UNRESOLVED.format(group="scheduler"))
     return SCHEDULERS.build(spec, optimizer=optimizer,
                             context={"max_epochs": max_epochs, "steps_per_epoch": steps_per_epoch,
                                      "monitor": monitor, "mode": mode})

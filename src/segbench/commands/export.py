@@ -71,7 +71,8 @@ def run(cfg) -> dict:
         "output": {"name": "logits", "shape": ["batch", output_channels(train_cfg), *size],
                    "foreground": f"sigmoid(logits) >= {train_cfg.eval.threshold}"},
         "normalisation": {"mean": [round(float(v), 6) for v in model.mean.flatten()],
-                          "std": [round(float(v), 6) for v in model.std.flatten()]},
+                          "std": [round(float(v), 6) for v in model.std.flatten()],
+                          "per_image": bool(model.per_image)},
         "opset": int(cfg.opset) if cfg.format == "onnx" else None,
         "atol": float(cfg.atol), **check,
     }

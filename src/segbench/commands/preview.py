@@ -23,8 +23,10 @@ log = logging.getLogger("segbench.preview")
 def run(cfg) -> dict:
     from hydra.core.hydra_config import HydraConfig
 
+    from segbench.commands.auto_options import resolve_auto_options
     from segbench.inspection.augmentations import preview
 
+    resolve_auto_options(cfg, HydraConfig.get())  # augmentation=auto: the one training would use
     if not 1 <= int(cfg.images) <= 12:
         raise SegbenchError(f"images={cfg.images}; preview between 1 and 12 images, e.g. images=4")
     out = Path(HydraConfig.get().runtime.output_dir) / "augmentation.png"

@@ -25,6 +25,7 @@ from segbench.cli_args import (
     worker_argv,
 )
 from segbench.commands import log_file
+from segbench.commands.auto_options import resolve_auto_options
 from segbench.runs.rundir import LOG, RERUN_HINT, RunDir, load_yaml, running_status, signals_held
 from segbench.runs.search import require_optuna
 from segbench.settings import check_train
@@ -143,6 +144,7 @@ def run(cfg) -> dict | None:
     launched = distributed.launcher_environment()  # torchrun's or submitit's tasks, or None
     rank = launched.rank if launched is not None else 0
     try:
+        resolve_auto_options(cfg, hydra_cfg)  # augmentation=auto, scheduler=auto: the dataset's
         settings = check_train(cfg)  # a wrong type or value stops here, before training
         check_trackers(cfg.get("logger"))  # an unknown tracker or a missing extra, too
     except SegbenchError as err:

@@ -11,7 +11,7 @@ from typing import cast
 import albumentations as A
 from omegaconf import DictConfig, OmegaConf
 
-from segbench import SegbenchError
+from segbench import AUTO_UNRESOLVED, SegbenchError
 
 
 def _build_one(spec: dict):
@@ -60,6 +60,8 @@ def build_augmentation(cfg: DictConfig | dict | None,
     # A preset is a mapping (name, transforms).
     spec = (cast(dict, OmegaConf.to_container(cfg, resolve=True)) if isinstance(cfg, DictConfig)
             else dict(cfg))
+    if spec.get("name") == "auto" and "transforms" not in spec:
+        raise SegbenchError(AUTO_UNRESOLVED.format(group="augmentation"))
     swapping = sorted(_types(spec.get("transforms")) & SQUARE_ONLY)
     if size is not None and size[0] != size[1] and swapping:
         raise SegbenchError(

@@ -373,8 +373,10 @@ def log_parts(s: Train, parts: Parts) -> None:
                  f" x {t.accumulate_grad_batches} accumulated"
                  if t.accumulate_grad_batches > 1 else "",
                  steps)
-    log.info("monitor: %s (%s) picks best.pt, stops early and drives the plateau schedule",
-             parts.monitor.metric, parts.monitor.mode)
+    plateau = cfg.scheduler.get("name") == "plateau"
+    log.info("monitor: %s (%s) picks best.pt%s stops early%s", parts.monitor.metric,
+             parts.monitor.mode, "," if plateau else " and",
+             " and drives the plateau schedule" if plateau else "")
 
 
 def end_workers(loader: DataLoader) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from segbench import SegbenchError, __version__
 from segbench.metrics.stats import bootstrap_mean_ci
-from segbench.models.registry import SegmentationModel
+from segbench.models.registry import MIN_STD, SegmentationModel, standardise
 from segbench.task import task_of
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,8 @@ class AnySize(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.model
+        if m.per_image:
+            x = standardise(x)
         x = (x - m.mean) / m.std
         d = int(m.divisor or 1)
         if d == 1:
@@ -230,8 +232,7 @@ def model_card(info: dict, config: dict, metrics: dict | None, split: dict,
                       "probabilities back (bilinear) and threshold them",
             "channels": int(data.get("channels", 3)),
             "scale": "8-bit values / 255 to [0, 1]",
-            "normalisation": "inside the model: (x - mean) / std, mean "
-                             f"{info['normalisation']['mean']}, std {info['normalisation']['std']}",
+            "normalisation": _normalisation_text(info["normalisation"]),
             "padding": "inside the model, to its multiple (reflection), cropped back",
         },
         "output": info["output"],
@@ -275,3 +276,10 @@ def card_markdown(info: dict, card: dict) -> str:
         f"{', '.join(f'{k} {v}' for k, v in card['exported_with'].items())}; "
         f"trained with torch {(card['trained_with'] or {}).get('torch', '?')}",
         f"- **Run**: `{info['run_dir']}` ({info['checkpoint']}.pt, epoch {info['epoch']})", ""])
+
+
+def _normalisation_text(norm: dict) -> str:
+    if norm.get("per_image"):
+        return ("inside the model, each image by its own statistics: every channel to mean 0 and "
+                f"standard deviation 1 over its pixels (the deviation floored at {MIN_STD})")
+    return f"inside the model: (x - mean) / std, mean {norm['mean']}, std {norm['std']}"

@@ -43,28 +43,47 @@ def size_divisor(name: str, **kwargs) -> int | None:
     return MODELS.meta(name)["divisor"](kwargs)
 
 
+# per_image normalisation: the smallest standard deviation divided by (in [0, 1] units, about 2.5
+# grey levels of 8 bits), so that a blank or nearly uniform slice is not amplified into noise.
+MIN_STD = 0.01
+NORMALISATIONS = ("fixed", "per_image")
+
+
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """Each image's channels to mean 0 and standard deviation 1 (over its pixels; the deviation
+    floored at MIN_STD): for images without an absolute intensity scale, such as MRI."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    centred = x - mean
+    std = centred.square().mean(dim=(2, 3), keepdim=True).sqrt().clamp_min(MIN_STD)
+    return centred / std
+
+
 class SegmentationModel(nn.Module):
     """uint8-range or [0, 1] image batch -> logits of the same height and width.
 
-    Scales [0, 255] to [0, 1] when given integers, normalises with the stored mean/std, pads to a
-    multiple of `divisor` (reflection) and crops the logits back, so the network inside never
-    sees a size it cannot take.
+    Scales [0, 255] to [0, 1] when given integers, normalises (with the stored mean/std, or each
+    image by its own statistics: `per_image`), pads to a multiple of `divisor` (reflection) and
+    crops the logits back, so the network inside never sees a size it cannot take.
     """
 
     mean: torch.Tensor  # buffers (registered in __init__)
     std: torch.Tensor
 
-    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None, task=BINARY):
+    def __init__(self, net: nn.Module, mean, std, divisor: int | None = None, task=BINARY,
+                 per_image: bool = False):
         super().__init__()
         self.net = net
         self.divisor = divisor
         self.task = task  # what the logits mean: softmax or sigmoid probabilities (segbench.task)
+        self.per_image = per_image  # dataset.normalisation=per_image: mean and std are 0 and 1
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not x.is_floating_point():
             x = x.float() / 255.0
+        if self.per_image:
+            x = standardise(x)
         x = (x - self.mean) / self.std
         h, w = x.shape[-2:]
         pad_h = pad_w = 0
@@ -78,8 +97,15 @@ class SegmentationModel(nn.Module):
         return self.net(x)
 
 
-def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """ImageNet statistics for RGB (what pretrained encoders expect); mid-grey for other inputs."""
+def normalisation(channels: int,
+                  kind: str = "fixed") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The stored mean and std: ImageNet statistics for RGB (what pretrained encoders expect),
+    mid-grey for other inputs; 0 and 1 where each image is standardised by its own (per_image)."""
+    if kind not in NORMALISATIONS:
+        raise SegbenchError(f"dataset.normalisation={kind}: use fixed (the model's mean/std) or "
+                            "per_image (each image's own mean and std, e.g. for MRI)")
+    if kind == "per_image":
+        return (0.0,) * channels, (1.0,) * channels
     if channels == 3:
         return IMAGENET_MEAN, IMAGENET_STD
     return (0.5,) * channels, (0.25,) * channels
@@ -155,8 +181,11 @@ def build_model(cfg: DictConfig, pretrained: bool = True) -> SegmentationModel:
                             "not a torch nn.Module; a model factory must return a network")
     if "activation" in cfg and cfg.activation is not None:
         swap_activations(net, cfg.activation)
-    mean, std = normalisation(int(kwargs.get("in_channels", 3)))
-    return SegmentationModel(net, mean, std, divisor, task_of(cfg.get("dataset") or {}))
+    dataset = cfg.get("dataset") or {}
+    kind = str(dataset.get("normalisation", "fixed"))
+    mean, std = normalisation(int(kwargs.get("in_channels", 3)), kind)
+    return SegmentationModel(net, mean, std, divisor, task_of(dataset),
+                             per_image=kind == "per_image")
 
 
 def load_trained(run, checkpoint: str = "best", device="cpu", config=None):
