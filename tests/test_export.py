@@ -152,3 +152,13 @@ def test_per_image_normalisation_is_part_of_the_exported_graph(tmp_path, fmt):
     run = run_onnx if fmt == "onnx" else run_torchscript
     np.testing.assert_allclose(run(path, (batch * 2 + 0.1).numpy()), run(path, batch.numpy()),
                                atol=1e-3, rtol=0)
+
+
+def test_the_model_card_says_how_an_image_is_normalised():
+    from segbench.models.export import _normalisation_text
+
+    per_image = _normalisation_text({"mean": [0.0] * 3, "std": [1.0] * 3, "per_image": True})
+    assert "each image by its own statistics" in per_image and "0.01" in per_image
+    fixed = _normalisation_text({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]})
+    assert fixed == ("inside the model: (x - mean) / std, mean [0.485, 0.456, 0.406], "
+                     "std [0.229, 0.224, 0.225]")
