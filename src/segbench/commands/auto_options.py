@@ -35,6 +35,7 @@ def resolve_auto_options(cfg, hydra_cfg=None) -> dict[str, str]:
 
     dataset = cfg.get("dataset")
     resolved: dict[str, str] = {}
+    given: dict[str, dict] = {}
     for group, fallback in FALLBACK.items():
         node = cfg.get(group)
         if not isinstance(node, DictConfig) or node.get("name") != AUTO:
@@ -44,39 +45,56 @@ def resolve_auto_options(cfg, hydra_cfg=None) -> dict[str, str]:
         if option == AUTO:
             raise SegbenchError(f"dataset.{group}=auto: a dataset config names an option of "
                                 f"configs/{group}/ (e.g. {fallback}), not auto")
-        given = cast(dict, OmegaConf.to_container(node, resolve=False))
-        extra = {k: v for k, v in given.items() if k != "name"}
-        loaded = _load_option(group, option, cfg, hydra_cfg)
-        with open_dict(cfg):
-            cfg[group] = OmegaConf.merge(loaded, extra) if extra else loaded
         resolved[group] = option
-    if resolved:
-        _record_choices(hydra_cfg, resolved)
-        _log(resolved, cfg, dataset)
+        given[group] = cast(dict, OmegaConf.to_container(node, resolve=False))
+    if not resolved:
+        return resolved
+    loaded = _load_options(resolved, cfg, hydra_cfg)  # one composition for all of them
+    with open_dict(cfg):
+        for group, node in loaded.items():
+            extra = {k: v for k, v in given[group].items() if k != "name"}
+            cfg[group] = OmegaConf.merge(node, extra) if extra else node
+    _record_choices(hydra_cfg, resolved)
+    _log(resolved, cfg, dataset)
     return resolved
 
 
-def _load_option(group: str, option: str, cfg, hydra_cfg):
-    """configs/<group>/<option>.yaml as Hydra composes it, from the same search path as the run
-    (a user's hydra.searchpath directories included)."""
+def _load_options(options: dict[str, str], cfg, hydra_cfg) -> dict:
+    """{group: configs/<group>/<option>.yaml as Hydra composes it}, from the same search path as
+    the run (a user's hydra.searchpath directories included)."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
     from omegaconf import OmegaConf
 
     if not GlobalHydra.instance().is_initialized():  # outside a Hydra app: segbench's own tree
-        return _load_file(group, option, cfg)
+        return {group: _load_file(group, option, cfg) for group, option in options.items()}
     searchpath = []
     if hydra_cfg is not None:
         searchpath = [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath=")]
     try:
-        composed = compose(config_name=None, overrides=[f"+{group}={option}", *searchpath])
+        composed = compose(config_name=None, overrides=[
+            *(f"+{group}={option}" for group, option in options.items()), *searchpath])
     except HydraException as err:
-        raise _unknown(group, option, cfg) from err
-    node = composed.get(group)
-    if node is None:
-        raise _unknown(group, option, cfg)
-    return OmegaConf.create(OmegaConf.to_container(node, resolve=False))
+        raise _first_unknown(options, cfg) from err
+    loaded = {}
+    for group, option in options.items():
+        node = composed.get(group)
+        if node is None:
+            raise _unknown(group, option, cfg)
+        loaded[group] = OmegaConf.create(OmegaConf.to_container(node, resolve=False))
+    return loaded
+
+
+def _first_unknown(options: dict[str, str], cfg) -> SegbenchError:
+    """The error for the first option that names no file of segbench's tree (or the first one)."""
+    from segbench import config_dir
+
+    for group, option in options.items():
+        if not (config_dir() / group / f"{option}.yaml").is_file():
+            return _unknown(group, option, cfg)
+    group, option = next(iter(options.items()))
+    return _unknown(group, option, cfg)
 
 
 def _load_file(group: str, option: str, cfg):
