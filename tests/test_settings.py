@@ -20,6 +20,7 @@ from segbench.settings import check_threshold, check_train
     ("trainer.precision=fp8", "trainer.precision=fp8: expected auto | fp32 | bf16 | fp16"),
     ("eval.threshold=2", "eval.threshold=2: use a probability in [0, 1]"),
     ("dataset.val_fraction=1.5", "dataset.val_fraction=1.5: use a fraction in (0, 1)"),
+    ("dataset.normalisation=3", "dataset.normalisation=3: expected fixed | per_image"),
     ("trainer.data_on_device_budget=2", "trainer.data_on_device_budget=2: use a fraction of the "
                                         "device's memory in (0, 1], e.g. 0.25"),
     ("trainer.data_on_device=gpu", "trainer.data_on_device=gpu: expected auto"),

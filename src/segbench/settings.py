@@ -135,7 +135,7 @@ DATASET_RULES: dict[str, GroupRule] = {
     "channels": (int, lambda v: v in (1, 3), "1 or 3"),
     "folds": (int | None, lambda v: v is None or v >= 2, "null or a number of folds >= 2"),
     "fold": (int | None, lambda v: v is None or v >= 0, "a fold index 0..folds-1"),
-    "normalisation": (str, lambda v: v in ("fixed", "per_image"),
+    "normalisation": (Literal["fixed", "per_image"], lambda v: v in ("fixed", "per_image"),
                       "fixed (the model's mean/std) or per_image (each image's own)"),
 }
 OPTIMIZER_RULES: dict[str, GroupRule] = {
